@@ -1,0 +1,58 @@
+"""The web process: `create_app` builds the Flask app and each part wires itself in."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify, request
+
+from . import api, dashboard, webhooks, ws
+from .config import Settings, load_settings
+from .feed import FeedThreads, Hub
+from .logs import configure_logging
+from .services import Services
+from .store import Store
+
+log = logging.getLogger("previewbot.web")
+
+# GitHub sends webhook payloads of up to 25 MB; the API's own limit is lower (bot.api).
+MAX_REQUEST_BYTES = 25 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> Flask:
+    settings = settings or load_settings()
+    configure_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.json.sort_keys = False
+
+    store = Store(settings.database_path)
+    store.migrate()
+    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+    svc = Services(settings=settings, store=store, redis=conn, hub=Hub())
+    if settings.github_enabled:
+        from .github_client import WebGitHub
+
+        svc.github = WebGitHub(settings, store)
+    app.extensions["previewbot"] = svc
+
+    api.init_app(app)
+    ws.init_app(app)
+    webhooks.init_app(app)
+    dashboard.init_app(app)
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        if request.path.startswith("/api/"):
+            return jsonify({"error": "Not found"}), 404
+        return exc
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return jsonify({"error": "The request body is too large"}), 413
+
+    if start_feed:
+        svc.feed = FeedThreads(conn, store, svc.hub)
+        svc.feed.start()
+    return app

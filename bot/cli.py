@@ -1,0 +1,218 @@
+"""The `previewbot` command: web, worker, run (everything on one machine) and tokens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import GITHUB_VARIABLES, ConfigError, Settings, load_settings
+
+log = logging.getLogger("previewbot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="previewbot", description="Preview environments for pull requests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    web = commands.add_parser("web", help="serve the webhook receiver, REST API, WebSocket and dashboard")
+    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    web.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
+    worker = commands.add_parser("worker", help="run deploy jobs from the queue")
+    worker.add_argument("--processes", type=int, default=1, help="how many worker processes to run")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    run = commands.add_parser("run", help="web, worker and (when REDIS_URL is unset) an embedded Redis")
+    run.add_argument("--workers", type=int, default=2, help="how many worker processes to run")
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it (last line)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--repository", action="append", help="limit the token to this owner/repo (repeatable)")
+    token_commands.add_parser("list", help="list tokens (never their values)")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "web":
+            return run_web(settings, workers=args.workers, threads=args.threads)
+        if args.command == "worker":
+            return run_worker(settings, processes=args.processes, burst=args.burst)
+        if args.command == "run":
+            return run_all(settings, workers=args.workers)
+        return run_token_command(settings, args)
+    except ConfigError as exc:
+        print(f"previewbot: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _require_redis(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL is required for 'previewbot web' and 'previewbot worker' (use 'previewbot run' for an embedded Redis)")
+
+
+def announce_mode(settings: Settings) -> None:
+    if settings.github_enabled:
+        print(f"previewbot: GitHub App {settings.app_id} on {settings.github_api_url}, webhooks at {settings.webhook_path}", flush=True)
+    else:
+        print(f"previewbot: local mode: GitHub is off. Set {GITHUB_VARIABLES} to turn it on.", flush=True)
+
+
+def run_web(settings: Settings, *, workers: int, threads: int) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from .store import Store
+
+    _require_redis(settings)
+    Store(settings.database_path).migrate()  # once, before the worker processes start
+
+    class WebApplication(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", max(1, workers))
+            self.cfg.set("threads", max(1, threads))
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 5)
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            from .app import create_app
+
+            return create_app(settings)
+
+    announce_mode(settings)
+    print(f"previewbot: web on http://{settings.host}:{settings.port}", flush=True)
+    WebApplication().run()
+    return 0
+
+
+def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -> int:
+    _require_redis(settings)
+    if processes > 1:
+        return _supervise([[sys.executable, "-m", "bot.cli", "worker"] + (["--burst"] if burst else [])] * processes, os.environ.copy())
+
+    import redis
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from worker import context
+    from worker.queue import QUEUE_NAME, get_queue
+    from worker.reconcile import ReconcileScheduler
+
+    from .logs import configure_logging
+
+    configure_logging(settings)
+    ctx = context.build_context(settings)
+    context.set_context(ctx)
+    conn = redis.Redis.from_url(settings.redis_url)
+    scheduler = ReconcileScheduler(conn, settings)
+    scheduler.start()
+    worker = Worker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=f"previewbot-{os.uname().nodename}-{os.getpid()}")
+    try:
+        worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+    finally:
+        scheduler.stop()
+    return 0
+
+
+def run_all(settings: Settings, *, workers: int) -> int:
+    """`make run`: everything on this machine, stopped together by Ctrl-C."""
+    from .embedded_redis import EmbeddedRedis
+    from .store import Store
+
+    embedded = None
+    env = os.environ.copy()
+    if not settings.redis_url:
+        data_dir = Path(settings.database_path).resolve().parent / ".previewbot"
+        embedded = EmbeddedRedis(data_dir).start()
+        env["REDIS_URL"] = embedded.url
+        print(f"previewbot: embedded Redis at {embedded.url}", flush=True)
+    store = Store(settings.database_path)
+    store.migrate()
+    base = f"http://{settings.host}:{settings.port}"
+    if store.count_tokens() == 0:
+        token = store.create_token("dashboard")
+        print(f"previewbot: created API token 'dashboard'. Open the dashboard: {base}/?token={token}", flush=True)
+    else:
+        print(f"previewbot: dashboard at {base}/ (create a token with 'previewbot token create --name NAME')", flush=True)
+    commands = [[sys.executable, "-m", "bot.cli", "web"]] + [[sys.executable, "-m", "bot.cli", "worker"]] * max(1, workers)
+    try:
+        return _supervise(commands, env)
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+def _supervise(commands: list[list[str]], env: dict) -> int:
+    """Run the commands until one exits or we are told to stop; then stop them all."""
+    from .embedded_redis import die_with_parent
+
+    children = [subprocess.Popen(c, env=env, preexec_fn=die_with_parent) for c in commands]
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    failed = [c.returncode for c in children if c.returncode not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    return 0 if stopping or not failed else 1
+
+
+def run_token_command(settings: Settings, args) -> int:
+    from .store import Store
+    from .validation import InvalidInput, full_repository_name
+
+    store = Store(settings.database_path)
+    store.migrate()
+    if args.token_command == "create":
+        try:
+            repositories = [full_repository_name(r) for r in args.repository] if args.repository else None
+            token = store.create_token(args.name, repositories)
+        except (ValueError, InvalidInput) as exc:
+            print(f"previewbot: {exc}", file=sys.stderr)
+            return 1
+        scope = ", ".join(repositories) if repositories else "all repositories"
+        print(f"Created token {args.name!r} for {scope}. It is shown once; store it now:")
+        print(token)
+        return 0
+    if args.token_command == "list":
+        for row in store.list_tokens():
+            scope = row["repositories"] or "all repositories"
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+            print(f"{row['name']}\t{state}\tcreated {row['created_at']}\t{scope}")
+        return 0
+    if store.revoke_token(args.name):
+        print(f"Revoked token {args.name!r}.")
+        return 0
+    print(f"previewbot: no active token named {args.name!r}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Settings: read once from the environment (and `.env`), checked at start-up.
+
+Everything else receives a `Settings` object; nothing reads `os.environ` on its own.
+A bad value raises `ConfigError` whose message names the variable, and the command line
+prints that one line and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    app_id: str | None = None
+    private_key: str | None = dataclasses.field(default=None, repr=False)
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    webhook_path: str = "/api/github/webhooks"
+    github_api_url: str = "https://api.github.com"
+    redis_url: str | None = None
+    database_path: str = "previewbot.db"
+    host: str = "127.0.0.1"
+    port: int = 3001
+    provisioner: str = "simulated"
+    simulated_seconds: tuple[float, float] = (5.0, 10.0)
+    url_template: str = "https://preview-{pr}.{repo}.example.com"
+    deploy_command: str | None = None
+    destroy_command: str | None = None
+    command_env: tuple[str, ...] = ()
+    command_timeout: float = 1800.0
+    lease_seconds: float = 60.0
+    reconcile_seconds: float = 60.0
+    auto_deploy: bool = False
+    rate_limit_per_minute: int = 60
+    public_api_url: str | None = None
+
+    @property
+    def github_enabled(self) -> bool:
+        """True when the GitHub App is configured; otherwise the bot runs in local mode."""
+        return bool(self.app_id and self.private_key and self.webhook_secret)
+
+    def secrets(self) -> list[str]:
+        """Values that must never be logged; used by the log redaction filter."""
+        return [s for s in (self.private_key, self.webhook_secret) if s]
+
+
+GITHUB_VARIABLES = "APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | None = ".env") -> Settings:
+    """Build settings from `environ` (default: the process environment plus `.env`)."""
+    if environ is None:
+        env = dict(_read_dotenv(dotenv)) if dotenv else {}
+        env.update(os.environ)
+    else:
+        env = dict(environ)
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value.strip() if value is not None and value.strip() != "" else None
+
+    app_id = get("APP_ID")
+    if app_id is not None and not app_id.isdigit():
+        raise ConfigError(f"APP_ID must be the GitHub App's numeric id, got {app_id!r}")
+    private_key = _private_key(get("PRIVATE_KEY"), get("PRIVATE_KEY_PATH"))
+    webhook_secret = env.get("WEBHOOK_SECRET") or None
+    given = [n for n, v in (("APP_ID", app_id), ("PRIVATE_KEY", private_key), ("WEBHOOK_SECRET", webhook_secret)) if v]
+    if given and len(given) < 3:
+        missing = [n for n in ("APP_ID", "PRIVATE_KEY", "WEBHOOK_SECRET") if n not in given]
+        raise ConfigError(f"{missing[0]} is required when {', '.join(given)} is set (the GitHub App needs {GITHUB_VARIABLES})")
+
+    webhook_path = get("WEBHOOK_PATH") or Settings.webhook_path
+    if not webhook_path.startswith("/"):
+        raise ConfigError(f"WEBHOOK_PATH must start with '/', got {webhook_path!r}")
+
+    provisioner = (get("PREVIEW_PROVISIONER") or "simulated").lower()
+    if provisioner not in ("simulated", "command"):
+        raise ConfigError(f"PREVIEW_PROVISIONER must be 'simulated' or 'command', got {provisioner!r}")
+    deploy_command = get("PREVIEW_DEPLOY_COMMAND")
+    if provisioner == "command" and not deploy_command:
+        raise ConfigError("PREVIEW_DEPLOY_COMMAND is required when PREVIEW_PROVISIONER=command")
+    for name in ("PREVIEW_DEPLOY_COMMAND", "PREVIEW_DESTROY_COMMAND"):
+        _check_command(name, get(name))
+
+    url_template = get("PREVIEW_URL_TEMPLATE") or Settings.url_template
+    _check_url_template(url_template)
+
+    return Settings(
+        app_id=app_id,
+        private_key=private_key,
+        webhook_secret=webhook_secret,
+        webhook_path=webhook_path,
+        github_api_url=_url("GITHUB_API_URL", get("GITHUB_API_URL") or Settings.github_api_url).rstrip("/"),
+        redis_url=_redis_url(get("REDIS_URL")),
+        database_path=get("DATABASE_PATH") or Settings.database_path,
+        host=get("HOST") or Settings.host,
+        port=_number("PORT", get("PORT"), 3001, int, low=1, high=65535),
+        provisioner=provisioner,
+        simulated_seconds=_seconds_range(get("PREVIEW_SIMULATED_SECONDS")),
+        url_template=url_template,
+        deploy_command=deploy_command,
+        destroy_command=get("PREVIEW_DESTROY_COMMAND"),
+        command_env=_names("PREVIEW_COMMAND_ENV", get("PREVIEW_COMMAND_ENV")),
+        command_timeout=_number("PREVIEW_COMMAND_TIMEOUT", get("PREVIEW_COMMAND_TIMEOUT"), 1800.0, float, low=1),
+        lease_seconds=_number("PREVIEW_LEASE_SECONDS", get("PREVIEW_LEASE_SECONDS"), 60.0, float, low=1),
+        reconcile_seconds=_number("PREVIEW_RECONCILE_SECONDS", get("PREVIEW_RECONCILE_SECONDS"), 60.0, float, low=1),
+        auto_deploy=_boolean("PREVIEW_AUTO_DEPLOY", get("PREVIEW_AUTO_DEPLOY")),
+        rate_limit_per_minute=_number("PREVIEW_API_RATE_LIMIT", get("PREVIEW_API_RATE_LIMIT"), 60, int, low=1),
+        public_api_url=_optional_url("NEXT_PUBLIC_API_URL", get("NEXT_PUBLIC_API_URL")),
+    )
+
+
+def _read_dotenv(path: str) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not Path(path).is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _private_key(inline: str | None, path: str | None) -> str | None:
+    if inline:
+        # Hosting platforms often store the PEM on one line with literal "\n".
+        key = inline.replace("\\n", "\n")
+        if "PRIVATE KEY-----" not in key:
+            raise ConfigError("PRIVATE_KEY must be the GitHub App's PEM private key")
+        return key
+    if path:
+        try:
+            key = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"PRIVATE_KEY_PATH cannot be read: {exc.strerror}") from None
+        if "PRIVATE KEY-----" not in key:
+            raise ConfigError("PRIVATE_KEY_PATH does not hold a PEM private key")
+        return key
+    return None
+
+
+def _number(name, raw, default, kind, *, low=None, high=None):
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, got {raw!r}") from None
+    if value != value or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"{name} must be {bounds}, got {raw!r}")
+    return value
+
+
+def _seconds_range(raw: str | None) -> tuple[float, float]:
+    if raw is None:
+        return Settings.simulated_seconds
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:-\s*(\d+(?:\.\d+)?)\s*)?", raw)
+    if not match:
+        raise ConfigError(f"PREVIEW_SIMULATED_SECONDS must be a number or a range like 5-10, got {raw!r}")
+    low = float(match.group(1))
+    high = float(match.group(2)) if match.group(2) else low
+    if high < low:
+        raise ConfigError(f"PREVIEW_SIMULATED_SECONDS range must go from low to high, got {raw!r}")
+    return (low, high)
+
+
+def _boolean(name: str, raw: str | None) -> bool:
+    if raw is None:
+        return False
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _url(name: str, raw: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", raw):
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw
+
+
+def _optional_url(name: str, raw: str | None) -> str | None:
+    return _url(name, raw).rstrip("/") if raw else None
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not re.match(r"^(redis|rediss|unix)://", raw):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _names(name: str, raw: str | None) -> tuple[str, ...]:
+    """A list of environment variable names, separated by commas or spaces."""
+    if raw is None:
+        return ()
+    names = tuple(n for n in re.split(r"[,\s]+", raw) if n)
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad:
+        raise ConfigError(f"{name} must list environment variable names, got {bad[0]!r}")
+    return names
+
+
+def _check_command(name: str, raw: str | None) -> None:
+    if raw is None:
+        return
+    import shlex
+
+    try:
+        shlex.split(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} cannot be split into words: {exc}") from None
+
+
+def _check_url_template(template: str) -> None:
+    try:
+        template.format(pr="1", repo="r", owner="o", branch="b")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"PREVIEW_URL_TEMPLATE may use only {{pr}}, {{repo}}, {{owner}}, {{branch}}: {exc!r}"
+        ) from None

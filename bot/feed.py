@@ -1,0 +1,215 @@
+"""From the event stream to SQLite and to WebSocket clients.
+
+Two loops per web process, both reading the Redis stream the workers write to:
+
+- the recorder reads through a consumer group shared by all web processes, so each event is
+  written to SQLite once, and acknowledges it only after the write: an event published while
+  no web process runs waits in Redis and is recorded when one starts;
+- the broadcaster reads the stream on its own, so every web process sees every event and
+  passes it to its own WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import redis
+
+from worker.state import EVENTS_STREAM
+
+from .store import Store, StoreUnavailable
+
+log = logging.getLogger("previewbot.feed")
+
+RECORDER_GROUP = "recorders"
+# A pending entry idle this long belonged to a web process that died before acknowledging it.
+CLAIM_IDLE_MS = 30_000
+
+
+def ws_message(deployment: dict) -> dict:
+    """The seed's WebSocket message for a deployment (prNumber as a string), plus a few extras."""
+    message = {
+        "type": "deployment:update",
+        "prNumber": str(deployment["prNumber"]),
+        "branchName": deployment["branchName"],
+        "repository": deployment["repository"],
+        "status": deployment["status"],
+        "deploymentId": deployment["id"],
+        "headSha": deployment.get("headSha"),
+        "updatedAt": deployment.get("updatedAt"),
+    }
+    if deployment.get("previewUrl") and deployment["status"] == "deployed":
+        message["previewUrl"] = deployment["previewUrl"]
+    if deployment.get("error") and deployment["status"] == "failed":
+        message["error"] = deployment["error"]
+    return message
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One WebSocket client: what it asked to see and what its token may see."""
+
+    repository: str | None = None
+    pr_number: str | None = None
+    allowed: list[str] | None = None  # None: every repository
+    messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
+    overflowed: bool = False
+
+    def wants(self, message: dict) -> bool:
+        repository = message["repository"]
+        if self.allowed is not None and repository not in self.allowed:
+            return False
+        if self.repository and repository != self.repository:
+            return False
+        return not self.pr_number or message["prNumber"] == self.pr_number
+
+
+class Hub:
+    """The WebSocket clients of this process."""
+
+    def __init__(self):
+        self._subscribers: set[Subscriber] = set()
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Subscriber:
+        with self._lock:
+            self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+    def publish(self, message: dict) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            if subscriber.wants(message):
+                try:
+                    subscriber.messages.put_nowait(message)
+                except queue.Full:
+                    # A client that reads nothing must not hold memory forever; it reconnects.
+                    subscriber.overflowed = True
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+
+def record(store: Store, event_id: str, fields: dict) -> None:
+    """Write one stream entry to SQLite; safe to repeat."""
+    kind = fields.get("kind")
+    data = json.loads(fields["data"])
+    if kind == "deployment":
+        store.record_deployment(data, event_id, message=fields.get("message"))
+    elif kind == "log":
+        store.record_log(event_id, data["deploymentId"], data["line"], data["at"])
+
+
+def _decode(fields: dict) -> dict:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+
+
+class FeedThreads:
+    """The recorder and broadcaster loops of one web process."""
+
+    def __init__(self, conn: redis.Redis, store: Store, hub: Hub):
+        self.conn = conn
+        self.store = store
+        self.hub = hub
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target in (self._record_loop, self._broadcast_loop):
+            thread = threading.Thread(target=target, name=f"previewbot-{target.__name__.strip('_')}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+    # -- recorder ----------------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        backlog = True  # first our own unacknowledged entries, then claimed ones, then new ones
+        while not self.stop.is_set():
+            try:
+                self._ensure_group()
+                if backlog:
+                    self._record_pending()
+                    backlog = False
+                entries = self.conn.xreadgroup(
+                    RECORDER_GROUP, self.consumer, {EVENTS_STREAM: ">"}, count=200, block=1000
+                )
+                for _stream, items in entries or []:
+                    self._record_entries(items)
+            except (redis.RedisError, StoreUnavailable, OSError) as exc:
+                log.warning("event recorder paused: %s", exc)
+                backlog = True
+                self.stop.wait(1.0)
+
+    def _ensure_group(self) -> None:
+        try:
+            self.conn.xgroup_create(EVENTS_STREAM, RECORDER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _record_pending(self) -> None:
+        while True:
+            entries = self.conn.xreadgroup(RECORDER_GROUP, self.consumer, {EVENTS_STREAM: "0"}, count=200)
+            items = entries[0][1] if entries else []
+            if not items:
+                break
+            self._record_entries(items)
+        start = "0-0"
+        while True:
+            start, items, *_ = self.conn.xautoclaim(
+                EVENTS_STREAM, RECORDER_GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=200
+            )
+            self._record_entries(items)
+            if start in (b"0-0", "0-0"):
+                break
+
+    def _record_entries(self, items) -> None:
+        done = []
+        for entry_id, fields in items:
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if fields:  # a trimmed entry comes back empty
+                try:
+                    record(self.store, entry_id, _decode(fields))
+                except (KeyError, ValueError, TypeError) as exc:
+                    log.error("dropping malformed event %s: %s", entry_id, exc)
+            done.append(entry_id)
+        if done:
+            self.conn.xack(EVENTS_STREAM, RECORDER_GROUP, *done)
+
+    # -- broadcaster -------------------------------------------------------------------------
+
+    def _broadcast_loop(self) -> None:
+        last_id = "$"
+        while not self.stop.is_set():
+            try:
+                if last_id == "$":
+                    info = self.conn.xinfo_stream(EVENTS_STREAM) if self.conn.exists(EVENTS_STREAM) else None
+                    last_id = (info["last-generated-id"] if info else "0-0")
+                    last_id = last_id.decode() if isinstance(last_id, bytes) else last_id
+                entries = self.conn.xread({EVENTS_STREAM: last_id}, count=500, block=1000)
+                for _stream, items in entries or []:
+                    for entry_id, fields in items:
+                        last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        fields = _decode(fields)
+                        if fields.get("kind") == "deployment":
+                            self.hub.publish(ws_message(json.loads(fields["data"])))
+            except (redis.RedisError, OSError, ValueError, KeyError) as exc:
+                log.warning("event broadcaster paused: %s", exc)
+                self.stop.wait(1.0)

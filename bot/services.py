@@ -1,0 +1,26 @@
+"""What the web process's parts share, kept on the Flask app (no globals at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from .config import Settings
+from .feed import FeedThreads, Hub
+from .store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    redis: redis.Redis
+    hub: Hub
+    github: object | None = None  # bot.github_client.WebGitHub when the App is configured
+    feed: FeedThreads | None = None
+
+
+def services() -> Services:
+    return current_app.extensions["previewbot"]

@@ -1,0 +1,374 @@
+"""The web process's SQLite store: deployments and their history, pull requests, webhook
+deliveries, API tokens and installations.
+
+Dicts in, dicts out through sqlite-utils; the schema changes only through the migrations below.
+Workers never open this file: what they do reaches it as events (see `bot.feed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+from datetime import datetime, timezone
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("previewbot")
+
+# Deployment rows keep the seed's column names; the API speaks camelCase (see `deployment_json`).
+DEPLOYMENT_COLUMNS = {
+    "id": str,
+    "pr_id": int,
+    "branch_name": str,
+    "status": str,
+    "preview_url": str,
+    "error_message": str,
+    "created_at": str,
+    "updated_at": str,
+    "repository": str,
+    "head_repository": str,
+    "head_sha": str,
+    "provisioner": str,
+    "trigger": str,
+    "requested_by": str,
+    "installation_id": int,
+    "destroyed_at": str,
+    "last_event_id": str,
+}
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["deployments"].create(DEPLOYMENT_COLUMNS, pk="id", not_null={"pr_id", "branch_name", "status", "repository"})
+    db["deployments"].create_index(["repository", "pr_id", "created_at"])
+    db["deployment_events"].create(
+        {"id": str, "deployment_id": str, "status": str, "message": str, "created_at": str},
+        pk="id",
+    )
+    db["deployment_events"].create_index(["deployment_id"])
+    db["deployment_logs"].create(
+        {"id": str, "deployment_id": str, "line": str, "created_at": str}, pk="id"
+    )
+    db["deployment_logs"].create_index(["deployment_id"])
+    db["pull_requests"].create(
+        {
+            "repository": str,
+            "number": int,
+            "title": str,
+            "branch_name": str,
+            "head_repository": str,
+            "head_sha": str,
+            "author": str,
+            "state": str,
+            "installation_id": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk=("repository", "number"),
+    )
+    db["webhook_deliveries"].create(
+        {"id": str, "event": str, "action": str, "received_at": str}, pk="id"
+    )
+    db["api_tokens"].create(
+        {"name": str, "token_hash": str, "repositories": str, "created_at": str, "revoked_at": str},
+        pk="name",
+    )
+    db["api_tokens"].create_index(["token_hash"], unique=True)
+    db["installations"].create(
+        {"id": int, "account": str, "created_at": str, "deleted_at": str}, pk="id"
+    )
+    db["installation_repositories"].create(
+        {"repository": str, "installation_id": int}, pk="repository"
+    )
+
+
+def utcnow() -> str:
+    """Timestamps are ISO 8601 in UTC with milliseconds, which also sort as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stream_id_key(event_id: str | None) -> tuple[int, int]:
+    """Redis stream ids ("ms-seq") compared as numbers, so replays never move a row backwards."""
+    if not event_id:
+        return (-1, -1)
+    ms, _, seq = event_id.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+class StoreUnavailable(Exception):
+    """SQLite cannot be used right now (locked past the busy timeout, disk full, unreadable)."""
+
+
+class Store:
+    """One SQLite file; one connection per thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    def migrate(self) -> None:
+        migrations.apply(self.db)
+
+    def ping(self) -> None:
+        self.db.execute("SELECT count(*) FROM deployments LIMIT 1").fetchone()
+
+    # -- deployments -------------------------------------------------------------------------
+
+    def record_deployment(self, snapshot: dict, event_id: str | None, message: str | None = None) -> bool:
+        """Upsert a deployment from an event snapshot unless a newer event already landed.
+
+        Returns True when the row changed. Events can arrive twice (a redelivered stream entry)
+        or out of order (two web processes); the stream id decides.
+        """
+        row = deployment_row(snapshot)
+        row["last_event_id"] = event_id
+        with self.db.atomic():
+            existing = self.get_deployment(row["id"])
+            if existing and stream_id_key(existing["last_event_id"]) >= stream_id_key(event_id):
+                return False
+            if existing:
+                # Keep what the event does not carry (e.g. created_at of the first event).
+                row = {**existing, **{k: v for k, v in row.items() if v is not None}}
+                if snapshot.get("error") is None and row["status"] != "failed":
+                    row["error_message"] = None
+            self.db["deployments"].upsert(row, pk="id", alter=False)
+            if event_id:
+                self.db["deployment_events"].insert(
+                    {
+                        "id": event_id,
+                        "deployment_id": row["id"],
+                        "status": row["status"],
+                        "message": message,
+                        "created_at": row["updated_at"],
+                    },
+                    ignore=True,
+                )
+        return True
+
+    def record_log(self, event_id: str, deployment_id: str, line: str, at: str) -> None:
+        self.db["deployment_logs"].insert(
+            {"id": event_id, "deployment_id": deployment_id, "line": line, "created_at": at}, ignore=True
+        )
+
+    def get_deployment(self, deployment_id: str) -> dict | None:
+        rows = list(self.db["deployments"].rows_where("id = ?", [deployment_id]))
+        return rows[0] if rows else None
+
+    def latest_deployment(self, repository: str, pr_number: int) -> dict | None:
+        rows = list(
+            self.db["deployments"].rows_where(
+                "repository = ? AND pr_id = ?",
+                [repository, pr_number],
+                order_by="created_at DESC, rowid DESC",
+                limit=1,
+            )
+        )
+        return rows[0] if rows else None
+
+    def deployment_history(self, repository: str, pr_number: int, limit: int = 50) -> list[dict]:
+        return list(
+            self.db["deployments"].rows_where(
+                "repository = ? AND pr_id = ?", [repository, pr_number], order_by="created_at DESC", limit=limit
+            )
+        )
+
+    def deployment_events(self, deployment_id: str) -> list[dict]:
+        return list(self.db["deployment_events"].rows_where("deployment_id = ?", [deployment_id], order_by="id"))
+
+    def deployment_logs(self, deployment_id: str, limit: int = 1000) -> list[dict]:
+        return list(
+            self.db["deployment_logs"].rows_where("deployment_id = ?", [deployment_id], order_by="id", limit=limit)
+        )
+
+    # -- pull requests -----------------------------------------------------------------------
+
+    def upsert_pull_request(self, pull: dict) -> None:
+        """Remember a pull request (from a webhook or an API deploy) for the dashboard."""
+        now = utcnow()
+        with self.db.atomic():
+            existing = self.get_pull_request(pull["repository"], pull["number"])
+            row = {**(existing or {"created_at": now}), **{k: v for k, v in pull.items() if v is not None}}
+            row["updated_at"] = now
+            self.db["pull_requests"].upsert(row, pk=("repository", "number"), alter=False)
+
+    def get_pull_request(self, repository: str, number: int) -> dict | None:
+        rows = list(self.db["pull_requests"].rows_where("repository = ? AND number = ?", [repository, number]))
+        return rows[0] if rows else None
+
+    def list_pull_requests(self, *, repositories: list[str] | None = None, state: str = "open") -> list[dict]:
+        """Pull requests with their latest deployment, newest first."""
+        sql = """
+            SELECT p.*, d.id AS d_id FROM pull_requests p
+            LEFT JOIN deployments d ON d.id = (
+                SELECT id FROM deployments
+                WHERE repository = p.repository AND pr_id = p.number
+                ORDER BY created_at DESC, rowid DESC LIMIT 1)
+            WHERE p.state = ?
+        """
+        params: list = [state]
+        if repositories is not None:
+            sql += f" AND p.repository IN ({','.join('?' * len(repositories))})"
+            params += repositories
+        sql += " ORDER BY p.created_at DESC, p.number DESC"
+        rows = self.db.execute(sql, params).fetchall()
+        columns = [c[0] for c in self.db.execute(sql, params).description]
+        result = []
+        for values in rows:
+            pull = dict(zip(columns, values))
+            deployment_id = pull.pop("d_id")
+            pull["deployment"] = self.get_deployment(deployment_id) if deployment_id else None
+            result.append(pull)
+        return result
+
+    # -- webhook deliveries ------------------------------------------------------------------
+
+    def record_delivery(self, delivery_id: str, event: str, action: str | None) -> bool:
+        """Remember a delivery id; False when it was seen before (a redelivery)."""
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (id, event, action, received_at) VALUES (?, ?, ?, ?)",
+            [delivery_id, event, action, utcnow()],
+        )
+        return cursor.rowcount == 1
+
+    def forget_delivery(self, delivery_id: str) -> None:
+        """Undo `record_delivery` when the work could not be queued, so GitHub can redeliver."""
+        self.db.execute("DELETE FROM webhook_deliveries WHERE id = ?", [delivery_id])
+
+    # -- API tokens --------------------------------------------------------------------------
+
+    def create_token(self, name: str, repositories: list[str] | None = None) -> str:
+        """Create a token and return it in clear, once; only its hash is stored."""
+        token = "pvb_" + secrets.token_urlsafe(32)
+        try:
+            self.db["api_tokens"].insert(
+                {
+                    "name": name,
+                    "token_hash": hash_token(token),
+                    "repositories": json.dumps(sorted(repositories)) if repositories else None,
+                    "created_at": utcnow(),
+                    "revoked_at": None,
+                }
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a token named {name!r} already exists") from None
+        return token
+
+    def verify_token(self, token: str | None) -> dict | None:
+        """The token's row (with `repositories` as a list or None for all) if valid, else None."""
+        if not token or len(token) > 200:
+            return None
+        digest = hash_token(token)
+        rows = list(self.db["api_tokens"].rows_where("token_hash = ?", [digest]))
+        if not rows or not hmac.compare_digest(rows[0]["token_hash"], digest) or rows[0]["revoked_at"]:
+            return None
+        row = dict(rows[0])
+        row["repositories"] = json.loads(row["repositories"]) if row["repositories"] else None
+        return row
+
+    def list_tokens(self) -> list[dict]:
+        return [
+            {k: v for k, v in row.items() if k != "token_hash"}
+            for row in self.db["api_tokens"].rows_where(order_by="created_at")
+        ]
+
+    def revoke_token(self, name: str) -> bool:
+        cursor = self.db.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", [utcnow(), name]
+        )
+        return cursor.rowcount == 1
+
+    def count_tokens(self) -> int:
+        return self.db["api_tokens"].count
+
+    # -- installations -----------------------------------------------------------------------
+
+    def upsert_installation(self, installation_id: int, account: str | None, repositories: list[str]) -> None:
+        with self.db.atomic():
+            self.db["installations"].upsert(
+                {"id": installation_id, "account": account, "created_at": utcnow(), "deleted_at": None}, pk="id"
+            )
+            self.add_installation_repositories(installation_id, repositories)
+
+    def add_installation_repositories(self, installation_id: int, repositories: list[str]) -> None:
+        self.db["installation_repositories"].upsert_all(
+            [{"repository": r, "installation_id": installation_id} for r in repositories], pk="repository"
+        )
+
+    def remove_installation_repositories(self, repositories: list[str]) -> None:
+        for repository in repositories:
+            self.db.execute("DELETE FROM installation_repositories WHERE repository = ?", [repository])
+
+    def delete_installation(self, installation_id: int) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE installations SET deleted_at = ? WHERE id = ?", [utcnow(), installation_id])
+            self.db.execute("DELETE FROM installation_repositories WHERE installation_id = ?", [installation_id])
+
+    def installation_for(self, repository: str) -> int | None:
+        rows = list(self.db["installation_repositories"].rows_where("repository = ?", [repository]))
+        return rows[0]["installation_id"] if rows else None
+
+
+def hash_token(token: str) -> str:
+    # API tokens are 256-bit random values, so a plain SHA-256 is enough (no password stretching).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def deployment_row(snapshot: dict) -> dict:
+    """A deployment as the events and API carry it (camelCase) → a table row."""
+    return {
+        "id": snapshot["id"],
+        "pr_id": int(snapshot["prNumber"]),
+        "branch_name": snapshot["branchName"],
+        "status": snapshot["status"],
+        "preview_url": snapshot.get("previewUrl"),
+        "error_message": snapshot.get("error"),
+        "created_at": snapshot.get("createdAt"),
+        "updated_at": snapshot.get("updatedAt"),
+        "repository": snapshot["repository"],
+        "head_repository": snapshot.get("headRepository"),
+        "head_sha": snapshot.get("headSha"),
+        "provisioner": snapshot.get("provisioner"),
+        "trigger": snapshot.get("trigger"),
+        "requested_by": snapshot.get("requestedBy"),
+        "installation_id": snapshot.get("installationId"),
+        "destroyed_at": snapshot.get("destroyedAt"),
+    }
+
+
+def deployment_json(row: dict) -> dict:
+    """A table row → the API's camelCase deployment."""
+    return {
+        "id": row["id"],
+        "deploymentId": row["id"],
+        "repository": row["repository"],
+        "headRepository": row["head_repository"],
+        "prNumber": row["pr_id"],
+        "branchName": row["branch_name"],
+        "headSha": row["head_sha"],
+        "status": row["status"],
+        "previewUrl": row["preview_url"],
+        "error": row["error_message"],
+        "provisioner": row["provisioner"],
+        "trigger": row["trigger"],
+        "requestedBy": row["requested_by"],
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+        "destroyedAt": row["destroyed_at"],
+    }

@@ -1,0 +1,67 @@
+"""Pure checks of what people send: repository names, pull-request numbers, branch names."""
+
+from __future__ import annotations
+
+import re
+
+OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+REPO = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+MAX_PR_NUMBER = 2**31 - 1
+MAX_BRANCH_LENGTH = 255
+
+
+class InvalidInput(ValueError):
+    """A value people sent is not acceptable; the message says which and why."""
+
+
+def repository_name(owner: str, repo: str) -> str:
+    if not OWNER.match(owner):
+        raise InvalidInput("owner must be a GitHub user or organization name")
+    if not REPO.match(repo) or repo in (".", ".."):
+        raise InvalidInput("repo must be a GitHub repository name")
+    return f"{owner}/{repo}"
+
+
+def full_repository_name(value: object) -> str:
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise InvalidInput("repository must look like owner/repo")
+    owner, repo = value.split("/")
+    return repository_name(owner, repo)
+
+
+def pr_number(value: object) -> int:
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_PR_NUMBER:
+        raise InvalidInput("prNumber must be a positive whole number")
+    return int(text)
+
+
+def branch_name(value: object) -> str:
+    """A branch name as git accepts it (`git check-ref-format --branch`), at most 255 characters.
+
+    Shell metacharacters are allowed, as git allows them: the command provisioner passes the
+    name as an environment value, never through a shell.
+    """
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput("branchName is required and must be a string")
+    if len(value) > MAX_BRANCH_LENGTH:
+        raise InvalidInput(f"branchName must be at most {MAX_BRANCH_LENGTH} characters")
+    problem = _ref_problem(value)
+    if problem:
+        raise InvalidInput(f"branchName is not a valid git branch name: {problem}")
+    return value
+
+
+def _ref_problem(name: str) -> str | None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains a control character"
+    for bad in (" ", "~", "^", ":", "?", "*", "[", "\\"):
+        if bad in name:
+            return f"it contains {bad!r}"
+    if ".." in name or "@{" in name or "//" in name:
+        return "it contains '..', '@{' or '//'"
+    if name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock")) or name == "@":
+        return "it starts or ends with a character git forbids there"
+    if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        return "a path component starts with '.' or ends with '.lock'"
+    return None

@@ -1,0 +1,170 @@
+"""RQ jobs. Each is an importable function with keyword-only, JSON-safe arguments, and each
+builds what it needs (settings, Redis, provisioner, GitHub client) from the worker's context.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+import redis
+
+from . import previews, state
+from .context import WorkerContext, get_context
+from .provisioners import ProvisionError, ProvisionRequest
+
+log = logging.getLogger("previewbot.worker")
+
+
+def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
+    """Provision `deployment` and report the outcome everywhere."""
+    ctx = get_context()
+    lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+    with held_lease(ctx, lock, lock_id) as held:
+        if not held:
+            return _superseded(ctx, deployment)
+        ctx.reporter.deploy_started(deployment)
+        request = _provision_request(ctx, deployment)
+        try:
+            url = ctx.provisioner.deploy(request)
+        except ProvisionError as exc:
+            result = finish(ctx, deployment, status="failed", error=str(exc))
+        except Exception as exc:  # a provisioner bug must still end the deployment
+            log.exception("provisioner crashed for deployment %s", deployment["id"])
+            result = finish(ctx, deployment, status="failed", error=f"Provisioner error: {type(exc).__name__}")
+        else:
+            result = finish(ctx, deployment, status="deployed", previewUrl=url)
+        ctx.reporter.deploy_finished(result)
+        return result
+
+
+def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
+    """Tear down the branch's environment; the deployment row stays, as history, marked idle."""
+    ctx = get_context()
+    lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+    with held_lease(ctx, lock, lock_id) as held:
+        if not held:
+            return deployment
+        # The caller's snapshot may be older than a deploy that finished meanwhile.
+        latest = state.current(ctx.redis, deployment["repository"], deployment["prNumber"]) or deployment
+        if latest["id"] != deployment["id"] and latest.get("branchName") == deployment["branchName"]:
+            deployment = latest
+        request = _provision_request(ctx, deployment)
+        try:
+            ctx.provisioner.destroy(request)
+        except ProvisionError as exc:
+            result = finish(ctx, deployment, status="failed", error=f"Destroy failed: {exc}")
+            ctx.reporter.deploy_finished(result)
+            return result
+        result = finish(ctx, deployment, status="idle", destroyedAt=state.utcnow(), message=reason)
+        ctx.reporter.destroyed(result, reason=reason)
+        return result
+
+
+def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ's failure callback: a job that raised (or timed out) still ends its deployment."""
+    ctx = get_context()
+    kwargs = job.kwargs or {}
+    deployment = kwargs.get("deployment")
+    if not deployment:
+        return
+    current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
+    if current and current["id"] == deployment["id"] and current["status"] == "deploying":
+        error = "The deploy timed out." if exc_type and exc_type.__name__ == "JobTimeoutException" else "The deploy job crashed."
+        result = finish(ctx, current, status="failed", error=error)
+        ctx.reporter.deploy_finished(result)
+    _release(ctx, state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds), kwargs.get("lock_id"))
+
+
+@contextmanager
+def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str):
+    """Hold the branch lock for the job: shorten the queued lease to the running lease, renew
+    it in the background, and on the way out release it or hand it to a queued follow-up."""
+    if not lock.renew(lock_id):
+        yield False
+        return
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew_until, args=(lock, lock_id, stop, ctx.settings.lease_seconds / 3), daemon=True)
+    renewer.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        renewer.join()
+        _release(ctx, lock, lock_id)
+
+
+def _renew_until(lock: state.BranchLock, lock_id: str, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            if not lock.renew(lock_id):
+                log.warning("lost the branch lock %s", lock.key)
+                return
+        except redis.RedisError:
+            log.warning("could not renew the branch lock %s; retrying", lock.key)
+
+
+def _release(ctx: WorkerContext, lock: state.BranchLock, lock_id: str | None) -> None:
+    """Release the lock; if a push or a close queued work behind us, start it now."""
+    if not lock_id:
+        return
+    handed = lock.release(lock_id)
+    if handed is None:
+        return
+    follow_id, follow = handed
+    _start_follow_up(ctx, lock, follow_id, follow)
+
+
+def _start_follow_up(ctx: WorkerContext, lock: state.BranchLock, follow_id: str, follow: dict) -> None:
+    repository, pr_number = follow["repository"], follow["prNumber"]
+    current = state.current(ctx.redis, repository, pr_number)
+    if current is None:
+        lock.force_release(follow_id)
+        return
+    if follow["action"] == "destroy":
+        previews.queue.enqueue_destroy(
+            ctx.redis, ctx.settings, deployment=current, lock_id=follow_id, reason=follow.get("reason") or "destroy"
+        )
+        return
+    deployment = previews.new_deployment(
+        repository=repository,
+        pr_number=pr_number,
+        branch=current["branchName"],
+        head_repository=current.get("headRepository"),
+        sha=follow.get("headSha") or current.get("headSha"),
+        trigger=follow.get("trigger") or "push",
+        requested_by=follow.get("requestedBy"),
+        installation_id=current.get("installationId"),
+        provisioner=ctx.provisioner.name,
+        deployment_id=follow_id,
+    )
+    previews.start_deploy(ctx.redis, ctx.settings, deployment, lock_id=follow_id)
+
+
+def finish(ctx: WorkerContext, deployment: dict, *, status: str, message: str | None = None, **changes) -> dict:
+    result = {**deployment, **changes, "status": status, "updatedAt": state.utcnow()}
+    if status != "failed":
+        result["error"] = None
+    current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
+    # A newer deployment of the same pull request owns the "current" slot; only record ours.
+    make_current = current is None or current["id"] == deployment["id"]
+    state.publish(ctx.redis, result, message=message, make_current=make_current)
+    return result
+
+
+def _superseded(ctx: WorkerContext, deployment: dict) -> dict:
+    log.info("deployment %s lost its branch lock while queued; not running it", deployment["id"])
+    return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.")
+
+
+def _provision_request(ctx: WorkerContext, deployment: dict) -> ProvisionRequest:
+    return ProvisionRequest(
+        repository=deployment["repository"],
+        pr_number=int(deployment["prNumber"]),
+        branch=deployment["branchName"],
+        sha=deployment.get("headSha"),
+        deployment_id=deployment["id"],
+        preview_url=deployment.get("previewUrl"),
+        log=lambda line: state.publish_log(ctx.redis, deployment["id"], line),
+    )

@@ -1,0 +1,197 @@
+"""Provisioners: what actually creates and removes a branch's environment.
+
+One small interface, `deploy(request) -> preview URL` and `destroy(request)`, so that a cloud
+provisioner can be added later without touching the jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
+
+# The command provisioner's environment: what design §4.8 lists, plus these basics so the
+# command can find its tools, plus what the operator names in PREVIEW_COMMAND_ENV. Nothing else:
+# the bot's own secrets never reach a command that builds untrusted code.
+BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+class ProvisionError(Exception):
+    """Provisioning failed; the message is shown to people, so it says what went wrong."""
+
+
+@dataclass
+class ProvisionRequest:
+    repository: str
+    pr_number: int
+    branch: str
+    sha: str | None
+    deployment_id: str
+    preview_url: str | None = None
+    log: Callable[[str], None] = field(default=lambda line: None, repr=False)
+
+
+class Provisioner(Protocol):
+    name: str
+
+    def deploy(self, request: ProvisionRequest) -> str: ...
+
+    def destroy(self, request: ProvisionRequest) -> None: ...
+
+
+def branch_slug(branch: str) -> str:
+    """A DNS-safe label from a branch name: `feat/Login_page` → `feat-login-page`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", branch.lower()).strip("-")
+    return slug[:50].strip("-") or "branch"
+
+
+def render_url(template: str, request: ProvisionRequest) -> str:
+    owner, _, repo = request.repository.partition("/")
+    return template.format(
+        pr=request.pr_number, repo=branch_slug(repo), owner=branch_slug(owner), branch=branch_slug(request.branch)
+    )
+
+
+class SimulatedProvisioner:
+    """Waits a while and answers the URL template: for trying the bot and for its tests."""
+
+    name = "simulated"
+
+    def __init__(self, seconds: tuple[float, float], url_template: str, *, sleep=time.sleep):
+        self.seconds = seconds
+        self.url_template = url_template
+        self.sleep = sleep
+
+    def deploy(self, request: ProvisionRequest) -> str:
+        low, high = self.seconds
+        duration = random.uniform(low, high)
+        request.log(f"simulated: provisioning {request.branch} for {duration:.1f}s")
+        self.sleep(duration)
+        url = render_url(self.url_template, request)
+        request.log(f"simulated: ready at {url}")
+        return url
+
+    def destroy(self, request: ProvisionRequest) -> None:
+        request.log(f"simulated: destroyed {request.branch}")
+
+
+class CommandProvisioner:
+    """Runs the operator's deploy and destroy commands, split like a shell but never run by one.
+
+    Branch names and other request data reach the command only as environment values, so a
+    branch called `feat/$(reboot)` is just text.
+    """
+
+    name = "command"
+
+    def __init__(
+        self,
+        deploy_command: str,
+        destroy_command: str | None,
+        *,
+        timeout: float,
+        url_template: str,
+        passthrough: tuple[str, ...] = (),
+    ):
+        self.deploy_argv = shlex.split(deploy_command)
+        self.destroy_argv = shlex.split(destroy_command) if destroy_command else None
+        self.timeout = timeout
+        self.url_template = url_template
+        self.passthrough = passthrough
+
+    def deploy(self, request: ProvisionRequest) -> str:
+        stdout = self._run(self.deploy_argv, request, action="deploy")
+        urls = [m.group(1) for line in stdout if (m := URL_LINE.match(line))]
+        return urls[-1] if urls else render_url(self.url_template, request)
+
+    def destroy(self, request: ProvisionRequest) -> None:
+        if self.destroy_argv is None:
+            request.log("command: no PREVIEW_DESTROY_COMMAND configured, nothing to tear down")
+            return
+        self._run(self.destroy_argv, request, action="destroy")
+
+    def environment(self, request: ProvisionRequest, action: str) -> dict[str, str]:
+        env = {name: os.environ[name] for name in BASE_ENVIRONMENT + self.passthrough if name in os.environ}
+        env.update(
+            PREVIEW_ACTION=action,
+            PREVIEW_REPOSITORY=request.repository,
+            PREVIEW_PR_NUMBER=str(request.pr_number),
+            PREVIEW_BRANCH=request.branch,
+            PREVIEW_SHA=request.sha or "",
+            PREVIEW_DEPLOYMENT_ID=request.deployment_id,
+        )
+        if action == "destroy" and request.preview_url:
+            env["PREVIEW_URL"] = request.preview_url
+        return env
+
+    def _run(self, argv: list[str], request: ProvisionRequest, *, action: str) -> list[str]:
+        try:
+            process = subprocess.Popen(
+                argv,
+                env=self.environment(request, action),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                start_new_session=True,  # so a timeout can stop the command's children too
+            )
+        except OSError as exc:
+            raise ProvisionError(f"{action} command could not start: {exc.strerror or exc}") from None
+        stdout: list[str] = []
+        stderr_tail: deque[str] = deque(maxlen=20)
+        readers = [
+            threading.Thread(target=_pump, args=(process.stdout, stdout.append, request.log), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, stderr_tail.append, request.log), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            code = process.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise ProvisionError(f"{action} command timed out after {self.timeout:g}s") from None
+        finally:
+            for reader in readers:
+                reader.join(timeout=5)
+        if code != 0:
+            tail = "\n".join(stderr_tail).strip()[-1000:]
+            raise ProvisionError(f"{action} command exited with {code}" + (f": {tail}" if tail else ""))
+        return stdout
+
+
+def _pump(stream, keep: Callable[[str], None], log: Callable[[str], None]) -> None:
+    for line in stream:
+        line = line.rstrip("\n")
+        keep(line)
+        log(line)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def make_provisioner(settings) -> Provisioner:
+    if settings.provisioner == "command":
+        return CommandProvisioner(
+            settings.deploy_command,
+            settings.destroy_command,
+            timeout=settings.command_timeout,
+            url_template=settings.url_template,
+            passthrough=settings.command_env,
+        )
+    return SimulatedProvisioner(settings.simulated_seconds, settings.url_template)

@@ -1,0 +1,53 @@
+"""The RQ queue and how jobs are put on it: job ids derived from what they act on, JSON
+arguments, and a failure callback so a crashing job still reports its deployment."""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue
+from rq.callbacks import Callback
+from rq.serializers import JSONSerializer
+
+QUEUE_NAME = "previewbot"
+# Jobs that report to GitHub or run the reconciler stay short; provisioning may take long.
+GITHUB_JOB_TIMEOUT = 300
+
+
+def get_queue(conn: redis.Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+
+
+def enqueue_deploy(conn: redis.Redis, settings, *, deployment: dict, lock_id: str) -> None:
+    """Queue the provisioning of `deployment`, which already holds its branch lock."""
+    get_queue(conn).enqueue(
+        "worker.jobs.deploy_preview",
+        deployment=deployment,
+        lock_id=lock_id,
+        job_id=f"deploy-{deployment['id']}",
+        job_timeout=int(settings.command_timeout) + 120,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        on_failure=Callback("worker.jobs.job_crashed"),
+        description=f"deploy {deployment['repository']}#{deployment['prNumber']} {deployment['branchName']}",
+    )
+
+
+def enqueue_destroy(conn: redis.Redis, settings, *, deployment: dict, lock_id: str, reason: str) -> None:
+    """Queue the teardown of `deployment`; `lock_id` holds the branch lock meanwhile."""
+    get_queue(conn).enqueue(
+        "worker.jobs.destroy_preview",
+        deployment=deployment,
+        lock_id=lock_id,
+        reason=reason,
+        job_id=f"destroy-{lock_id}",
+        job_timeout=int(settings.command_timeout) + 120,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        on_failure=Callback("worker.jobs.job_crashed"),
+        description=f"destroy {deployment['repository']}#{deployment['prNumber']} {deployment['branchName']}",
+    )
+
+
+def job_id_for_lock(lock_id: str) -> list[str]:
+    """The job ids that may hold `lock_id`: a deploy of that id, or a destroy run under it."""
+    return [f"deploy-{lock_id}", f"destroy-{lock_id}"]

@@ -1,0 +1,119 @@
+"""Repairs deployments whose state disagrees with the queue.
+
+Every PREVIEW_RECONCILE_SECONDS each worker process offers a reconcile job to the queue under
+an id derived from the period, as an RQ unique job, so however many workers run, one
+reconcile runs per period. The job looks at every deployment still `deploying` and fails the
+ones nobody is working on any more: the lease of their branch lock ran out (a worker died) or
+their job left the queue without running (Redis lost it). The repair is published like any
+other change, so it reaches SQLite's history, the feed and GitHub.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+import redis
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from . import state
+from .queue import GITHUB_JOB_TIMEOUT, get_queue, job_id_for_lock
+
+log = logging.getLogger("previewbot.reconcile")
+
+# A deployment younger than this may be between its announcement and its enqueueing.
+GRACE_SECONDS = 10
+LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def reconcile() -> list[dict]:
+    """The reconcile job: returns what it repaired."""
+    from .context import get_context
+    from .jobs import finish
+
+    ctx = get_context()
+    repaired = []
+    for deployment in state.active_deployments(ctx.redis):
+        problem = diagnose(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+        if problem is None:
+            continue
+        log.warning("reconcile: deployment %s (%s#%s): %s", deployment["id"], deployment["repository"], deployment["prNumber"], problem)
+        lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+        result = finish(ctx, deployment, status="failed", error=problem, message=f"reconcile: {problem}")
+        lock.force_release(deployment["id"])
+        ctx.reporter.deploy_finished(result)
+        repaired.append(result)
+    return repaired
+
+
+def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: float | None = None) -> str | None:
+    """Why `deployment` (status deploying) is stuck, or None if someone is working on it."""
+    age = (now or time.time()) - _epoch(deployment.get("updatedAt"))
+    if age < GRACE_SECONDS:
+        return None
+    lock = state.lock_for(conn, deployment, lease_seconds=lease_seconds)
+    holder = lock.holder()
+    if holder is None:
+        return "Worker lost: the deploy stopped without finishing. Retry to deploy again."
+    if holder != deployment["id"]:
+        return "Superseded: another job holds this branch. Retry to deploy again."
+    for job_id in job_id_for_lock(deployment["id"]):
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status() in LIVE_JOB_STATUSES:
+            return None
+    return "Job lost: the deploy left the queue without running. Retry to deploy again."
+
+
+def _epoch(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).replace(tzinfo=timezone.utc).timestamp()
+
+
+class ReconcileScheduler:
+    """Offers one reconcile job per period; RQ's unique job ids keep it to one across workers."""
+
+    def __init__(self, conn: redis.Redis, settings):
+        self.conn = conn
+        self.period = settings.reconcile_seconds
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="previewbot-reconcile", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self._until_next_period()):
+            self.offer()
+
+    def _until_next_period(self) -> float:
+        return self.period - (time.time() % self.period) + 0.05
+
+    def offer(self) -> bool:
+        period = int(time.time() // self.period)
+        try:
+            get_queue(self.conn).enqueue(
+                "worker.reconcile.reconcile",
+                job_id=f"reconcile-{period}",
+                unique=True,
+                job_timeout=GITHUB_JOB_TIMEOUT,
+                result_ttl=int(self.period * 10),
+                at_front=True,
+                description="reconcile stuck deployments",
+            )
+            return True
+        except DuplicateJobError:
+            return False
+        except redis.RedisError as exc:
+            log.warning("could not offer the reconcile job: %s", exc)
+            return False

@@ -1,0 +1,193 @@
+"""Shared state in Redis: branch locks, follow-up actions, each pull request's current
+deployment, and the event stream that carries every change to the web processes.
+
+Workers need only Redis, so everything a worker must know or tell lives here. The web process
+records the events in SQLite (`bot.feed`); nothing in this module touches SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import redis
+
+PREFIX = "previewbot"
+EVENTS_STREAM = f"{PREFIX}:events"
+ACTIVE_SET = f"{PREFIX}:active"
+EVENTS_MAXLEN = 200_000
+
+ACTIVE_STATUSES = ("deploying",)
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_deployment_id() -> str:
+    return uuid.uuid4().hex
+
+
+def branch_key(repository: str, head_repository: str | None, branch: str) -> str:
+    """One lock per (repository, head repository, branch): a fork's `main` is not ours."""
+    return f"{repository}|{head_repository or repository}|{branch}"
+
+
+def pr_key(repository: str, pr_number: int | str) -> str:
+    return f"{PREFIX}:pr:{repository}#{int(pr_number)}"
+
+
+# KEYS[1] lock, KEYS[2] next action; ARGV[1] deployment id, ARGV[2] lease ms, ARGV[3] follow-up
+# JSON or "" (do not queue). Returns {1, id} when taken, {0, holder} when held by someone else.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, ARGV[1]}
+end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return {0, redis.call('GET', KEYS[1])}
+"""
+
+# KEYS[1] lock; ARGV[1] deployment id, ARGV[2] lease ms. 1 when still ours and extended.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] lock, KEYS[2] next action; ARGV[1] our id, ARGV[2] id for a follow-up, ARGV[3] lease.
+# Hands the lock straight to the queued follow-up, so nothing can slip in between.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+local follow = redis.call('GET', KEYS[2])
+if follow then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return follow
+end
+redis.call('DEL', KEYS[1])
+return false
+"""
+
+# KEYS[1] lock; ARGV[1] id. Drops a lock whose holder is known dead.
+_FORCE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass
+class Acquired:
+    taken: bool
+    holder: str | None
+
+
+class BranchLock:
+    """The one-active-deployment-per-branch rule, as an expiring lease in Redis.
+
+    The lease is renewed while a job runs; a dead worker's lease simply runs out.
+    """
+
+    def __init__(self, conn: redis.Redis, key: str, *, lease_seconds: float):
+        self.conn = conn
+        self.key = key
+        self.lock_key = f"{PREFIX}:lock:{key}"
+        self.next_key = f"{PREFIX}:next:{key}"
+        self.lease_ms = int(lease_seconds * 1000)
+
+    def acquire(self, deployment_id: str, *, lease_ms: int | None = None, follow_up: dict | None = None) -> Acquired:
+        """Take the lock for `deployment_id`; if it is held, optionally queue `follow_up`.
+
+        A queued follow-up replaces an earlier one: only the newest request matters.
+        """
+        taken, holder = self.conn.eval(
+            _ACQUIRE, 2, self.lock_key, self.next_key, deployment_id, lease_ms or self.lease_ms,
+            json.dumps(follow_up) if follow_up else "",
+        )
+        return Acquired(bool(int(taken)), _text(holder))
+
+    def holder(self) -> str | None:
+        return _text(self.conn.get(self.lock_key))
+
+    def renew(self, deployment_id: str) -> bool:
+        return bool(self.conn.eval(_RENEW, 1, self.lock_key, deployment_id, self.lease_ms))
+
+    def release(self, deployment_id: str) -> tuple[str, dict] | None:
+        """Release the lock; if a follow-up was queued, hand the lock to it and return it
+        as (new deployment id, follow-up)."""
+        follow_id = new_deployment_id()
+        follow = self.conn.eval(_RELEASE, 2, self.lock_key, self.next_key, deployment_id, follow_id, self.lease_ms)
+        if not follow:
+            return None
+        return follow_id, json.loads(follow)
+
+    def force_release(self, deployment_id: str) -> bool:
+        return bool(self.conn.eval(_FORCE_RELEASE, 1, self.lock_key, deployment_id))
+
+    def pending_follow_up(self) -> dict | None:
+        raw = self.conn.get(self.next_key)
+        return json.loads(raw) if raw else None
+
+
+def lock_for(conn: redis.Redis, deployment: dict, *, lease_seconds: float) -> BranchLock:
+    key = branch_key(deployment["repository"], deployment.get("headRepository"), deployment["branchName"])
+    return BranchLock(conn, key, lease_seconds=lease_seconds)
+
+
+def publish(conn: redis.Redis, deployment: dict, *, message: str | None = None, make_current: bool = True) -> str:
+    """Make `deployment` the pull request's current state and announce it on the stream.
+
+    One transaction: the current state, the set of active deployments and the stream entry
+    never disagree. Returns the stream id, which orders events for the web's recorder.
+    """
+    deployment = {**deployment, "updatedAt": deployment.get("updatedAt") or utcnow()}
+    payload = json.dumps(deployment, separators=(",", ":"))
+    key = pr_key(deployment["repository"], deployment["prNumber"])
+    pipe = conn.pipeline(transaction=True)
+    if make_current:
+        pipe.set(key, payload)
+        if deployment["status"] in ACTIVE_STATUSES:
+            pipe.sadd(ACTIVE_SET, key)
+        else:
+            pipe.srem(ACTIVE_SET, key)
+    fields = {"kind": "deployment", "data": payload}
+    if message:
+        fields["message"] = message
+    pipe.xadd(EVENTS_STREAM, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+    return _text(pipe.execute()[-1])
+
+
+def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
+    conn.xadd(
+        EVENTS_STREAM,
+        {"kind": "log", "data": json.dumps({"deploymentId": deployment_id, "line": line[:4000], "at": utcnow()})},
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )
+
+
+def current(conn: redis.Redis, repository: str, pr_number: int | str) -> dict | None:
+    """The pull request's current deployment as last published, or None."""
+    raw = conn.get(pr_key(repository, pr_number))
+    return json.loads(raw) if raw else None
+
+
+def active_deployments(conn: redis.Redis) -> list[dict]:
+    keys = sorted(_text(k) for k in conn.smembers(ACTIVE_SET))
+    if not keys:
+        return []
+    return [json.loads(raw) for raw in conn.mget(keys) if raw]
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
