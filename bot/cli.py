@@ -83,6 +83,7 @@ def run_web(settings: Settings, *, workers: int, threads: int) -> int:
             self.cfg.set("graceful_timeout", 5)
             self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from .app import create_app

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import socket
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import redis
 
 from worker.state import EVENTS_STREAM
 
-from .store import Store, StoreUnavailable
+from .store import Store
 
 log = logging.getLogger("previewbot.feed")
 
@@ -152,7 +153,7 @@ class FeedThreads:
                 )
                 for _stream, items in entries or []:
                     self._record_entries(items)
-            except (redis.RedisError, StoreUnavailable, OSError) as exc:
+            except (redis.RedisError, sqlite3.Error, OSError) as exc:
                 log.warning("event recorder paused: %s", exc)
                 backlog = True
                 self.stop.wait(1.0)

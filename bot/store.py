@@ -13,6 +13,7 @@ import json
 import secrets
 import sqlite3
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import sqlite_utils
@@ -100,10 +101,6 @@ def stream_id_key(event_id: str | None) -> tuple[int, int]:
     return (int(ms), int(seq or 0))
 
 
-class StoreUnavailable(Exception):
-    """SQLite cannot be used right now (locked past the busy timeout, disk full, unreadable)."""
-
-
 class Store:
     """One SQLite file; one connection per thread (sqlite3 connections are not shared)."""
 
@@ -123,6 +120,24 @@ class Store:
             self._local.db = db
         return db
 
+    @contextmanager
+    def write(self):
+        """A transaction that reads then writes. BEGIN IMMEDIATE takes the write lock up front,
+        so concurrent writers wait (busy_timeout) instead of failing with 'database is locked'
+        when a read snapshot turns out to be stale."""
+        db = self.db
+        if db.conn.in_transaction:
+            with db.atomic():
+                yield db
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.rollback()
+            raise
+        db.conn.commit()
+
     def migrate(self) -> None:
         migrations.apply(self.db)
 
@@ -139,7 +154,7 @@ class Store:
         """
         row = deployment_row(snapshot)
         row["last_event_id"] = event_id
-        with self.db.atomic():
+        with self.write():
             existing = self.get_deployment(row["id"])
             if existing and stream_id_key(existing["last_event_id"]) >= stream_id_key(event_id):
                 return False
@@ -202,7 +217,7 @@ class Store:
     def upsert_pull_request(self, pull: dict) -> None:
         """Remember a pull request (from a webhook or an API deploy) for the dashboard."""
         now = utcnow()
-        with self.db.atomic():
+        with self.write():
             existing = self.get_pull_request(pull["repository"], pull["number"])
             row = {**(existing or {"created_at": now}), **{k: v for k, v in pull.items() if v is not None}}
             row["updated_at"] = now
@@ -300,7 +315,7 @@ class Store:
     # -- installations -----------------------------------------------------------------------
 
     def upsert_installation(self, installation_id: int, account: str | None, repositories: list[str]) -> None:
-        with self.db.atomic():
+        with self.write():
             self.db["installations"].upsert(
                 {"id": installation_id, "account": account, "created_at": utcnow(), "deleted_at": None}, pk="id"
             )
@@ -316,7 +331,7 @@ class Store:
             self.db.execute("DELETE FROM installation_repositories WHERE repository = ?", [repository])
 
     def delete_installation(self, installation_id: int) -> None:
-        with self.db.atomic():
+        with self.write():
             self.db.execute("UPDATE installations SET deleted_at = ? WHERE id = ?", [utcnow(), installation_id])
             self.db.execute("DELETE FROM installation_repositories WHERE installation_id = ?", [installation_id])
 
