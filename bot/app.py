@@ -6,6 +6,7 @@ import logging
 
 import redis
 from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from . import api, dashboard, webhooks, ws
 from .config import Settings, load_settings
@@ -42,15 +43,15 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
     webhooks.init_app(app)
     dashboard.init_app(app)
 
-    @app.errorhandler(404)
-    def not_found(exc):
-        if request.path.startswith("/api/"):
-            return jsonify({"error": "Not found"}), 404
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # Routing errors (404, 405) and oversize bodies (413) happen outside the blueprints;
+        # API clients and GitHub get JSON with an `error` field for them too.
+        if exc.code == 413:
+            return jsonify({"error": "The request body is too large"}), 413
+        if request.path.startswith("/api/") or request.path == settings.webhook_path:
+            return jsonify({"error": exc.description or exc.name}), exc.code
         return exc
-
-    @app.errorhandler(413)
-    def too_large(exc):
-        return jsonify({"error": "The request body is too large"}), 413
 
     if start_feed:
         svc.feed = FeedThreads(conn, store, svc.hub)

@@ -1,0 +1,201 @@
+"""The REST API's contract and its answers to bad input, through the real Flask app with a
+real Redis and SQLite file (the feed threads are not needed here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.app import create_app
+from worker.queue import QUEUE_NAME
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings, start_feed=False)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def token(app):
+    return app.extensions["previewbot"].store.create_token("api-tests")
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def nothing_changed(app, redis_conn):
+    store = app.extensions["previewbot"].store
+    assert store.db["deployments"].count == 0
+    assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == 0
+    assert not redis_conn.keys("previewbot:lock:*")
+
+
+def test_health_needs_no_token(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.get_json()["database"] == "ok" and response.get_json()["redis"] == "ok"
+
+
+def test_health_says_which_dependency_is_down(tmp_path):
+    from bot.config import load_settings
+
+    settings = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_PATH": str(tmp_path / "x.db")})
+    response = create_app(settings, start_feed=False).test_client().get("/api/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["database"] == "ok" and body["redis"].startswith("down")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer"}, {"Authorization": "Bearer pvb_nope"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer " + "x" * 5000}],
+)
+def test_missing_or_unknown_token_is_401(client, app, redis_conn, headers):
+    response = client.post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=headers)
+    assert response.status_code == 401
+    assert "error" in response.get_json()
+    nothing_changed(app, redis_conn)
+
+
+def test_revoked_token_is_401(client, app, token, redis_conn):
+    app.extensions["previewbot"].store.revoke_token("api-tests")
+    response = client.post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=auth(token))
+    assert response.status_code == 401
+    nothing_changed(app, redis_conn)
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b"[]", "application/json"),
+        (b'"main"', "application/json"),
+        (b"branchName=main", "application/x-www-form-urlencoded"),
+        (json.dumps({}).encode(), "application/json"),
+        (json.dumps({"branchName": 5}).encode(), "application/json"),
+        (json.dumps({"branchName": None}).encode(), "application/json"),
+        (json.dumps({"branchName": ["main"]}).encode(), "application/json"),
+        (json.dumps({"branchName": ""}).encode(), "application/json"),
+        (json.dumps({"branchName": "x" * 10_000}).encode(), "application/json"),
+        (json.dumps({"branchName": "a\nb"}).encode(), "application/json"),
+        (json.dumps({"branchName": "a b"}).encode(), "application/json"),
+        (json.dumps({"branchName": "../etc"}).encode(), "application/json"),
+        (json.dumps({"branchName": "main", "headSha": "not-a-sha"}).encode(), "application/json"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    ],
+)
+def test_bad_bodies_are_400_and_change_nothing(client, app, token, redis_conn, body, content_type):
+    response = client.post(
+        "/api/repos/octo/app/pull-requests/1/deploy", data=body, content_type=content_type, headers=auth(token)
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]
+    nothing_changed(app, redis_conn)
+
+
+def test_body_over_one_megabyte_is_413(client, app, token, redis_conn):
+    body = json.dumps({"branchName": "main", "padding": "x" * (1024 * 1024)})
+    response = client.post("/api/repos/octo/app/pull-requests/1/deploy", data=body, content_type="application/json", headers=auth(token))
+    assert response.status_code == 413
+    assert response.get_json()["error"]
+    nothing_changed(app, redis_conn)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/repos/octo/app/pull-requests/0/deploy",
+        "/api/repos/octo/app/pull-requests/-1/deploy",
+        "/api/repos/octo/app/pull-requests/abc/deploy",
+        "/api/repos/octo/app/pull-requests/99999999999/deploy",
+        "/api/repos/octo/app/pull-requests/%C2%B2/deploy",
+        "/api/repos/oc%20to/app/pull-requests/1/deploy",
+        "/api/repos/octo/a%3Bb/pull-requests/1/deploy",
+        "/api/repos/octo/../pull-requests/1/deploy",
+        "/api/repos/-octo/app/pull-requests/1/deploy",
+        "/api/repos/octo/%2E%2E/pull-requests/1/deploy",
+        "/api/repos/octo/app/pull-requests/1/deploy/extra",
+    ],
+)
+def test_odd_path_segments_are_4xx(client, app, token, redis_conn, path):
+    response = client.post(path, json={"branchName": "main"}, headers=auth(token))
+    assert 400 <= response.status_code < 500
+    assert response.get_json()["error"]
+    nothing_changed(app, redis_conn)
+
+
+def test_deploy_shape_and_409_while_in_progress(client, app, token, redis_conn):
+    first = client.post("/api/repos/octo/app/pull-requests/5/deploy", json={"branchName": "feat/$(reboot)"}, headers=auth(token))
+    assert first.status_code == 202
+    body = first.get_json()
+    assert body["status"] == "deploying" and body["branchName"] == "feat/$(reboot)" and body["prNumber"] == 5
+    second = client.post("/api/repos/octo/app/pull-requests/5/deploy", json={"branchName": "feat/$(reboot)"}, headers=auth(token))
+    assert second.status_code == 409
+    assert second.get_json()["deploymentId"] == body["deploymentId"]
+    assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == 1
+    current = client.get("/api/repos/octo/app/pull-requests/5/deployment", headers=auth(token))
+    assert current.status_code == 200 and current.get_json()["status"] == "deploying"
+
+
+def test_no_deployment_is_404_idle(client, token):
+    response = client.get("/api/repos/octo/app/pull-requests/5/deployment", headers=auth(token))
+    assert response.status_code == 404
+    assert response.get_json()["status"] == "idle"
+
+
+def test_unknown_api_path_is_json_404(client, token):
+    response = client.get("/api/nothing-here", headers=auth(token))
+    assert response.status_code == 404 and response.get_json()["error"]
+
+
+def test_wrong_method_is_json_405(client, token):
+    response = client.put("/api/repos/octo/app/pull-requests/5/deploy", headers=auth(token))
+    assert response.status_code == 405 and response.get_json()["error"]
+
+
+def test_scoped_token_sees_only_its_repositories(client, app, redis_conn):
+    store = app.extensions["previewbot"].store
+    scoped = store.create_token("scoped", ["octo/app"])
+    denied = client.post("/api/repos/octo/other/pull-requests/1/deploy", json={"branchName": "main"}, headers=auth(scoped))
+    assert denied.status_code == 403
+    nothing_changed(app, redis_conn)
+    allowed = client.post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=auth(scoped))
+    assert allowed.status_code == 202
+
+
+def test_writes_are_rate_limited_per_token(tmp_path, redis_url):
+    from bot.config import load_settings
+
+    settings = load_settings({"REDIS_URL": redis_url, "DATABASE_PATH": str(tmp_path / "r.db"), "PREVIEW_API_RATE_LIMIT": "3"})
+    app = create_app(settings, start_feed=False)
+    store = app.extensions["previewbot"].store
+    token, other = store.create_token("a"), store.create_token("b")
+    client = app.test_client()
+    codes = [
+        client.post(f"/api/repos/octo/app/pull-requests/{n}/deploy", json={"branchName": f"b{n}"}, headers=auth(token)).status_code
+        for n in range(1, 6)
+    ]
+    assert codes == [202, 202, 202, 429, 429]
+    limited = client.post("/api/repos/octo/app/pull-requests/9/deploy", json={"branchName": "main"}, headers=auth(token))
+    assert int(limited.headers["Retry-After"]) > 0
+    assert client.post("/api/repos/octo/app/pull-requests/9/deploy", json={"branchName": "main"}, headers=auth(other)).status_code == 202
+
+
+def test_redis_down_is_503_not_500(tmp_path):
+    from bot.config import load_settings
+
+    settings = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_PATH": str(tmp_path / "d.db")})
+    app = create_app(settings, start_feed=False)
+    token = app.extensions["previewbot"].store.create_token("t")
+    response = app.test_client().post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=auth(token))
+    assert response.status_code == 503
+    assert "Redis" in response.get_json()["error"]
+    assert app.extensions["previewbot"].store.db["deployments"].count == 0
