@@ -11,6 +11,8 @@ import logging
 import sqlite3
 import time
 
+import gidgethub
+import httpx
 import redis
 from flask import Blueprint, Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -76,6 +78,13 @@ def redis_down(exc: redis.RedisError):
 def database_down(exc: sqlite3.OperationalError):
     log.error("SQLite unavailable: %s", exc)
     return jsonify({"error": "The database is busy or unavailable; try again shortly."}), 503
+
+
+@bp.errorhandler(gidgethub.GitHubException)
+@bp.errorhandler(httpx.HTTPError)
+def github_down(exc: Exception):
+    log.error("GitHub unavailable: %s", type(exc).__name__)
+    return jsonify({"error": "GitHub could not be reached to check the pull request; try again shortly."}), 502
 
 
 @bp.errorhandler(HTTPException)

@@ -102,11 +102,11 @@ def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -
         return _supervise([[sys.executable, "-m", "bot.cli", "worker"] + (["--burst"] if burst else [])] * processes, os.environ.copy())
 
     import redis
-    from rq import Worker
+    from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
     from worker import context
-    from worker.queue import QUEUE_NAME, get_queue
+    from worker.queue import get_queue
     from worker.reconcile import ReconcileScheduler
 
     from .logs import configure_logging
@@ -117,7 +117,10 @@ def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -
     conn = redis.Redis.from_url(settings.redis_url)
     scheduler = ReconcileScheduler(conn, settings)
     scheduler.start()
-    worker = Worker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=f"previewbot-{os.uname().nodename}-{os.getpid()}")
+    # Jobs run in this process (no fork per job): installation tokens stay cached between
+    # jobs and a job starts in well under a millisecond. A job that dies takes the worker with
+    # it; the branch lease and the reconciler recover its deployment.
+    worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=f"previewbot-{os.uname().nodename}-{os.getpid()}")
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
     finally:

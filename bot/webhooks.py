@@ -1,7 +1,246 @@
-"""GitHub webhooks (issue 3)."""
+"""The GitHub webhook receiver: verify, record, enqueue, answer — in milliseconds.
 
-from flask import Flask
+No GitHub call and no provisioning happen here. Deliveries that need no work (comments
+without a command, events the bot does not act on) are acknowledged without a job, so a busy
+repository's chatter never delays a command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+import redis
+from flask import Flask, jsonify, request
+from gidgethub import ValidationFailure, sansio
+
+from worker.queue import GITHUB_JOB_TIMEOUT, get_queue
+
+from .commands import parse_command
+from .services import services
+
+log = logging.getLogger("previewbot.webhooks")
+
+MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+
+class InvalidPayload(ValueError):
+    """The payload lacks what its event must carry."""
 
 
 def init_app(app: Flask) -> None:
-    pass
+    settings = app.extensions["previewbot"].settings
+    if settings.github_enabled:
+        app.add_url_rule(settings.webhook_path, "webhooks", receive, methods=["POST"])
+
+
+def receive():
+    svc = services()
+    request.max_content_length = MAX_WEBHOOK_BYTES
+    body = request.get_data(cache=False)
+    signature = request.headers.get("X-Hub-Signature-256", "")
+    try:
+        if not signature.startswith("sha256="):
+            raise ValidationFailure("missing signature")
+        sansio.validate_event(body, signature=signature, secret=svc.settings.webhook_secret)
+    except ValidationFailure:
+        return jsonify({"error": "Invalid or missing X-Hub-Signature-256"}), 401
+
+    event = request.headers.get("X-GitHub-Event", "")
+    delivery_id = request.headers.get("X-GitHub-Delivery", "")
+    if not event or not delivery_id or len(delivery_id) > 100:
+        return jsonify({"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"}), 400
+    try:
+        payload = parse_payload(body, request.headers.get("Content-Type", ""))
+        job = plan_delivery(event, payload, app_id=svc.settings.app_id)
+    except InvalidPayload as exc:
+        return jsonify({"error": str(exc)}), 400
+    if event == "ping":
+        return jsonify({"status": "pong"}), 200
+
+    try:
+        if not svc.store.record_delivery(delivery_id, event, payload.get("action")):
+            return jsonify({"status": "duplicate delivery ignored"}), 200
+        remember(svc.store, event, payload)
+    except sqlite3.Error as exc:
+        log.error("could not record delivery %s: %s", delivery_id, type(exc).__name__)
+        return jsonify({"error": "The database is unavailable; redeliver later"}), 503
+    if job is None:
+        return jsonify({"status": "acknowledged"}), 200
+    try:
+        get_queue(svc.redis).enqueue(
+            "worker.github_events.handle_webhook",
+            event=event,
+            delivery_id=delivery_id,
+            payload=job,
+            job_id=f"webhook-{delivery_id}",
+            job_timeout=GITHUB_JOB_TIMEOUT,
+            result_ttl=600,
+            failure_ttl=7 * 24 * 3600,
+            at_front=event == "issue_comment",  # people wait on commands; pushes can wait a moment
+        )
+    except redis.RedisError as exc:
+        # Forget the delivery so that GitHub's redelivery is not mistaken for a duplicate.
+        log.error("could not queue delivery %s: %s", delivery_id, type(exc).__name__)
+        svc.store.forget_delivery(delivery_id)
+        return jsonify({"error": "The queue is unavailable; redeliver later"}), 503
+    return jsonify({"status": "queued"}), 202
+
+
+def parse_payload(body: bytes, content_type: str) -> dict:
+    """GitHub sends JSON, or form-encoded with the JSON in `payload`. Pure."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qs
+
+        values = parse_qs(body.decode("utf-8", "replace")).get("payload")
+        if not values:
+            raise InvalidPayload("form-encoded delivery without a payload field")
+        body = values[0].encode()
+    elif kind != "application/json":
+        raise InvalidPayload("Content-Type must be application/json")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise InvalidPayload("JSON nested too deeply")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidPayload("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidPayload("the payload must be a JSON object")
+    return payload
+
+
+def _nesting(body: bytes) -> int:
+    """The deepest bracket nesting, counted without parsing (strings can hold brackets, which
+    only over-counts; real GitHub payloads nest far less than the limit)."""
+    depth = deepest = 0
+    for byte in body:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | None:
+    """What a worker must see of this delivery, or None when it needs no work. Pure.
+
+    Raises InvalidPayload when the event lacks the fields the bot relies on.
+    """
+    action = payload.get("action")
+    if event == "issue_comment":
+        issue, comment = _get(payload, "issue", dict), _get(payload, "comment", dict)
+        user = _get(comment, "user", dict)
+        if action != "created" or "pull_request" not in issue or user.get("type") == "Bot":
+            return None
+        body = comment.get("body")
+        if not isinstance(body, str) or parse_command(body) is None:
+            return None
+        return {
+            "action": action,
+            **_common(payload),
+            "issue": {"number": _get(issue, "number", int), "pull_request": {}},
+            "comment": {"id": _get(comment, "id", int), "body": body[:65536], "user": {"login": _get(user, "login", str), "type": user.get("type")}},
+        }
+    if event == "check_run":
+        check_run = _get(payload, "check_run", dict)
+        if action not in ("requested_action", "rerequested"):
+            return None
+        if str((check_run.get("app") or {}).get("id")) != str(app_id):
+            return None
+        return {
+            "action": action,
+            **_common(payload),
+            "requested_action": payload.get("requested_action") or {},
+            "check_run": {
+                "id": _get(check_run, "id", int),
+                "name": check_run.get("name"),
+                "head_sha": check_run.get("head_sha"),
+                "external_id": check_run.get("external_id"),
+                "app": {"id": check_run["app"]["id"]},
+                "pull_requests": [{"number": p.get("number")} for p in check_run.get("pull_requests") or [] if isinstance(p, dict)],
+            },
+        }
+    if event == "pull_request":
+        if action not in ("opened", "reopened", "synchronize", "closed"):
+            return None
+        pull = _get(payload, "pull_request", dict)
+        head = _get(pull, "head", dict)
+        return {
+            "action": action,
+            **_common(payload),
+            "pull_request": {
+                "number": _get(pull, "number", int),
+                "state": pull.get("state"),
+                "merged": bool(pull.get("merged")),
+                "title": pull.get("title"),
+                "user": {"login": (pull.get("user") or {}).get("login")},
+                "head": {"ref": _get(head, "ref", str), "sha": _get(head, "sha", str), "repo": _repo(head.get("repo"))},
+            },
+        }
+    return None
+
+
+def remember(store, event: str, payload: dict) -> None:
+    """What the web process keeps from deliveries: pull requests for the dashboard and which
+    installation serves which repository. A payload without those parts is simply not kept."""
+    try:
+        _remember(store, event, payload)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        log.info("delivery of %s carried nothing to remember", event)
+
+
+def _remember(store, event: str, payload: dict) -> None:
+    if event == "pull_request" and isinstance(payload.get("pull_request"), dict):
+        pull = payload["pull_request"]
+        head = pull.get("head") or {}
+        store.upsert_pull_request(
+            {
+                "repository": payload["repository"]["full_name"],
+                "number": pull["number"],
+                "title": pull.get("title"),
+                "branch_name": head.get("ref"),
+                "head_repository": (head.get("repo") or {}).get("full_name"),
+                "head_sha": head.get("sha"),
+                "author": (pull.get("user") or {}).get("login"),
+                "state": "open" if pull.get("state") == "open" else "closed",
+                "installation_id": (payload.get("installation") or {}).get("id"),
+            }
+        )
+    installation = payload.get("installation") or {}
+    if event == "installation" and isinstance(installation.get("id"), int):
+        if payload.get("action") == "deleted":
+            store.delete_installation(installation["id"])
+        else:
+            names = [r["full_name"] for r in payload.get("repositories") or [] if isinstance(r, dict) and "full_name" in r]
+            store.upsert_installation(installation["id"], (installation.get("account") or {}).get("login"), names)
+    elif event == "installation_repositories" and isinstance(installation.get("id"), int):
+        store.add_installation_repositories(installation["id"], [r["full_name"] for r in payload.get("repositories_added") or []])
+        store.remove_installation_repositories([r["full_name"] for r in payload.get("repositories_removed") or []])
+    elif isinstance(installation.get("id"), int) and isinstance(payload.get("repository"), dict):
+        store.add_installation_repositories(installation["id"], [payload["repository"]["full_name"]])
+
+
+def _common(payload: dict) -> dict:
+    repository = _get(payload, "repository", dict)
+    installation = _get(payload, "installation", dict)
+    sender = _get(payload, "sender", dict)
+    return {
+        "repository": {"full_name": _get(repository, "full_name", str)},
+        "installation": {"id": _get(installation, "id", int)},
+        "sender": {"login": _get(sender, "login", str), "type": sender.get("type")},
+    }
+
+
+def _repo(repo) -> dict | None:
+    return {"full_name": repo["full_name"]} if isinstance(repo, dict) and isinstance(repo.get("full_name"), str) else None
+
+
+def _get(mapping: dict, key: str, kind: type):
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidPayload(f"payload field {key!r} is missing or not a {kind.__name__}")
+    return value

@@ -1,0 +1,356 @@
+"""previewbot as a GitHub App, end to end: real web and worker processes, real webhook
+payloads, and a fake GitHub over HTTP that checks every request against GitHub's OpenAPI
+description and authenticates like GitHub."""
+
+from __future__ import annotations
+
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import webhooks
+from .fakegithub import FakeGitHub
+from .harness import wait_for
+
+pytestmark = pytest.mark.slow
+
+APP_ID = 4242
+INSTALLATION = 77
+SECRET = "webhook-secret-for-tests"
+REPO = "octo/app"
+SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
+
+
+@pytest.fixture(scope="session")
+def private_key_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
+
+
+@pytest.fixture
+def fake(private_key_pem):
+    with FakeGitHub(APP_ID, private_key_pem) as github:
+        github.add_installation(INSTALLATION, "octo")
+        github.add_repo(REPO, INSTALLATION)
+        github.add_pull(REPO, 1, "feat/login", SHA1)
+        github.set_permission(REPO, "alice", "write")
+        github.set_permission(REPO, "mona", "maintain")
+        github.set_permission(REPO, "eve", "read")
+        yield github
+        assert github.violations == [], github.violations
+
+
+@pytest.fixture
+def start_bot(make_bot, fake, private_key_pem):
+    def start(env: dict | None = None, workers: int = 1):
+        bot = make_bot(
+            {
+                "APP_ID": str(APP_ID),
+                "PRIVATE_KEY": private_key_pem,
+                "WEBHOOK_SECRET": SECRET,
+                "GITHUB_API_URL": fake.url,
+                **(env or {}),
+            }
+        )
+        return bot.start(workers=workers)
+
+    return start
+
+
+def send(bot, event, payload, delivery_id=None, secret=SECRET):
+    return webhooks.deliver(bot.url, event, payload, secret, delivery_id=delivery_id)
+
+
+def comment(fake, body="/preview", user="alice", pr=1):
+    seeded = fake.add_comment(REPO, pr, body, user=user)
+    return webhooks.issue_comment(REPO, pr, body=body, user=user, comment_id=seeded["id"], installation_id=INSTALLATION)
+
+
+def check_runs(fake, sha=SHA1):
+    with fake.lock:
+        return [dict(r) for r in fake.check_runs.values() if r["head_sha"] == sha and r["name"] == "Preview"]
+
+
+def bot_comments(fake, pr=1):
+    with fake.lock:
+        return [dict(c) for c in fake.comments.get(REPO, {}).get(pr, []) if "previewbot:status" in (c.get("body") or "")]
+
+
+def deployments(fake):
+    with fake.lock:
+        return [{**d, "statuses": list(d["statuses"])} for d in fake.deployments.values()]
+
+
+def deployed_on_github(fake, sha=SHA1):
+    runs = check_runs(fake, sha)
+    return runs and runs[0]["status"] == "completed" and runs[0]["conclusion"] == "success"
+
+
+def test_preview_comment_deploys_and_reports_everywhere(start_bot, fake):
+    bot = start_bot()
+    payload = comment(fake)
+    response = send(bot, "issue_comment", payload)
+    assert response.status_code == 202
+    comment_id = payload["comment"]["id"]
+    fake.wait_for(lambda: "eyes" in fake.reactions.get(comment_id, []), message="eyes reaction")
+    fake.wait_for(lambda: deployed_on_github(fake), message="check run success")
+    run = check_runs(fake)[0]
+    assert [a["identifier"] for a in run["actions"]] == ["redeploy", "destroy"]
+    assert "https://preview-1.app.example.com" in run["output"]["summary"]
+    fake.wait_for(lambda: "rocket" in fake.reactions.get(comment_id, []), message="rocket reaction")
+    [github_deployment] = deployments(fake)
+    assert github_deployment["transient_environment"] is True and github_deployment["production_environment"] is False
+    assert github_deployment["sha"] == SHA1
+    assert [s["state"] for s in github_deployment["statuses"]] == ["in_progress", "success"]
+    assert github_deployment["statuses"][-1]["environment_url"] == "https://preview-1.app.example.com"
+    [status_comment] = bot_comments(fake)
+    assert "Deployed" in status_comment["body"] and "https://preview-1.app.example.com" in status_comment["body"]
+    assert "feat/login" in status_comment["body"] and SHA1[:12] in status_comment["body"]
+    assert bot.wait_status(REPO, 1, "deployed")["headSha"] == SHA1
+    # The receiver itself never called GitHub: every call came after the job was queued.
+    assert fake.calls_to("POST", r"/app/installations/\d+/access_tokens")
+
+
+def test_redeploy_edits_the_same_comment(start_bot, fake):
+    bot = start_bot()
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake))
+    first = bot.wait_status(REPO, 1, "deployed")
+    send(bot, "issue_comment", comment(fake, "/preview redeploy"))
+    wait_for(lambda: bot.deployment(REPO, 1).json()["id"] != first["id"] and bot.deployment(REPO, 1).json()["status"] == "deployed")
+    fake.wait_for(lambda: len([d for d in deployments(fake) if d["statuses"] and d["statuses"][-1]["state"] == "success"]) == 2)
+    assert len(bot_comments(fake)) == 1
+    assert len(fake.calls_to("PATCH", r"/repos/octo/app/issues/comments/\d+")) >= 2
+
+
+def test_refused_commenter_gets_a_reply_and_nothing_deploys(start_bot, fake):
+    bot = start_bot()
+    payload = comment(fake, user="eve")
+    send(bot, "issue_comment", payload)
+    fake.wait_for(lambda: "confused" in fake.reactions.get(payload["comment"]["id"], []), message="confused reaction")
+    fake.wait_for(lambda: bot_comments(fake), message="reply")
+    assert "@eve" in bot_comments(fake)[0]["body"] and "write access" in bot_comments(fake)[0]["body"]
+    assert deployments(fake) == [] and check_runs(fake) == []
+    assert bot.deployment(REPO, 1).status_code == 404
+
+
+def test_bot_and_edited_comments_and_plain_chatter_queue_nothing(start_bot, fake, redis_conn):
+    bot = start_bot()
+    bot_comment = webhooks.issue_comment(REPO, 1, body="/preview", user="previewbot[bot]", user_type="Bot", installation_id=INSTALLATION)
+    edited = webhooks.issue_comment(REPO, 1, body="/preview", user="alice", action="edited", installation_id=INSTALLATION)
+    chatter = webhooks.issue_comment(REPO, 1, body="looks good, but `/preview` later", user="alice", installation_id=INSTALLATION)
+    for payload in (bot_comment, edited, chatter):
+        response = send(bot, "issue_comment", payload)
+        assert response.status_code == 200 and response.json()["status"] == "acknowledged"
+    assert redis_conn.llen("rq:queue:previewbot") == 0
+    assert not fake.calls_to("*", r".*")
+
+
+def test_help_and_status_answer_in_the_bot_comment(start_bot, fake):
+    bot = start_bot()
+    send(bot, "issue_comment", comment(fake, "/preview frobnicate"))
+    fake.wait_for(lambda: bot_comments(fake) and "/preview destroy" in bot_comments(fake)[0]["body"])
+    assert "frobnicate" in bot_comments(fake)[0]["body"]
+    assert deployments(fake) == []
+
+
+def test_buttons_deploy_destroy_and_ignore_other_apps(start_bot, fake):
+    bot = start_bot()
+    send(bot, "pull_request", webhooks.pull_request("opened", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
+    fake.wait_for(lambda: check_runs(fake), message="check run on open")
+    idle = check_runs(fake)[0]
+    assert idle["conclusion"] == "neutral" and [a["identifier"] for a in idle["actions"]] == ["deploy"]
+    assert deployments(fake) == []  # nothing deploys until asked
+
+    other_app = webhooks.check_run("requested_action", REPO, SHA1, idle["id"], app_id=999, identifier="deploy", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+    assert send(bot, "check_run", other_app).json()["status"] == "acknowledged"
+
+    click = webhooks.check_run("requested_action", REPO, SHA1, idle["id"], app_id=APP_ID, identifier="deploy", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+    assert send(bot, "check_run", click).status_code == 202
+    fake.wait_for(lambda: deployed_on_github(fake), message="deployed by button")
+    assert bot.wait_status(REPO, 1, "deployed")["trigger"] == "button"
+
+    destroy = webhooks.check_run("requested_action", REPO, SHA1, idle["id"], app_id=APP_ID, identifier="destroy", pr_number=1, head_ref="feat/login", sender="mona", installation_id=INSTALLATION)
+    send(bot, "check_run", destroy)
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", message="inactive")
+    fake.wait_for(lambda: check_runs(fake)[0]["conclusion"] == "neutral")
+    wait_for(lambda: bot.deployment(REPO, 1).status_code == 404)
+
+
+def test_failed_deploy_then_retry_button(start_bot, fake, tmp_path):
+    marker = tmp_path / "attempted"
+    script = tmp_path / "deploy.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n    m.write_text('1')\n    sys.stderr.write('image build failed\\n')\n    sys.exit(1)\n"
+        "print('https://fixed.example.test')\n"
+    )
+    bot = start_bot({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}"})
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: check_runs(fake) and check_runs(fake)[0].get("conclusion") == "failure", message="failure")
+    run = check_runs(fake)[0]
+    assert "image build failed" in run["output"]["summary"]
+    assert [a["identifier"] for a in run["actions"]] == ["retry"]
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "failure", message="deployment failure status")
+    fake.wait_for(lambda: "Failed" in bot_comments(fake)[0]["body"] and "image build failed" in bot_comments(fake)[0]["body"])
+
+    retry = webhooks.check_run("requested_action", REPO, SHA1, run["id"], app_id=APP_ID, identifier="retry", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+    send(bot, "check_run", retry)
+    fake.wait_for(lambda: deployed_on_github(fake), message="retry succeeded")
+    assert bot.wait_status(REPO, 1, "deployed")["previewUrl"] == "https://fixed.example.test"
+
+
+def test_push_redeploys_and_a_push_during_a_deploy_queues_one_follow_up(start_bot, fake, tmp_path):
+    gate = tmp_path / "gate"
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "deploy.py"
+    script.write_text(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(runs)!r}).open('a').write(os.environ['PREVIEW_SHA'] + '\\n')\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+        "print('https://p.example.test')\n"
+    )
+    bot = start_bot({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}"}, workers=2)
+    send(bot, "issue_comment", comment(fake))
+    wait_for(lambda: runs.exists() and runs.read_text().split() == [SHA1], message="first deploy running")
+    # Two pushes while the first deploy runs: one follow-up, at the newest commit.
+    for sha in (SHA2, SHA3):
+        fake.update_pull(REPO, 1, head_sha=sha)
+        assert send(bot, "pull_request", webhooks.pull_request("synchronize", REPO, 1, "feat/login", sha, installation_id=INSTALLATION)).status_code == 202
+    wait_for(lambda: bot_follow_up_queued(bot), message="follow-up queued")
+    gate.write_text("go")
+    deployed = wait_for(lambda: (d := bot.deployment(REPO, 1).json()).get("status") == "deployed" and d["headSha"] == SHA3 and d, message="redeployed at the newest commit")
+    assert deployed["trigger"] == "push"
+    assert runs.read_text().split() == [SHA1, SHA3]
+    fake.wait_for(lambda: deployed_on_github(fake, SHA3), message="check run on the new head")
+
+
+def bot_follow_up_queued(bot) -> bool:
+    import redis
+
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    return bool(conn.keys("previewbot:next:*"))
+
+
+def test_close_destroys_and_marks_inactive(start_bot, fake):
+    bot = start_bot()
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake))
+    fake.update_pull(REPO, 1, state="closed")
+    send(bot, "pull_request", webhooks.pull_request("closed", REPO, 1, "feat/login", SHA1, merged=True, installation_id=INSTALLATION))
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", message="inactive")
+    fake.wait_for(lambda: "No preview running" in bot_comments(fake)[0]["body"], message="comment updated")
+    wait_for(lambda: bot.deployment(REPO, 1).status_code == 404)
+    row = bot.store.latest_deployment(REPO, 1)
+    assert row["status"] == "idle" and row["destroyed_at"]
+    assert bot.store.get_pull_request(REPO, 1)["state"] == "closed"
+
+
+def test_redelivered_webhook_is_acknowledged_and_ignored(start_bot, fake):
+    bot = start_bot()
+    payload = comment(fake)
+    first = send(bot, "issue_comment", payload, delivery_id="delivery-1")
+    again = send(bot, "issue_comment", payload, delivery_id="delivery-1")
+    assert first.status_code == 202 and again.status_code == 200 and "duplicate" in again.json()["status"]
+    fake.wait_for(lambda: deployed_on_github(fake))
+    assert len(deployments(fake)) == 1
+    assert fake.reactions[payload["comment"]["id"]].count("eyes") == 1
+
+
+def test_three_simultaneous_comments_deploy_once(start_bot, fake):
+    bot = start_bot({"PREVIEW_SIMULATED_SECONDS": "1"}, workers=3)
+    payloads = [comment(fake) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda p: send(bot, "issue_comment", p).status_code, payloads))
+    assert codes == [202, 202, 202]
+    fake.wait_for(lambda: deployed_on_github(fake), message="deployed")
+    ids = [p["comment"]["id"] for p in payloads]
+    # The two that lost the race are told so: a confused reaction and a note in the comment.
+    fake.wait_for(lambda: sum("confused" in fake.reactions.get(i, []) for i in ids) == 2, message="two refusals")
+    assert "already in progress" in bot_comments(fake)[0]["body"] or fake.calls_to("PATCH", r".*/issues/comments/\d+")
+    assert len(deployments(fake)) == 1
+    assert len(bot.store.deployment_history(REPO, 1)) == 1
+
+
+def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_conn):
+    bot = start_bot()
+    payload = comment(fake)
+    assert send(bot, "issue_comment", payload, secret="wrong").status_code == 401
+    assert send(bot, "issue_comment", payload, secret=None).status_code == 401
+    assert send(bot, "ping", webhooks.ping(app_id=APP_ID)).status_code == 200
+    import httpx
+
+    body = b"{not json"
+    headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "bad-json", "X-Hub-Signature-256": webhooks.sign(body, SECRET), "Content-Type": "application/json"}
+    assert httpx.post(f"{bot.url}/api/github/webhooks", content=body, headers=headers).status_code == 400
+    empty = b"{}"
+    headers.update({"X-Hub-Signature-256": webhooks.sign(empty, SECRET), "X-GitHub-Delivery": "empty"})
+    assert httpx.post(f"{bot.url}/api/github/webhooks", content=empty, headers=headers).status_code == 400
+    assert send(bot, "star", {"action": "created", "repository": {"full_name": REPO}}).status_code == 200
+    assert redis_conn.llen("rq:queue:previewbot") == 0
+    assert not fake.calls_to("*", r".*")
+
+
+def test_rest_deploy_checks_the_head_branch_and_reports_on_github(start_bot, fake):
+    bot = start_bot()
+    send(bot, "installation", webhooks.installation("created", INSTALLATION, repos=[REPO]))
+    wrong = bot.deploy(REPO, 1, "not-the-head")
+    assert wrong.status_code == 422 and "head branch" in wrong.json()["error"]
+    assert bot.deploy(REPO, 404, "feat/login").status_code == 422
+    right = bot.deploy(REPO, 1, "feat/login")
+    assert right.status_code == 202 and right.json()["headSha"] == SHA1
+    fake.wait_for(lambda: deployed_on_github(fake), message="REST deploy reported on GitHub")
+    fake.wait_for(lambda: bot_comments(fake) and "Deployed" in bot_comments(fake)[0]["body"])
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "success")
+
+
+def test_github_errors_and_rate_limits_are_retried(start_bot, fake):
+    bot = start_bot()
+    fake.fail("POST", r"/repos/octo/app/check-runs", 502, times=2)
+    fake.fail("POST", r"/repos/octo/app/deployments", 429, times=1, headers={"Retry-After": "1"})
+    fake.fail("POST", r"/repos/octo/app/issues/\d+/comments", 403, times=1, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "0"})
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake), timeout=30, message="deployed despite GitHub errors")
+    assert len(fake.calls_to("POST", r"/repos/octo/app/check-runs")) == 3
+    fake.wait_for(lambda: deployments(fake) and deployments(fake)[0]["statuses"][-1]["state"] == "success")
+
+
+def test_github_outage_never_leaves_a_deployment_deploying(start_bot, fake):
+    bot = start_bot()
+    payload = webhooks.check_run("requested_action", REPO, SHA1, 1, app_id=APP_ID, identifier="deploy", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake))
+    fake.down = True
+    # A REST deploy while GitHub is down cannot be checked: a clear 502, nothing started.
+    assert bot.deploy(REPO, 1, "feat/login").status_code == 502
+    fake.down = False
+    del payload
+
+
+def test_fork_pull_requests_deploy_only_on_a_maintainers_command(start_bot, fake):
+    fake.add_pull(REPO, 2, "main", SHA2, head_repo="eve/app")
+    bot = start_bot({"PREVIEW_AUTO_DEPLOY": "true"})
+    send(bot, "pull_request", webhooks.pull_request("opened", REPO, 2, "main", SHA2, head_repo="eve/app", user="eve", installation_id=INSTALLATION))
+    fake.wait_for(lambda: check_runs(fake, SHA2), message="idle check run")
+    assert check_runs(fake, SHA2)[0]["conclusion"] == "neutral" and deployments(fake) == []
+    send(bot, "issue_comment", comment(fake, pr=2, user="mona"))
+    deployed = bot.wait_status(REPO, 2, "deployed")
+    assert deployed["headSha"] == SHA2 and deployed["headRepository"] == "eve/app"
+    # A later push to the fork is not deployed without a new command.
+    fake.update_pull(REPO, 2, head_sha=SHA3)
+    send(bot, "pull_request", webhooks.pull_request("synchronize", REPO, 2, "main", SHA3, head_repo="eve/app", user="eve", installation_id=INSTALLATION))
+    fake.wait_for(lambda: check_runs(fake, SHA3), message="idle check run on the fork's new head")
+    assert bot.deployment(REPO, 2).json()["headSha"] == SHA2
+    assert len(deployments(fake)) == 1
+
+
+def test_auto_deploy_on_open_for_branches_of_the_repository(start_bot, fake):
+    bot = start_bot({"PREVIEW_AUTO_DEPLOY": "true"})
+    send(bot, "pull_request", webhooks.pull_request("opened", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
+    assert bot.wait_status(REPO, 1, "deployed")["trigger"] == "auto"
+    fake.wait_for(lambda: deployed_on_github(fake))

@@ -1,0 +1,64 @@
+"""Buttons on the Preview check run, and "Re-run" on it."""
+
+from __future__ import annotations
+
+from gidgethub import routing
+
+from . import previews, state
+from .github import may_deploy
+from .on_comment import fetch_pull, start_deploy_from_github
+from .render import CHECK_NAME
+
+router = routing.Router()
+
+DEPLOY_ACTIONS = {"deploy", "redeploy", "retry"}
+
+
+@router.register("check_run", action="requested_action")
+async def button_clicked(event, handling) -> None:
+    identifier = (event.data.get("requested_action") or {}).get("identifier")
+    await run_action(event.data, handling, identifier)
+
+
+@router.register("check_run", action="rerequested")
+async def rerun_requested(event, handling) -> None:
+    await run_action(event.data, handling, "redeploy")
+
+
+async def run_action(data: dict, handling, identifier: str | None) -> None:
+    ctx, session = handling.ctx, handling.session
+    check_run = data["check_run"]
+    if str((check_run.get("app") or {}).get("id")) != str(ctx.settings.app_id) or check_run.get("name") != CHECK_NAME:
+        return  # only our own check runs
+    if identifier not in DEPLOY_ACTIONS | {"destroy"}:
+        return
+    repository = data["repository"]["full_name"]
+    pr_number = pull_request_number(check_run)
+    if pr_number is None:
+        return
+    login = data["sender"]["login"]
+    current = state.current(ctx.redis, repository, pr_number)
+    if not await may_deploy(session, repository, login):
+        await ctx.reporter.update_comment(
+            session, current, repository=repository, pr_number=pr_number,
+            note=f"@{login}: only people with write access to this repository can {identifier} previews.",
+        )
+        return
+    if identifier == "destroy":
+        if current and current["status"] != "idle":
+            previews.request_destroy(ctx.redis, ctx.settings, current, reason=f"destroyed by @{login}")
+        return
+    pull = await fetch_pull(session, repository, pr_number)
+    if pull is None or pull["state"] != "open":
+        return
+    await start_deploy_from_github(handling, pull, repository=repository, trigger="button", requested_by=login)
+
+
+def pull_request_number(check_run: dict) -> int | None:
+    """GitHub lists the pull requests of a check run, except those from forks; for those, the
+    bot wrote the number into the check run's external_id when it created it."""
+    pulls = check_run.get("pull_requests") or []
+    if pulls:
+        return int(pulls[0]["number"])
+    external = str(check_run.get("external_id") or "")
+    return int(external) if external.isdigit() else None

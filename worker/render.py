@@ -1,0 +1,135 @@
+"""What the bot writes on GitHub, as pure functions of a deployment: the PR comment, the
+check run and the deployment status."""
+
+from __future__ import annotations
+
+import html
+
+COMMENT_MARKER = "<!-- previewbot:status -->"
+CHECK_NAME = "Preview"
+
+# GitHub's limits: label 20, description 40, identifier 20 characters; three actions at most.
+ACTIONS = {
+    "deploy": {"label": "Deploy preview", "description": "Deploy this branch to a preview", "identifier": "deploy"},
+    "redeploy": {"label": "Redeploy", "description": "Deploy this commit again", "identifier": "redeploy"},
+    "destroy": {"label": "Destroy", "description": "Tear the preview down", "identifier": "destroy"},
+    "retry": {"label": "Retry", "description": "Try the deploy again", "identifier": "retry"},
+}
+
+HELP = """\
+**previewbot commands** (at the start of a line in a pull-request comment):
+
+| command | what it does |
+| --- | --- |
+| `/preview` | deploy this branch to its preview, or redeploy it |
+| `/preview destroy` | tear the preview down |
+| `/preview status` | refresh this comment with the preview's state |
+| `/preview help` | show this help |
+
+Deploying needs write, maintain or admin permission on the repository. The **Preview** check \
+run has the same actions as buttons."""
+
+STATUS_WORDS = {
+    "idle": "⚪ No preview running",
+    "deploying": "🟡 Deploying…",
+    "deployed": "🟢 Deployed",
+    "failed": "🔴 Failed",
+}
+
+
+def text(value: object) -> str:
+    """Untrusted text (branch names, errors) made inert in GitHub Markdown: HTML-escaped and
+    with Markdown punctuation backslash-escaped, so `<img onerror=…>` or `[x](javascript:…)`
+    show as the characters they are."""
+    escaped = html.escape(str(value), quote=True)
+    out = []
+    for char in escaped:
+        if char in "\\`*_{}[]()#+-.!|~":
+            out.append("\\" + char)
+        elif char in "\r\n":
+            out.append(" ")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def render_status_comment(deployment: dict | None, *, note: str | None = None, show_help: bool = False) -> str:
+    """The one bot comment per pull request, found again by its hidden marker."""
+    lines = [COMMENT_MARKER, "### Preview environment", ""]
+    if deployment is None:
+        lines.append("No preview has been deployed for this pull request yet. Comment `/preview` to deploy one.")
+    else:
+        status = deployment["status"]
+        rows = [
+            ("Status", STATUS_WORDS.get(status, text(status))),
+            ("Branch", f"<code>{text(deployment['branchName'])}</code>"),
+        ]
+        if status == "deployed" and deployment.get("previewUrl"):
+            rows.append(("Preview", _link(deployment["previewUrl"])))
+        if deployment.get("headSha"):
+            rows.append(("Commit", f"<code>{text(deployment['headSha'][:12])}</code>"))
+        rows.append(("Updated", text(deployment.get("updatedAt") or "")))
+        if status == "failed" and deployment.get("error"):
+            rows.append(("Error", text(_shorten(deployment["error"], 1000))))
+        if status == "idle" and deployment.get("destroyedAt"):
+            rows.append(("Destroyed", text(deployment["destroyedAt"])))
+        lines += ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows]
+    if note:
+        lines += ["", f"> {note}"]
+    if show_help:
+        lines += ["", HELP]
+    lines += ["", "<sub>Commands: `/preview`, `/preview destroy`, `/preview status`, `/preview help`</sub>"]
+    return "\n".join(lines)
+
+
+def check_run_fields(deployment: dict | None) -> dict:
+    """Status, conclusion, output and buttons of the Preview check run for a deployment."""
+    status = deployment["status"] if deployment else "idle"
+    branch = text(deployment["branchName"]) if deployment else ""
+    if status == "deploying":
+        return {
+            "status": "in_progress",
+            "output": {"title": "Deploying preview", "summary": f"Deploying <code>{branch}</code>…"},
+            "actions": [],
+        }
+    if status == "deployed":
+        url = deployment.get("previewUrl") or ""
+        return {
+            "status": "completed",
+            "conclusion": "success",
+            "details_url": url if url.startswith("https://") or url.startswith("http://") else None,
+            "output": {"title": "Preview deployed", "summary": f"The preview of <code>{branch}</code> is live at {_link(url)}"},
+            "actions": [ACTIONS["redeploy"], ACTIONS["destroy"]],
+        }
+    if status == "failed":
+        error = text(_shorten(deployment.get("error") or "unknown error", 2000))
+        return {
+            "status": "completed",
+            "conclusion": "failure",
+            "output": {"title": "Preview failed", "summary": f"The deploy of <code>{branch}</code> failed:\n\n{error}"},
+            "actions": [ACTIONS["retry"]],
+        }
+    summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
+    if deployment and deployment.get("destroyedAt"):
+        summary = f"The preview was destroyed. {summary}"
+    return {
+        "status": "completed",
+        "conclusion": "neutral",
+        "output": {"title": "No preview running", "summary": summary},
+        "actions": [ACTIONS["deploy"]],
+    }
+
+
+def environment_name(pr_number: int) -> str:
+    return f"preview-pr-{int(pr_number)}"
+
+
+def _link(url: str) -> str:
+    if not (url.startswith("https://") or url.startswith("http://")):
+        return text(url)
+    safe = html.escape(url, quote=True)
+    return f'<a href="{safe}">{safe}</a>'
+
+
+def _shorten(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
