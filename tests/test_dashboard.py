@@ -1,0 +1,467 @@
+"""The dashboard end to end: headless Chromium (Debian's, driven by Playwright) against the real
+`previewbot web` and `previewbot worker` processes.
+
+Every wait is one of Playwright's auto-waiting `expect` assertions. Screenshots of each state are
+kept under test-output/ for review.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+from worker import state  # noqa: E402
+
+from .harness import wait_for  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+expect.set_options(timeout=10_000)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        reason = f"Debian's chromium is not installed at {CHROMIUM}: run `make browser-deps` (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser profile per test. Script errors, dialogs (an alert() from injected HTML)
+    and Content-Security-Policy violations fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"uncaught error: {error}"))
+
+    def on_dialog(dialog):
+        problems.append(f"dialog opened: {dialog.message!r}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on(
+        "console",
+        lambda message: problems.append(f"console: {message.text}")
+        if message.type == "error" and "Content Security Policy" in message.text
+        else None,
+    )
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def seed(bot, repository: str, number: int, branch: str, title: str | None = None, author: str | None = "octocat"):
+    """Remember an open pull request as a webhook would; each one seeded is newer than the last."""
+    global _seeded
+    _seeded += 1
+    opened = datetime.now(timezone.utc) - timedelta(minutes=60 - _seeded)
+    bot.store.upsert_pull_request(
+        {
+            "repository": repository,
+            "number": number,
+            "title": title,
+            "branch_name": branch,
+            "author": author,
+            "state": "open",
+            "created_at": opened.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+    )
+
+
+_seeded = 0
+
+
+def card(page, repository: str, number: int):
+    return page.locator(f'li.card[data-key="{repository}#{number}"]')
+
+
+def badge(page, repository: str, number: int):
+    return card(page, repository, number).locator(".badge-text")
+
+
+def open_dashboard(page, bot, query: str = ""):
+    """Sign in with ?token= and wait until the live feed is subscribed."""
+    page.goto(f"{bot.url}/?token={bot.token}{'&' + query if query else ''}")
+    expect(page.locator("#connection")).to_have_text("Live")
+
+
+def command_bot(make_bot, tmp_path: Path, script: str, env: dict | None = None):
+    path = tmp_path / "deploy.sh"
+    path.write_text(script)
+    return make_bot(
+        {"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": shlex.join(["sh", str(path)]), **(env or {})}
+    )
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_deploy_from_a_card_shows_deploying_then_deployed(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "3"}).start()
+    seed(bot, "acme/shop", 12, "feature/login", "Add a login page", "octocat")
+    seed(bot, "acme/shop", 13, "fix/cart-total", "Fix rounding in the cart total", "hubot")
+    seed(bot, "acme/blog", 4, "docs/intro", None, None)
+
+    open_dashboard(page, bot)
+    # The token moved from the address bar to localStorage.
+    assert "token=" not in page.url
+    assert page.evaluate("localStorage.getItem('previewbot.token')") == bot.token
+
+    # One card per pull request, newest first.
+    expect(page.locator("li.card .card-number")).to_have_text(["#4", "#13", "#12"])
+    item = card(page, "acme/shop", 12)
+    expect(item.locator(".card-repo")).to_have_text("acme/shop")
+    expect(item.locator(".card-title")).to_have_text("Add a login page")
+    expect(item.locator(".branch")).to_have_text("feature/login")
+    expect(item.locator(".author")).to_have_text("octocat")
+    expect(badge(page, "acme/shop", 12)).to_have_text("Idle")
+    expect(card(page, "acme/blog", 4).locator(".card-title")).to_have_text("Pull request #4")
+
+    # Idle: "Preview" reveals "Deploy Preview for BRANCH".
+    toggle = item.locator("button.preview-toggle")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    deploy = item.get_by_role("button", name="Deploy Preview for feature/login")
+    expect(deploy).to_be_hidden()
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    expect(deploy).to_be_visible()
+    page.screenshot(path=output_dir / "idle.png")
+
+    # Deploying: a spinner and the elapsed time; the running deploy cannot be started again.
+    deploy.click()
+    expect(badge(page, "acme/shop", 12)).to_have_text("Deploying")
+    expect(item.locator(".spinner")).to_be_visible()
+    expect(item.locator(".elapsed")).to_have_text(re.compile(r"^[1-9]\d*s$"))
+    expect(item.locator("button.deploy")).to_be_disabled()
+    page.screenshot(path=output_dir / "deploying.png")
+
+    # Deployed: the preview URL as a link, a ✓ on the Preview button, and "Redeploy Preview".
+    expect(badge(page, "acme/shop", 12)).to_have_text("Deployed", timeout=15_000)
+    link = item.get_by_role("link", name="https://preview-12.shop.example.com")
+    expect(link).to_have_attribute("href", "https://preview-12.shop.example.com")
+    expect(toggle).to_contain_text("✓")
+    expect(item.get_by_role("button", name="Redeploy Preview")).to_be_enabled()
+    expect(item.locator(".spinner")).to_be_hidden()
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #12: preview deployed")
+    page.screenshot(path=output_dir / "deployed.png")
+
+    deployment = bot.deployment("acme/shop", 12).json()
+    assert deployment["trigger"] == "dashboard"
+    assert deployment["status"] == "deployed"
+
+
+def test_a_failed_deploy_shows_its_error_and_retry_works(make_bot, page, output_dir, tmp_path):
+    marker = tmp_path / "failed-once"
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        f"""
+if [ -e {shlex.quote(str(marker))} ]; then
+  sleep 1
+  echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+  exit 0
+fi
+touch {shlex.quote(str(marker))}
+echo "npm ERR! Cannot find module 'left-pad'" >&2
+exit 1
+""",
+    ).start()
+    seed(bot, "acme/shop", 7, "feat/checkout", "New checkout flow", "mona")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 7)
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/checkout").click()
+
+    # Failed: the error message and a Retry button.
+    expect(badge(page, "acme/shop", 7)).to_have_text("Failed")
+    expect(item.locator(".error-text")).to_contain_text("deploy command exited with 1")
+    expect(item.locator(".error-text")).to_contain_text("Cannot find module 'left-pad'")
+    retry = item.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    expect(item.locator("button.preview-toggle")).to_be_hidden()
+    page.screenshot(path=output_dir / "failed.png")
+
+    retry.click()
+    expect(badge(page, "acme/shop", 7)).to_have_text("Deploying")
+    expect(retry).to_be_hidden()
+    expect(badge(page, "acme/shop", 7)).to_have_text("Deployed")
+    expect(item.get_by_role("link", name="https://pr-7.preview.acme.test")).to_be_visible()
+    expect(item.locator(".error-text")).to_be_hidden()
+
+
+def test_a_deploy_started_elsewhere_appears_live(make_bot, page):
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "2"}).start()
+    seed(bot, "acme/api", 5, "feat/search", "Full-text search", "octocat")
+
+    open_dashboard(page, bot)
+    page.evaluate("window.__sameDocument = true")
+    expect(badge(page, "acme/api", 5)).to_have_text("Idle")
+
+    assert bot.deploy("acme/api", 5, "feat/search").status_code == 202
+    item = card(page, "acme/api", 5)
+    expect(badge(page, "acme/api", 5)).to_have_text("Deploying")
+    expect(item.locator(".spinner")).to_be_visible()
+    item.locator("button.preview-toggle").click()
+    expect(item.locator("button.deploy")).to_be_disabled()
+    expect(item.locator("button.deploy")).to_have_text("Deploy in progress…")
+    expect(badge(page, "acme/api", 5)).to_have_text("Deployed")
+    expect(item.get_by_role("link", name="https://preview-5.api.example.com")).to_be_visible()
+
+    # A pull request the page has never shown appears with its first update.
+    assert bot.deploy("acme/api", 6, "feat/rate-limits").status_code == 202
+    expect(card(page, "acme/api", 6)).to_be_visible()
+    expect(card(page, "acme/api", 6).locator(".branch")).to_have_text("feat/rate-limits")
+    expect(badge(page, "acme/api", 6)).to_have_text("Deployed")
+    expect(page.locator("li.card .card-number")).to_have_text(["#6", "#5"])
+
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened
+
+
+def test_a_deploy_already_running_is_not_started_twice(make_bot, page):
+    """A page that missed the start of a deploy (its feed is silenced here) asks, gets 409, and
+    shows the running deploy instead of starting another; the periodic resync then catches up."""
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "3"}).start()
+    seed(bot, "acme/api", 8, "feat/export", "CSV export", "octocat")
+
+    def silent_feed(ws):  # answers the page's ping, delivers nothing else
+        ws.on_message(lambda message: ws.send('{"type":"pong"}') if message == "ping" else None)
+
+    page.route_web_socket(re.compile(r"/ws\?"), silent_feed)
+    open_dashboard(page, bot)
+    item = card(page, "acme/api", 8)
+    expect(badge(page, "acme/api", 8)).to_have_text("Idle")
+
+    assert bot.deploy("acme/api", 8, "feat/export").status_code == 202
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/export").click()
+    expect(item.locator(".card-message")).to_have_text("A deploy of this branch is already in progress.")
+    expect(badge(page, "acme/api", 8)).to_have_text("Deploying")
+    expect(item.locator("button.deploy")).to_be_disabled()
+    expect(item.locator(".elapsed")).to_have_text(re.compile(r"^\d+s$"))
+    expect(badge(page, "acme/api", 8)).to_have_text("Deployed", timeout=15_000)
+    history = bot.client().get("/api/repos/acme/api/pull-requests/8/deployments").json()["deployments"]
+    assert len(history) == 1
+
+
+def test_a_dropped_connection_reconnects_and_catches_up(make_bot, page, output_dir, redis_conn):
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "2"}).start()
+    seed(bot, "acme/shop", 21, "feat/wishlist", "Wishlist", "octocat")
+
+    open_dashboard(page, bot)
+    page.evaluate("window.__sameDocument = true")
+    assert bot.deploy("acme/shop", 21, "feat/wishlist").status_code == 202
+    expect(badge(page, "acme/shop", 21)).to_have_text("Deploying")
+
+    # The web process goes away mid-deploy: the page says it is reconnecting.
+    bot.stop_web(signal.SIGKILL)
+    connection = page.locator("#connection")
+    expect(connection).to_have_text("Reconnecting…")
+    expect(connection).to_have_attribute("data-state", "reconnecting")
+    page.screenshot(path=output_dir / "reconnecting.png")
+
+    # The deploy finishes while no web process runs; the page learns of it after reconnecting.
+    wait_for(
+        lambda: (state.current(redis_conn, "acme/shop", 21) or {}).get("status") == "deployed",
+        message="the worker to finish the deploy",
+    )
+    bot.start_web()  # same port
+    expect(connection).to_have_text("Live", timeout=15_000)
+    expect(badge(page, "acme/shop", 21)).to_have_text("Deployed", timeout=15_000)
+
+    # And updates flow over the new connection.
+    item = card(page, "acme/shop", 21)
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Redeploy Preview").click()
+    expect(badge(page, "acme/shop", 21)).to_have_text("Deploying")
+    expect(badge(page, "acme/shop", 21)).to_have_text("Deployed")
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_a_bad_token_is_refused_and_nothing_is_shown(make_bot, page, output_dir):
+    bot = make_bot().start()
+    seed(bot, "acme/shop", 1, "feat/secret-project", "Secret project", "octocat")
+
+    # No token: only the sign-in form.
+    page.goto(bot.url)
+    expect(page.get_by_label("API token")).to_be_visible()
+    expect(page.locator("#main")).to_be_hidden()
+
+    # A bad token from the address bar: refused with a message, taken off the URL, not kept.
+    page.goto(f"{bot.url}/?token=not-a-real-token")
+    message = page.locator("#sign-in-message")
+    expect(message).to_contain_text("This API token was not accepted")
+    expect(message).to_contain_text("Invalid or revoked API token")
+    expect(page.locator("#main")).to_be_hidden()
+    expect(page.locator("li.card")).to_have_count(0)
+    expect(page.get_by_text("Secret project")).to_have_count(0)
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    assert "token=" not in page.url
+    assert page.evaluate("localStorage.getItem('previewbot.token')") is None
+    page.screenshot(path=output_dir / "bad-token.png")
+
+    # The right token, typed in.
+    page.get_by_label("API token").fill(bot.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(card(page, "acme/shop", 1)).to_be_visible()
+    expect(page.locator("#connection")).to_have_text("Live")
+
+    # Signing out forgets the token and shows nothing again, also after a reload.
+    page.get_by_role("button", name="Sign out").click()
+    expect(message).to_have_text("You are signed out.")
+    expect(page.locator("li.card")).to_have_count(0)
+    expect(page.locator("#main")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('previewbot.token')") is None
+    page.screenshot(path=output_dir / "signed-out.png")
+    page.reload()
+    expect(page.get_by_label("API token")).to_be_visible()
+    expect(page.locator("li.card")).to_have_count(0)
+
+
+def test_html_in_pull_request_data_renders_as_text(make_bot, page):
+    bot = make_bot().start()
+    evil_branch = "<img src=x onerror=alert(1)>"
+    evil_title = '<script>alert("title")</script><b>bold</b>'
+    seed(bot, "acme/web", 3, evil_branch, evil_title, "<svg onload=alert(2)>")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/web", 3)
+    expect(item.locator(".branch")).to_have_text(evil_branch)
+    expect(item.locator(".card-title")).to_have_text(evil_title)
+    expect(item.locator(".author")).to_have_text("<svg onload=alert(2)>")
+    item.locator("button.preview-toggle").click()
+    expect(item.get_by_role("button", name=f"Deploy Preview for {evil_branch}")).to_be_visible()
+
+    # A branch name with markup (a valid git name) arriving over the WebSocket is text too.
+    ws_branch = "<img/src=x/onerror=alert(3)>"
+    assert bot.deploy("acme/web", 9, ws_branch).status_code == 202
+    expect(card(page, "acme/web", 9).locator(".branch")).to_have_text(ws_branch)
+    expect(badge(page, "acme/web", 9)).to_have_text("Deployed")
+    assert page.locator("#cards img, #cards script, #cards svg, #cards b").count() == 0
+
+
+def test_filter_by_repository_and_status(make_bot, page, output_dir, tmp_path):
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        """
+case "$PREVIEW_BRANCH" in
+  *broken*) echo "tests failed: 3 of 120" >&2; exit 1 ;;
+esac
+echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+""",
+    ).start()
+    seed(bot, "acme/shop", 1, "feat/cart", "Shopping cart", "octocat")
+    seed(bot, "acme/shop", 2, "fix/broken-tax", "Tax calculation", "hubot")
+    seed(bot, "acme/blog", 3, "docs/intro", "Introduction post", "mona")
+    seed(bot, "acme/blog", 4, "feat/rss", "RSS feed", "mona")
+    assert bot.deploy("acme/shop", 1, "feat/cart").status_code == 202
+    assert bot.deploy("acme/shop", 2, "fix/broken-tax").status_code == 202
+    bot.wait_status("acme/shop", 1, "deployed")
+    bot.wait_status("acme/shop", 2, "failed")
+
+    open_dashboard(page, bot)
+    cards = page.locator("li.card")
+    expect(cards).to_have_count(4)
+    repository = page.get_by_label("Repository")
+    status = page.get_by_label("Status")
+
+    repository.select_option("acme/blog")
+    expect(page.locator("li.card .card-repo")).to_have_text(["acme/blog", "acme/blog"])
+    assert "repository=acme%2Fblog" in page.url
+
+    status.select_option("failed")
+    expect(cards).to_have_count(0)
+    expect(page.locator("#empty")).to_contain_text("No pull requests match these filters.")
+
+    repository.select_option("")
+    expect(page.locator("li.card .card-number")).to_have_text(["#2"])
+    expect(badge(page, "acme/shop", 2)).to_have_text("Failed")
+
+    status.select_option("deployed")
+    expect(page.locator("li.card .card-number")).to_have_text(["#1"])
+
+    status.select_option("idle")
+    expect(page.locator("li.card .card-number")).to_have_text(["#4", "#3"])
+
+    page.get_by_role("button", name="Clear filters").click()
+    expect(cards).to_have_count(4)
+    assert "status=" not in page.url
+
+    # The filters live in the address bar, so a reload keeps them.
+    page.goto(f"{bot.url}/?status=failed")
+    expect(page.locator("li.card .card-number")).to_have_text(["#2"])
+    expect(status).to_have_value("failed")
+
+    # Phone width: one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(bot.url)
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(cards).to_have_count(4)
+    card(page, "acme/shop", 1).locator("button.preview-toggle").click()
+    page.evaluate("window.scrollTo(0, 0)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    boxes = [cards.nth(i).bounding_box() for i in range(2)]
+    assert boxes[0]["x"] == boxes[1]["x"] and boxes[0]["width"] > 330
+    page.screenshot(path=output_dir / "phone-390.png", full_page=True)
+
+
+def test_next_public_api_url_is_the_api_and_websocket_base(make_bot, page):
+    """The page is served by one address and talks to the API at another (localhost vs
+    127.0.0.1 here). The API does not send CORS headers itself, so the test adds them."""
+    bot = make_bot()
+    api_base = f"http://localhost:{bot.port}"
+    bot.env["NEXT_PUBLIC_API_URL"] = api_base
+    bot.start()
+    seed(bot, "acme/shop", 30, "feat/api-base", "Separate API host", "octocat")
+
+    api_requests: list[str] = []
+
+    def via_api_host(route):
+        api_requests.append(route.request.url)
+        response = route.fetch()
+        route.fulfill(response=response, headers={**response.headers, "access-control-allow-origin": "*"})
+
+    page.route(f"{api_base}/api/**", via_api_host)
+    own_origin = []
+    page.on("request", lambda r: own_origin.append(r.url) if r.url.startswith(f"{bot.url}/api/") else None)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+
+    open_dashboard(page, bot)
+    expect(card(page, "acme/shop", 30)).to_be_visible()
+    assert api_requests and all(url.startswith(f"{api_base}/api/pull-requests") for url in api_requests)
+    assert not own_origin
+    assert sockets and all(url.startswith(f"ws://localhost:{bot.port}/ws?token=") for url in sockets)
