@@ -1,10 +1,20 @@
-"""The dashboard page at `/`: static HTML, CSS and JavaScript, no build step, no CDN."""
+"""The dashboard page at `/`: static HTML, CSS and JavaScript, no build step, no CDN.
+
+The page learns where the API is from a meta tag: `NEXT_PUBLIC_API_URL` when set (its WebSocket
+is the same address with ws:// or wss://), otherwise the page's own origin.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, send_from_directory
+import html
+import re
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, current_app, request
 
 from .services import services
+
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 
 def init_app(app: Flask) -> None:
@@ -12,11 +22,41 @@ def init_app(app: Flask) -> None:
 
 
 def index() -> Response:
-    page = (current_app.root_path + "/static/index.html")
+    page = current_app.root_path + "/static/index.html"
     with open(page, encoding="utf-8") as f:
-        html = f.read()
+        text = f.read()
     api_url = services().settings.public_api_url or ""
-    html = html.replace("{{API_URL}}", api_url.replace('"', "&quot;"))
-    response = Response(html, mimetype="text/html")
+    text = text.replace("{{API_URL}}", html.escape(api_url, quote=True))
+    response = Response(text, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = content_security_policy(api_url)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # The first visit may carry ?token=; never send the address to anyone else.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
     return response
+
+
+def content_security_policy(api_url: str) -> str:
+    """Only our own script and style; fetch and WebSocket only to this origin and the API."""
+    connect = ["'self'"]
+    host = request.host
+    if _HOST.fullmatch(host):  # the Host header is the client's; keep it out of the header if odd
+        connect += [f"ws://{host}", f"wss://{host}"]
+    if api_url:
+        parts = urlsplit(api_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        ws_scheme = "wss" if parts.scheme == "https" else "ws"
+        connect += [origin, f"{ws_scheme}://{parts.netloc}"]
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"connect-src {' '.join(dict.fromkeys(connect))}",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
