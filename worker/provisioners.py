@@ -18,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from bot.embedded_redis import die_with_parent
+
 URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 
 # The command provisioner's environment: what design §4.8 lists, plus these basics so the
@@ -145,6 +147,7 @@ class CommandProvisioner:
                 text=True,
                 errors="replace",
                 start_new_session=True,  # so a timeout can stop the command's children too
+                preexec_fn=die_with_parent,  # a killed worker does not leave its command running
             )
         except OSError as exc:
             raise ProvisionError(f"{action} command could not start: {exc.strerror or exc}") from None

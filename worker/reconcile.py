@@ -51,16 +51,19 @@ def reconcile() -> list[dict]:
 
 
 def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: float | None = None) -> str | None:
-    """Why `deployment` (status deploying) is stuck, or None if someone is working on it."""
-    age = (now or time.time()) - _epoch(deployment.get("updatedAt"))
-    if age < GRACE_SECONDS:
-        return None
+    """Why `deployment` (status deploying) is stuck, or None if someone is working on it.
+
+    The lock is taken before `deploying` is announced and released only after the final
+    status, so a deploying deployment without its lock has lost its worker."""
     lock = state.lock_for(conn, deployment, lease_seconds=lease_seconds)
     holder = lock.holder()
     if holder is None:
         return "Worker lost: the deploy stopped without finishing. Retry to deploy again."
     if holder != deployment["id"]:
         return "Superseded: another job holds this branch. Retry to deploy again."
+    # Between the announcement and the enqueueing there is no job yet: give it a moment.
+    if (now or time.time()) - _epoch(deployment.get("updatedAt")) < GRACE_SECONDS:
+        return None
     for job_id in job_id_for_lock(deployment["id"]):
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)

@@ -1,0 +1,91 @@
+"""Faults: a worker killed mid-deploy, Redis gone while a webhook arrives."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import httpx
+import pytest
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from . import webhooks
+from .harness import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_worker_ends_failed_with_retry_and_frees_the_branch(make_bot, tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    bot = make_bot(
+        {
+            "PREVIEW_PROVISIONER": "command",
+            "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
+            "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_RECONCILE_SECONDS": "2",
+        }
+    ).start(workers=2)
+    started = bot.deploy("octo/app", 21, "feat/crash").json()
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    job = wait_for(lambda: (j := Job.fetch(f"deploy-{started['id']}", connection=conn, serializer=JSONSerializer)).worker_name and j, message="job picked up")
+    pid = int(job.worker_name.rsplit("-", 1)[1])
+    victim = next(p for p in bot.workers if p.pid == pid)
+    victim.send_signal(signal.SIGKILL)  # no cleanup of any kind
+    victim.wait()
+    failed = bot.wait_status("octo/app", 21, "failed", timeout=20)
+    assert "Worker lost" in failed["error"] and "Retry" in failed["error"]
+    events = bot.store.deployment_events(started["id"])
+    assert any((e["message"] or "").startswith("reconcile:") for e in events)  # the repair is in the history
+    assert not conn.keys("previewbot:lock:*")
+    # The branch is free again: a retry deploys.
+    assert bot.deploy("octo/app", 21, "feat/crash").status_code == 202
+
+
+def test_webhook_while_redis_is_down_is_503_and_can_be_redelivered(tmp_path, redis_url):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from bot.app import create_app
+    from bot.config import load_settings
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+    env = {"DATABASE_PATH": str(tmp_path / "w.db"), "APP_ID": "1", "PRIVATE_KEY": key, "WEBHOOK_SECRET": "s"}
+    down = create_app(load_settings({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), start_feed=False).test_client()
+    payload = webhooks.issue_comment("octo/app", 1, body="/preview", installation_id=1)
+    body = json.dumps(payload).encode()
+    headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": webhooks.sign(body, "s"), "Content-Type": "application/json"}
+    response = down.post("/api/github/webhooks", data=body, headers=headers)
+    assert response.status_code == 503 and "redeliver" in response.get_json()["error"]
+    # Nothing half-written: the delivery is not remembered, so GitHub's redelivery is accepted.
+    up = create_app(load_settings({**env, "REDIS_URL": redis_url}), start_feed=False).test_client()
+    again = up.post("/api/github/webhooks", data=body, headers=headers)
+    assert again.status_code == 202
+    assert redis.Redis.from_url(redis_url).llen("rq:queue:previewbot") == 1
+
+
+def test_secrets_stay_out_of_logs_database_and_errors(make_bot, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+    secret = "hook-secret-value-1234"
+    # GitHub unreachable: the REST deploy's check fails and every layer logs the failure.
+    bot = make_bot({"APP_ID": "5", "PRIVATE_KEY": key, "WEBHOOK_SECRET": secret, "GITHUB_API_URL": "http://127.0.0.1:9"}).start()
+    response = bot.deploy("octo/app", 1, "main")
+    assert response.status_code == 502
+    body = json.dumps(webhooks.issue_comment("octo/app", 1, body="/preview", installation_id=1)).encode()
+    httpx.post(f"{bot.url}/api/github/webhooks", content=body, headers={"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "x", "X-Hub-Signature-256": webhooks.sign(body, secret), "Content-Type": "application/json"})
+    wait_for(lambda: "webhook-x" in bot.log_text() or "handle_webhook" in bot.log_text(), message="the job to run")
+    text = bot.log_text() + response.text
+    database = (tmp_path / "previewbot.db").read_bytes().decode(errors="replace")
+    for value in (secret, bot.token, key.splitlines()[1]):
+        assert value not in text and value not in database
+
