@@ -140,9 +140,7 @@ def deploy(owner: str, repo: str, pr: str):
         installation_id=installation_id,
         provisioner=svc.settings.provisioner,
     )
-    outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
-    if not outcome.started:
-        raise ApiError(409, "A deployment of this branch is already in progress", deploymentId=outcome.holder)
+    # SQLite first: if it is unavailable the request fails (503) before anything starts.
     svc.store.upsert_pull_request(
         {
             "repository": repository,
@@ -156,7 +154,14 @@ def deploy(owner: str, repo: str, pr: str):
             "installation_id": installation_id,
         }
     )
-    svc.store.record_deployment(deployment, None)
+    outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
+    if not outcome.started:
+        raise ApiError(409, "A deployment of this branch is already in progress", deploymentId=outcome.holder)
+    try:
+        svc.store.record_deployment(deployment, None)
+    except sqlite3.Error as exc:
+        # The deploy has started and its event is in Redis: the recorder writes it later.
+        log.warning("deployment %s will be recorded from the event stream: %s", deployment["id"], exc)
     return jsonify(_with_extras(deployment)), 202
 
 

@@ -54,6 +54,6 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
         return exc
 
     if start_feed:
-        svc.feed = FeedThreads(conn, store, svc.hub)
+        svc.feed = FeedThreads(conn, store, svc.hub, repair_seconds=settings.reconcile_seconds)
         svc.feed.start()
     return app

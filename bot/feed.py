@@ -18,11 +18,13 @@ import queue
 import socket
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 
-from worker.state import EVENTS_STREAM
+from worker.state import EVENTS_STREAM, PREFIX
 
 from .store import Store
 
@@ -116,19 +118,78 @@ def _decode(fields: dict) -> dict:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
 
 
-class FeedThreads:
-    """The recorder and broadcaster loops of one web process."""
+LOST_IN_REDIS = "Lost: Redis restarted without this deployment's state. Retry to deploy again."
+# A deploying row younger than this may still be on its way through the stream.
+REPAIR_GRACE_SECONDS = 10
 
-    def __init__(self, conn: redis.Redis, store: Store, hub: Hub):
+
+def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | None = None) -> list[dict]:
+    """Fail the deployments SQLite still shows as deploying but Redis no longer knows of.
+
+    That happens when Redis restarts without its data (no persistence): the jobs, locks and
+    current state are gone, and nothing would ever finish those deployments. The repair is
+    published like any change, so it is recorded, broadcast, restored in Redis and (through a
+    report job) shown on GitHub.
+    """
+    from worker import queue as job_queue
+    from worker.state import current, publish
+
+    repaired = []
+    cutoff = (now or time.time()) - REPAIR_GRACE_SECONDS
+    for row in store.deployments_with_status("deploying"):
+        if _epoch(row["updated_at"]) > cutoff:
+            continue
+        if current(conn, row["repository"], row["pr_id"]) is not None:
+            continue  # Redis knows it: the worker side (reconcile) is in charge
+        snapshot = {**deployment_snapshot(row), "status": "failed", "error": LOST_IN_REDIS, "updatedAt": None}
+        publish(conn, snapshot, message=f"repair: {LOST_IN_REDIS}")
+        job_queue.enqueue_report(conn, deployment=snapshot)
+        log.warning("repaired deployment %s (%s#%s): lost in Redis", row["id"], row["repository"], row["pr_id"])
+        repaired.append(snapshot)
+    return repaired
+
+
+def deployment_snapshot(row: dict) -> dict:
+    """A deployments row back into the camelCase snapshot that events carry."""
+    return {
+        "id": row["id"],
+        "repository": row["repository"],
+        "headRepository": row["head_repository"],
+        "prNumber": row["pr_id"],
+        "branchName": row["branch_name"],
+        "headSha": row["head_sha"],
+        "status": row["status"],
+        "previewUrl": row["preview_url"],
+        "error": row["error_message"],
+        "provisioner": row["provisioner"],
+        "trigger": row["trigger"],
+        "requestedBy": row["requested_by"],
+        "installationId": row["installation_id"],
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+    }
+
+
+def _epoch(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+class FeedThreads:
+    """The recorder, broadcaster and repair loops of one web process."""
+
+    def __init__(self, conn: redis.Redis, store: Store, hub: Hub, *, repair_seconds: float = 60.0):
         self.conn = conn
         self.store = store
         self.hub = hub
+        self.repair_seconds = repair_seconds
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target in (self._record_loop, self._broadcast_loop):
+        for target in (self._record_loop, self._broadcast_loop, self._repair_loop):
             thread = threading.Thread(target=target, name=f"previewbot-{target.__name__.strip('_')}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -193,6 +254,17 @@ class FeedThreads:
             done.append(entry_id)
         if done:
             self.conn.xack(EVENTS_STREAM, RECORDER_GROUP, *done)
+
+    # -- repair ------------------------------------------------------------------------------
+
+    def _repair_loop(self) -> None:
+        while not self.stop.wait(self.repair_seconds):
+            try:
+                # One web process repairs per period; the others skip.
+                if self.conn.set(f"{PREFIX}:web-repair", self.consumer, nx=True, ex=max(1, int(self.repair_seconds))):
+                    repair_lost_deployments(self.conn, self.store)
+            except (redis.RedisError, sqlite3.Error) as exc:
+                log.warning("repair skipped: %s", exc)
 
     # -- broadcaster -------------------------------------------------------------------------
 

@@ -197,6 +197,9 @@ class Store:
         )
         return rows[0] if rows else None
 
+    def deployments_with_status(self, status: str, limit: int = 1000) -> list[dict]:
+        return list(self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit))
+
     def deployment_history(self, repository: str, pr_number: int, limit: int = 50) -> list[dict]:
         return list(
             self.db["deployments"].rows_where(

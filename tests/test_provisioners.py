@@ -26,10 +26,18 @@ def script(tmp_path, body):
 
 
 def test_simulated_waits_and_answers_the_template():
-    slept = []
-    provisioner = SimulatedProvisioner((2.0, 2.0), "https://{branch}.{owner}.example.com", sleep=slept.append)
+    provisioner = SimulatedProvisioner((0.0, 0.0), "https://{branch}.{owner}.example.com")
     assert provisioner.deploy(request(branch="Feat/Login_Page")) == "https://feat-login-page.octo.example.com"
-    assert slept == [2.0]
+
+
+def test_a_lost_lock_stops_the_simulated_provisioner_and_the_command(tmp_path):
+    stopped = request()
+    stopped.cancelled.set()
+    with pytest.raises(ProvisionError, match="lock was lost"):
+        SimulatedProvisioner((600.0, 600.0), TEMPLATE).deploy(stopped)
+    command = script(tmp_path, "import time\ntime.sleep(600)\n")
+    with pytest.raises(ProvisionError, match="lock was lost"):
+        CommandProvisioner(command, None, timeout=600, url_template=TEMPLATE).deploy(stopped)
 
 
 def test_slugs():

@@ -89,3 +89,46 @@ def test_secrets_stay_out_of_logs_database_and_errors(make_bot, tmp_path):
     for value in (secret, bot.token, key.splitlines()[1]):
         assert value not in text and value not in database
 
+
+
+@pytest.mark.parametrize("worker_survives", [True, False], ids=["worker-alive", "worker-dead"])
+def test_deploy_lost_when_redis_restarts_without_data_ends_failed(tmp_path, make_bot, worker_survives):
+    """Either the worker notices that its lock is gone and stops the provisioner, or (when the
+    worker died too) the web process notices that Redis forgot a deployment SQLite still shows
+    as deploying. Both end it `failed` with a reason and free the branch."""
+    from bot.embedded_redis import EmbeddedRedis, free_port
+
+    port = free_port()
+    server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False).start()
+    script = tmp_path / "wait.py"
+    script.write_text("import time\ntime.sleep(600)\n")
+    bot = make_bot(
+        {
+            "REDIS_URL": server.url,
+            "PREVIEW_PROVISIONER": "command",
+            "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
+            "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_RECONCILE_SECONDS": "1",
+        }
+    ).start()
+    try:
+        started = bot.deploy("octo/app", 31, "feat/redis").json()
+        conn = redis.Redis.from_url(server.url)
+        wait_for(lambda: conn.zcard("rq:wip:previewbot") or conn.keys("rq:wip:*"), message="the job to start")
+        if not worker_survives:
+            bot.stop_workers(signal.SIGKILL)
+        server.stop()
+        server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False).start()  # empty
+        failed = bot.wait_status("octo/app", 31, "failed", timeout=40)
+        assert failed["id"] == started["id"] and "Retry" in failed["error"]
+        expected = "lock was lost" if worker_survives else "Redis restarted without"
+        assert expected in failed["error"]
+        if not worker_survives:
+            assert any((e["message"] or "").startswith("repair:") for e in bot.store.deployment_events(started["id"]))
+        # Redis knows the outcome again, and the branch can be deployed anew.
+        conn = redis.Redis.from_url(server.url)
+        assert json.loads(conn.get("previewbot:pr:octo/app#31"))["status"] == "failed"
+        assert bot.deploy("octo/app", 31, "feat/redis").status_code == 202
+    finally:
+        bot.stop()
+        server.stop()

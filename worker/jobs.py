@@ -21,11 +21,11 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
     """Provision `deployment` and report the outcome everywhere."""
     ctx = get_context()
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
-    with held_lease(ctx, lock, lock_id) as held:
-        if not held:
+    with held_lease(ctx, lock, lock_id) as lost:
+        if lost is None:
             return _superseded(ctx, deployment)
         ctx.reporter.deploy_started(deployment)
-        request = _provision_request(ctx, deployment)
+        request = _provision_request(ctx, deployment, lost)
         try:
             url = ctx.provisioner.deploy(request)
         except ProvisionError as exc:
@@ -43,14 +43,14 @@ def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
     """Tear down the branch's environment; the deployment row stays, as history, marked idle."""
     ctx = get_context()
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
-    with held_lease(ctx, lock, lock_id) as held:
-        if not held:
+    with held_lease(ctx, lock, lock_id) as lost:
+        if lost is None:
             return deployment
         # The caller's snapshot may be older than a deploy that finished meanwhile.
         latest = state.current(ctx.redis, deployment["repository"], deployment["prNumber"]) or deployment
         if latest["id"] != deployment["id"] and latest.get("branchName") == deployment["branchName"]:
             deployment = latest
-        request = _provision_request(ctx, deployment)
+        request = _provision_request(ctx, deployment, lost)
         try:
             ctx.provisioner.destroy(request)
         except ProvisionError as exc:
@@ -60,6 +60,11 @@ def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
         result = finish(ctx, deployment, status="idle", destroyedAt=state.utcnow(), message=reason)
         ctx.reporter.destroyed(result, reason=reason)
         return result
+
+
+def report_deployment(*, deployment: dict) -> None:
+    """Report a deployment's state on GitHub (used by repairs made in the web process)."""
+    get_context().reporter.deploy_finished(deployment)
 
 
 def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
@@ -80,26 +85,31 @@ def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
 @contextmanager
 def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str):
     """Hold the branch lock for the job: shorten the queued lease to the running lease, renew
-    it in the background, and on the way out release it or hand it to a queued follow-up."""
+    it in the background, and on the way out release it or hand it to a queued follow-up.
+
+    Yields None when the lock is not ours, else an event set if the lock is lost meanwhile
+    (its lease ran out, or Redis restarted empty): the provisioner then stops, so that a branch
+    never has two deploys running."""
     if not lock.renew(lock_id):
-        yield False
+        yield None
         return
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew_until, args=(lock, lock_id, stop, ctx.settings.lease_seconds / 3), daemon=True)
+    stop, lost = threading.Event(), threading.Event()
+    renewer = threading.Thread(target=_renew_until, args=(lock, lock_id, stop, lost, ctx.settings.lease_seconds / 3), daemon=True)
     renewer.start()
     try:
-        yield True
+        yield lost
     finally:
         stop.set()
         renewer.join()
         _release(ctx, lock, lock_id)
 
 
-def _renew_until(lock: state.BranchLock, lock_id: str, stop: threading.Event, every: float) -> None:
+def _renew_until(lock: state.BranchLock, lock_id: str, stop: threading.Event, lost: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
             if not lock.renew(lock_id):
-                log.warning("lost the branch lock %s", lock.key)
+                log.warning("lost the branch lock %s; stopping the provisioner", lock.key)
+                lost.set()
                 return
         except redis.RedisError:
             log.warning("could not renew the branch lock %s; retrying", lock.key)
@@ -158,7 +168,7 @@ def _superseded(ctx: WorkerContext, deployment: dict) -> dict:
     return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.")
 
 
-def _provision_request(ctx: WorkerContext, deployment: dict) -> ProvisionRequest:
+def _provision_request(ctx: WorkerContext, deployment: dict, cancelled: threading.Event) -> ProvisionRequest:
     return ProvisionRequest(
         repository=deployment["repository"],
         pr_number=int(deployment["prNumber"]),
@@ -167,4 +177,5 @@ def _provision_request(ctx: WorkerContext, deployment: dict) -> ProvisionRequest
         deployment_id=deployment["id"],
         preview_url=deployment.get("previewUrl"),
         log=lambda line: state.publish_log(ctx.redis, deployment["id"], line),
+        cancelled=cancelled,
     )

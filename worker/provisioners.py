@@ -28,6 +28,9 @@ URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
+LOCK_LOST = "Deploy stopped: the branch lock was lost (its lease ran out or Redis restarted). Retry to deploy again."
+
+
 class ProvisionError(Exception):
     """Provisioning failed; the message is shown to people, so it says what went wrong."""
 
@@ -41,6 +44,8 @@ class ProvisionRequest:
     deployment_id: str
     preview_url: str | None = None
     log: Callable[[str], None] = field(default=lambda line: None, repr=False)
+    # Set when the job lost its branch lock: stop, another deploy of the branch may start.
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 class Provisioner(Protocol):
@@ -69,16 +74,16 @@ class SimulatedProvisioner:
 
     name = "simulated"
 
-    def __init__(self, seconds: tuple[float, float], url_template: str, *, sleep=time.sleep):
+    def __init__(self, seconds: tuple[float, float], url_template: str):
         self.seconds = seconds
         self.url_template = url_template
-        self.sleep = sleep
 
     def deploy(self, request: ProvisionRequest) -> str:
         low, high = self.seconds
         duration = random.uniform(low, high)
         request.log(f"simulated: provisioning {request.branch} for {duration:.1f}s")
-        self.sleep(duration)
+        if request.cancelled.wait(duration):
+            raise ProvisionError(LOCK_LOST)
         url = render_url(self.url_template, request)
         request.log(f"simulated: ready at {url}")
         return url
@@ -159,11 +164,15 @@ class CommandProvisioner:
         ]
         for reader in readers:
             reader.start()
+        deadline = time.monotonic() + self.timeout
         try:
-            code = process.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            raise ProvisionError(f"{action} command timed out after {self.timeout:g}s") from None
+            while (code := process.poll()) is None:
+                if request.cancelled.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                    _kill_group(process)
+                    raise ProvisionError(LOCK_LOST)
+                if time.monotonic() >= deadline:
+                    _kill_group(process)
+                    raise ProvisionError(f"{action} command timed out after {self.timeout:g}s")
         finally:
             for reader in readers:
                 reader.join(timeout=5)

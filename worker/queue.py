@@ -51,3 +51,15 @@ def enqueue_destroy(conn: redis.Redis, settings, *, deployment: dict, lock_id: s
 def job_id_for_lock(lock_id: str) -> list[str]:
     """The job ids that may hold `lock_id`: a deploy of that id, or a destroy run under it."""
     return [f"deploy-{lock_id}", f"destroy-{lock_id}"]
+
+
+def enqueue_report(conn: redis.Redis, *, deployment: dict) -> None:
+    """Queue a report of `deployment`'s state to GitHub (for changes made outside a job)."""
+    get_queue(conn).enqueue(
+        "worker.jobs.report_deployment",
+        deployment=deployment,
+        job_id=f"report-{deployment['id']}-{deployment['status']}",
+        job_timeout=GITHUB_JOB_TIMEOUT,
+        result_ttl=600,
+        failure_ttl=7 * 24 * 3600,
+    )
