@@ -199,3 +199,19 @@ def test_redis_down_is_503_not_500(tmp_path):
     assert response.status_code == 503
     assert "Redis" in response.get_json()["error"]
     assert app.extensions["previewbot"].store.db["deployments"].count == 0
+
+
+def test_locked_database_is_a_clear_503_and_nothing_starts(client, app, token, redis_conn, settings):
+    import sqlite3
+
+    blocker = sqlite3.connect(settings.database_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        response = client.post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=auth(token))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status_code == 503
+    assert "database" in response.get_json()["error"]
+    nothing_changed(app, redis_conn)
+    assert app.extensions["previewbot"].store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -354,3 +354,14 @@ def test_auto_deploy_on_open_for_branches_of_the_repository(start_bot, fake):
     send(bot, "pull_request", webhooks.pull_request("opened", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
     assert bot.wait_status(REPO, 1, "deployed")["trigger"] == "auto"
     fake.wait_for(lambda: deployed_on_github(fake))
+
+
+def test_reconcile_destroys_the_preview_of_a_pull_request_closed_without_a_webhook(start_bot, fake):
+    bot = start_bot({"PREVIEW_RECONCILE_SECONDS": "1"})
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake))
+    fake.update_pull(REPO, 1, state="closed")  # the `closed` delivery never arrives
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", timeout=20, message="inactive")
+    wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="destroyed")
+    events = bot.store.deployment_events(bot.store.latest_deployment(REPO, 1)["id"])
+    assert any("reconcile: pull request closed" in (e["message"] or "") for e in events)

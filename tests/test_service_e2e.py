@@ -154,3 +154,33 @@ def test_redeploy_after_deployed_is_a_new_deployment(make_bot):
     assert second.status_code == 202
     assert second.json()["deploymentId"] != first["deploymentId"]
     assert bot.wait_status("octo/app", 13, "deployed")["id"] == second.json()["id"]
+
+
+def test_websocket_of_a_scoped_token_never_carries_other_repositories(make_bot):
+    bot = make_bot().start()
+    scoped = bot.store.create_token("scoped", ["octo/app"])
+    feed = FeedClient(bot.ws_url(token=scoped)).ready()
+    sneaky = FeedClient(bot.ws_url(token=scoped, repository="octo/secret")).ready()
+    try:
+        assert bot.deploy("octo/secret", 1, "main").status_code == 202
+        assert bot.deploy("octo/app", 2, "main").status_code == 202
+        seen = feed.until(lambda m: m.get("repository") == "octo/app" and m.get("status") == "deployed")
+        assert all(m.get("repository") != "octo/secret" for m in feed.messages)
+        bot.wait_status("octo/secret", 1, "deployed")
+        sneaky.ws.send("ping")
+        assert sneaky.until(lambda m: True) == {"type": "pong"}  # nothing of octo/secret came first
+        assert seen["prNumber"] == "2"
+    finally:
+        feed.close()
+        sneaky.close()
+
+
+def test_bad_token_on_the_websocket_is_refused(make_bot):
+    import websocket
+
+    bot = make_bot().start()
+    for url in (bot.ws_url(token="pvb_wrong"), f"ws://127.0.0.1:{bot.port}/ws"):
+        ws = websocket.create_connection(url, timeout=5)
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+            ws.recv()
+            ws.recv()

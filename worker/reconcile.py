@@ -10,6 +10,7 @@ other change, so it reaches SQLite's history, the feed and GitHub.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -22,9 +23,12 @@ from rq.serializers import JSONSerializer
 
 from . import state
 from .queue import GITHUB_JOB_TIMEOUT, get_queue, job_id_for_lock
+from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
 
+# How often a live preview's pull request is looked at on GitHub (keeps API use low).
+CLOSED_CHECK_SECONDS = 600
 # A deployment younger than this may be between its announcement and its enqueueing.
 GRACE_SECONDS = 10
 LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -47,7 +51,36 @@ def reconcile() -> list[dict]:
         lock.force_release(deployment["id"])
         ctx.reporter.deploy_finished(result)
         repaired.append(result)
+    if ctx.settings.github_enabled:
+        repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
     return repaired
+
+
+async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
+    """A preview whose pull request closed while its `closed` webhook was lost still costs
+    money: each live preview's pull request is looked at on GitHub every CLOSED_CHECK_SECONDS."""
+    from . import previews
+    from .github import github_session
+    from .on_comment import fetch_pull
+
+    destroyed = []
+    for deployment in state.live_deployments(ctx.redis):
+        if not deployment.get("installationId"):
+            continue
+        checked = f"{state.PREFIX}:pr-checked:{deployment['repository']}#{deployment['prNumber']}"
+        if not ctx.redis.set(checked, "1", nx=True, ex=CLOSED_CHECK_SECONDS):
+            continue
+        try:
+            async with github_session(ctx.settings, deployment["installationId"]) as session:
+                pull = await fetch_pull(session, deployment["repository"], int(deployment["prNumber"]))
+        except REPORT_ERRORS as exc:
+            log.warning("reconcile: could not look at %s#%s: %s", deployment["repository"], deployment["prNumber"], type(exc).__name__)
+            continue
+        if pull is None or pull.get("state") == "closed":
+            log.warning("reconcile: %s#%s is closed but its preview is live; destroying it", deployment["repository"], deployment["prNumber"])
+            previews.request_destroy(ctx.redis, ctx.settings, deployment, reason="reconcile: pull request closed")
+            destroyed.append(deployment)
+    return destroyed
 
 
 def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: float | None = None) -> str | None:

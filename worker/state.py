@@ -187,6 +187,25 @@ def active_deployments(conn: redis.Redis) -> list[dict]:
     return [json.loads(raw) for raw in conn.mget(keys) if raw]
 
 
+def live_deployments(conn: redis.Redis) -> list[dict]:
+    """Every pull request's current deployment that still has (or may have) an environment."""
+    found = []
+    for keys in _batches(conn.scan_iter(match=f"{PREFIX}:pr:*", count=500), 500):
+        found += [d for raw in conn.mget(keys) if raw and (d := json.loads(raw))["status"] != "idle"]
+    return found
+
+
+def _batches(iterable, size: int):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _text(value) -> str | None:
     if value is None:
         return None
