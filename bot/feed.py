@@ -26,7 +26,7 @@ import redis
 
 from worker.state import EVENTS_STREAM, PREFIX
 
-from .store import Store
+from .store import Store, deployment_json
 
 log = logging.getLogger("previewbot.feed")
 
@@ -141,33 +141,12 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
             continue
         if current(conn, row["repository"], row["pr_id"]) is not None:
             continue  # Redis knows it: the worker side (reconcile) is in charge
-        snapshot = {**deployment_snapshot(row), "status": "failed", "error": LOST_IN_REDIS, "updatedAt": None}
+        snapshot = {**deployment_json(row), "status": "failed", "error": LOST_IN_REDIS, "updatedAt": None}
         publish(conn, snapshot, message=f"repair: {LOST_IN_REDIS}")
         job_queue.enqueue_report(conn, deployment=snapshot)
         log.warning("repaired deployment %s (%s#%s): lost in Redis", row["id"], row["repository"], row["pr_id"])
         repaired.append(snapshot)
     return repaired
-
-
-def deployment_snapshot(row: dict) -> dict:
-    """A deployments row back into the camelCase snapshot that events carry."""
-    return {
-        "id": row["id"],
-        "repository": row["repository"],
-        "headRepository": row["head_repository"],
-        "prNumber": row["pr_id"],
-        "branchName": row["branch_name"],
-        "headSha": row["head_sha"],
-        "status": row["status"],
-        "previewUrl": row["preview_url"],
-        "error": row["error_message"],
-        "provisioner": row["provisioner"],
-        "trigger": row["trigger"],
-        "requestedBy": row["requested_by"],
-        "installationId": row["installation_id"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-    }
 
 
 def _epoch(timestamp: str | None) -> float:

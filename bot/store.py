@@ -386,6 +386,7 @@ def deployment_json(row: dict) -> dict:
         "provisioner": row["provisioner"],
         "trigger": row["trigger"],
         "requestedBy": row["requested_by"],
+        "installationId": row["installation_id"],
         "createdAt": row["created_at"],
         "updatedAt": row["updated_at"],
         "destroyedAt": row["destroyed_at"],

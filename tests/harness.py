@@ -34,6 +34,15 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: 
     raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+def process_alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays a zombie until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class Bot:
     """One installation of previewbot: its data directory, environment, processes and token."""
 

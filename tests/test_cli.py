@@ -13,7 +13,7 @@ import pytest
 
 from bot.embedded_redis import free_port
 
-from .harness import wait_for
+from .harness import process_alive, wait_for
 
 
 def previewbot(*args, env=None, cwd=None, **kw):
@@ -67,7 +67,7 @@ def test_run_starts_embedded_redis_web_and_worker_and_ctrl_c_stops_all(tmp_path)
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(timeout=30)
-    wait_for(lambda: not any(_alive(pid) for pid in children), message="every started process to stop")
+    wait_for(lambda: not any(process_alive(pid) for pid in children), message="every started process to stop")
     assert not (tmp_path / ".previewbot" / "redis.sock").exists()
     # A second start keeps the data and creates no new token.
     second = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -94,10 +94,3 @@ def _descendants(pid: int) -> list[int]:
             todo.append(child)
     return found
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from .harness import wait_for
+from .harness import process_alive, wait_for
 
 from worker.provisioners import CommandProvisioner, ProvisionError, ProvisionRequest, SimulatedProvisioner, branch_slug, render_url
 
@@ -96,16 +96,7 @@ def test_timeout_kills_the_command_and_its_children(tmp_path):
     with pytest.raises(ProvisionError, match="timed out"):
         CommandProvisioner(command, None, timeout=1, url_template=TEMPLATE).deploy(request())
     child = int(pidfile.read_text())
-    wait_for(lambda: not _running(child), timeout=5, message="the command's child to die")
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan stays a zombie until init reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    wait_for(lambda: not process_alive(child), timeout=5, message="the command's child to die")
 
 
 def test_destroy_gets_the_preview_url(tmp_path):

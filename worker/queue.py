@@ -19,32 +19,25 @@ def get_queue(conn: redis.Redis) -> Queue:
 
 def enqueue_deploy(conn: redis.Redis, settings, *, deployment: dict, lock_id: str) -> None:
     """Queue the provisioning of `deployment`, which already holds its branch lock."""
-    get_queue(conn).enqueue(
-        "worker.jobs.deploy_preview",
-        deployment=deployment,
-        lock_id=lock_id,
-        job_id=f"deploy-{deployment['id']}",
-        job_timeout=int(settings.command_timeout) + 120,
-        result_ttl=3600,
-        failure_ttl=7 * 24 * 3600,
-        on_failure=Callback("worker.jobs.job_crashed"),
-        description=f"deploy {deployment['repository']}#{deployment['prNumber']} {deployment['branchName']}",
-    )
+    _enqueue_provisioning(conn, settings, "worker.jobs.deploy_preview", f"deploy-{deployment['id']}", "deploy", deployment=deployment, lock_id=lock_id)
 
 
 def enqueue_destroy(conn: redis.Redis, settings, *, deployment: dict, lock_id: str, reason: str) -> None:
     """Queue the teardown of `deployment`; `lock_id` holds the branch lock meanwhile."""
+    _enqueue_provisioning(conn, settings, "worker.jobs.destroy_preview", f"destroy-{lock_id}", "destroy", deployment=deployment, lock_id=lock_id, reason=reason)
+
+
+def _enqueue_provisioning(conn: redis.Redis, settings, func: str, job_id: str, verb: str, *, deployment: dict, **kwargs) -> None:
     get_queue(conn).enqueue(
-        "worker.jobs.destroy_preview",
+        func,
         deployment=deployment,
-        lock_id=lock_id,
-        reason=reason,
-        job_id=f"destroy-{lock_id}",
+        **kwargs,
+        job_id=job_id,
         job_timeout=int(settings.command_timeout) + 120,
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         on_failure=Callback("worker.jobs.job_crashed"),
-        description=f"destroy {deployment['repository']}#{deployment['prNumber']} {deployment['branchName']}",
+        description=f"{verb} {deployment['repository']}#{deployment['prNumber']} {deployment['branchName']}",
     )
 
 
