@@ -320,16 +320,22 @@ def test_github_errors_and_rate_limits_are_retried(start_bot, fake):
     fake.wait_for(lambda: deployments(fake) and deployments(fake)[0]["statuses"][-1]["state"] == "success")
 
 
-def test_github_outage_never_leaves_a_deployment_deploying(start_bot, fake):
-    bot = start_bot()
-    payload = webhooks.check_run("requested_action", REPO, SHA1, 1, app_id=APP_ID, identifier="deploy", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+def test_github_outage_never_leaves_a_deployment_deploying(start_bot, fake, tmp_path):
+    gate = tmp_path / "gate"
+    script = tmp_path / "deploy.py"
+    script.write_text(f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\nprint('https://during-outage.example.test')\n")
+    bot = start_bot({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}"})
     send(bot, "issue_comment", comment(fake))
-    fake.wait_for(lambda: deployed_on_github(fake))
-    fake.down = True
-    # A REST deploy while GitHub is down cannot be checked: a clear 502, nothing started.
-    assert bot.deploy(REPO, 1, "feat/login").status_code == 502
+    fake.wait_for(lambda: check_runs(fake) and check_runs(fake)[0]["status"] == "in_progress", message="deploy started")
+    fake.down = True  # GitHub answers 503 to everything from now on
+    gate.write_text("go")
+    deployed = bot.wait_status(REPO, 1, "deployed", timeout=60)
+    assert deployed["previewUrl"] == "https://during-outage.example.test"
+    # A REST deploy cannot check the pull request while GitHub is down: a clear 502, nothing starts.
+    response = bot.deploy(REPO, 1, "feat/login")
+    assert response.status_code == 502 and "GitHub" in response.json()["error"]
+    assert bot.deployment(REPO, 1).json()["id"] == deployed["id"]
     fake.down = False
-    del payload
 
 
 def test_fork_pull_requests_deploy_only_on_a_maintainers_command(start_bot, fake):
