@@ -45,6 +45,8 @@ def init_app(app: Flask) -> None:
 @bp.before_request
 def authenticate():
     request.max_content_length = MAX_BODY_BYTES
+    if request.method == "OPTIONS":
+        return "", 204  # a browser's CORS preflight carries no token
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     header = request.headers.get("Authorization", "")
@@ -56,6 +58,18 @@ def authenticate():
         raise ApiError(401, "Invalid or revoked API token")
     g.token = row
     return None
+
+
+@bp.after_request
+def allow_cross_origin(response):
+    """The dashboard may be served from another origin (NEXT_PUBLIC_API_URL). The API is
+    authorized by bearer tokens, never cookies, so any origin may call it: a page without a
+    token gets nothing."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 @bp.errorhandler(ApiError)

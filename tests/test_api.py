@@ -215,3 +215,18 @@ def test_locked_database_is_a_clear_503_and_nothing_starts(client, app, token, r
     assert "database" in response.get_json()["error"]
     nothing_changed(app, redis_conn)
     assert app.extensions["previewbot"].store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_cross_origin_calls_are_allowed_for_a_dashboard_served_elsewhere(client, token):
+    preflight = client.options(
+        "/api/repos/octo/app/pull-requests/1/deploy",
+        headers={"Origin": "https://dash.example.test", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    refused = client.get("/api/pull-requests", headers={"Origin": "https://dash.example.test"})
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    listed = client.get("/api/pull-requests", headers={"Origin": "https://dash.example.test", **auth(token)})
+    assert listed.status_code == 200 and listed.headers["Access-Control-Allow-Origin"] == "*"
