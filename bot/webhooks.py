@@ -42,7 +42,8 @@ def receive():
     body = request.get_data(cache=False)
     signature = request.headers.get("X-Hub-Signature-256", "")
     try:
-        if not signature.startswith("sha256="):
+        if not signature.startswith("sha256=") or not signature.isascii():
+            # hmac.compare_digest raises TypeError on non-ASCII text: refuse such headers first.
             raise ValidationFailure("missing signature")
         sansio.validate_event(body, signature=signature, secret=svc.settings.webhook_secret)
     except ValidationFailure:
@@ -131,6 +132,8 @@ def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | No
     Raises InvalidPayload when the event lacks the fields the bot relies on.
     """
     action = payload.get("action")
+    if action is not None and not isinstance(action, str):
+        raise InvalidPayload("payload field 'action' is not a str")
     if event == "issue_comment":
         issue, comment = _get(payload, "issue", dict), _get(payload, "comment", dict)
         user = _get(comment, "user", dict)
@@ -149,25 +152,25 @@ def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | No
         check_run = _get(payload, "check_run", dict)
         if action not in ("requested_action", "rerequested"):
             return None
-        if str((check_run.get("app") or {}).get("id")) != str(app_id):
+        if str(_object(check_run.get("app")).get("id")) != str(app_id):
             return None
         return {
             "action": action,
             **_common(payload),
-            "requested_action": payload.get("requested_action") or {},
+            "requested_action": _object(payload.get("requested_action")),
             "check_run": {
                 "id": _get(check_run, "id", int),
                 "name": check_run.get("name"),
                 "head_sha": check_run.get("head_sha"),
                 "external_id": check_run.get("external_id"),
                 "app": {"id": check_run["app"]["id"]},
-                "pull_requests": [{"number": p.get("number")} for p in check_run.get("pull_requests") or [] if isinstance(p, dict)],
+                "pull_requests": [{"number": p.get("number")} for p in _list(check_run.get("pull_requests")) if isinstance(p, dict)],
             },
         }
     if event == "pull_request":
+        pull = _get(payload, "pull_request", dict)
         if action not in ("opened", "reopened", "synchronize", "closed"):
             return None
-        pull = _get(payload, "pull_request", dict)
         head = _get(pull, "head", dict)
         return {
             "action": action,
@@ -177,7 +180,7 @@ def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | No
                 "state": pull.get("state"),
                 "merged": bool(pull.get("merged")),
                 "title": pull.get("title"),
-                "user": {"login": (pull.get("user") or {}).get("login")},
+                "user": {"login": _object(pull.get("user")).get("login")},
                 "head": {"ref": _get(head, "ref", str), "sha": _get(head, "sha", str), "repo": _repo(head.get("repo"))},
             },
         }
@@ -189,7 +192,7 @@ def remember(store, event: str, payload: dict) -> None:
     installation serves which repository. A payload without those parts is simply not kept."""
     try:
         _remember(store, event, payload)
-    except (KeyError, TypeError, AttributeError, ValueError):
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError):
         log.info("delivery of %s carried nothing to remember", event)
 
 
@@ -239,8 +242,17 @@ def _repo(repo) -> dict | None:
     return {"full_name": repo["full_name"]} if isinstance(repo, dict) and isinstance(repo.get("full_name"), str) else None
 
 
+def _object(value) -> dict:
+    """An optional object of the payload: a wrong type counts as absent."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _get(mapping: dict, key: str, kind: type):
     value = mapping.get(key) if isinstance(mapping, dict) else None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or not -(2**63) <= value < 2**63)):
         raise InvalidPayload(f"payload field {key!r} is missing or not a {kind.__name__}")
     return value
