@@ -107,7 +107,7 @@ def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -
 
     from worker import context
     from worker.queue import get_queue
-    from worker.reconcile import ReconcileScheduler
+    from worker.reconcile import Heartbeat, ReconcileScheduler
 
     from .logs import configure_logging
 
@@ -115,16 +115,20 @@ def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -
     ctx = context.build_context(settings)
     context.set_context(ctx)
     conn = redis.Redis.from_url(settings.redis_url)
+    name = f"previewbot-{os.uname().nodename}-{os.getpid()}"
+    heartbeat = Heartbeat(conn, name, settings.lease_seconds)
+    heartbeat.start()
     scheduler = ReconcileScheduler(conn, settings)
     scheduler.start()
     # Jobs run in this process (no fork per job): installation tokens stay cached between
     # jobs and a job starts in well under a millisecond. A job that dies takes the worker with
     # it; the branch lease and the reconciler recover its deployment.
-    worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=f"previewbot-{os.uname().nodename}-{os.getpid()}")
+    worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=name)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
     finally:
         scheduler.stop()
+        heartbeat.stop()
     return 0
 
 

@@ -90,8 +90,9 @@ def _path(url: str) -> str:
 class InstallationTokens:
     """Installation tokens, cached per process until shortly before they expire."""
 
-    def __init__(self, app_id: str, private_key: str):
+    def __init__(self, app_id: str, private_key: str, api_url: str):
         self.app_id = app_id
+        self.api_url = api_url
         self._private_key = private_key
         self._tokens: dict[int, tuple[str, float]] = {}
         self._lock = threading.Lock()
@@ -125,8 +126,8 @@ _tokens: InstallationTokens | None = None
 
 def installation_tokens(settings) -> InstallationTokens:
     global _tokens
-    if _tokens is None or _tokens.app_id != settings.app_id:
-        _tokens = InstallationTokens(settings.app_id, settings.private_key)
+    if _tokens is None or (_tokens.app_id, _tokens.api_url) != (settings.app_id, settings.github_api_url):
+        _tokens = InstallationTokens(settings.app_id, settings.private_key, settings.github_api_url)
     return _tokens
 
 

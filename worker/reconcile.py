@@ -102,9 +102,50 @@ def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: 
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        if job.get_status() in LIVE_JOB_STATUSES:
+        status = job.get_status()
+        if status == JobStatus.STARTED and job.worker_name and not conn.exists(alive_key(job.worker_name)):
+            # Killed after it took the job but before it shortened the lock's lease.
+            return "Worker lost: the deploy stopped without finishing. Retry to deploy again."
+        if status in LIVE_JOB_STATUSES:
             return None
     return "Job lost: the deploy left the queue without running. Retry to deploy again."
+
+
+def alive_key(worker_name: str) -> str:
+    return f"{state.PREFIX}:alive:{worker_name}"
+
+
+class Heartbeat:
+    """Tells the reconciler that this worker process lives, with a key that expires with the
+    lease: a worker killed at any moment is known dead within PREVIEW_LEASE_SECONDS."""
+
+    def __init__(self, conn: redis.Redis, worker_name: str, lease_seconds: float):
+        self.conn = conn
+        self.key = alive_key(worker_name)
+        self.lease_ms = int(lease_seconds * 1000)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="previewbot-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        try:
+            self.conn.delete(self.key)
+        except redis.RedisError:
+            pass
+
+    def beat(self) -> None:
+        try:
+            self.conn.set(self.key, "1", px=self.lease_ms)
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.lease_ms / 3000):
+            self.beat()
 
 
 def _epoch(timestamp: str | None) -> float:
