@@ -88,6 +88,11 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+PULL_REQUEST_FIELDS = (
+    "repository", "number", "title", "branch_name", "head_repository", "head_sha", "author", "state", "installation_id",
+)
+
+
 def utcnow() -> str:
     """Timestamps are ISO 8601 in UTC with milliseconds, which also sort as text."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -107,6 +112,7 @@ class Store:
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
+        self._known_repositories: dict[str, int] = {}
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -219,12 +225,18 @@ class Store:
 
     def upsert_pull_request(self, pull: dict) -> None:
         """Remember a pull request (from a webhook or an API deploy) for the dashboard."""
+        # One statement, no read first: this runs for every pull_request delivery. A field the
+        # delivery does not carry (None) keeps its stored value.
+        fields = [k for k in PULL_REQUEST_FIELDS if k not in ("repository", "number")]
         now = utcnow()
-        with self.write():
-            existing = self.get_pull_request(pull["repository"], pull["number"])
-            row = {**(existing or {"created_at": now}), **{k: v for k, v in pull.items() if v is not None}}
-            row["updated_at"] = now
-            self.db["pull_requests"].upsert(row, pk=("repository", "number"), alter=False)
+        values = [pull["repository"], pull["number"]] + [pull.get(k) for k in fields] + [now, now]
+        updates = ", ".join(f"{k} = coalesce(excluded.{k}, {k})" for k in fields)
+        self.db.execute(
+            f"INSERT INTO pull_requests (repository, number, {', '.join(fields)}, created_at, updated_at) "
+            f"VALUES ({', '.join('?' * len(values))}) "
+            f"ON CONFLICT (repository, number) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+            values,
+        )
 
     def get_pull_request(self, repository: str, number: int) -> dict | None:
         rows = list(self.db["pull_requests"].rows_where("repository = ? AND number = ?", [repository, number]))
@@ -325,18 +337,26 @@ class Store:
             self.add_installation_repositories(installation_id, repositories)
 
     def add_installation_repositories(self, installation_id: int, repositories: list[str]) -> None:
+        # Every delivery names its repository and installation; most are already known, and
+        # skipping those keeps a write off the webhook's hot path.
+        new = [r for r in repositories if self._known_repositories.get(r) != installation_id]
+        if not new:
+            return
         self.db["installation_repositories"].upsert_all(
-            [{"repository": r, "installation_id": installation_id} for r in repositories], pk="repository"
+            [{"repository": r, "installation_id": installation_id} for r in new], pk="repository"
         )
+        self._known_repositories.update((r, installation_id) for r in new)
 
     def remove_installation_repositories(self, repositories: list[str]) -> None:
         for repository in repositories:
             self.db.execute("DELETE FROM installation_repositories WHERE repository = ?", [repository])
+            self._known_repositories.pop(repository, None)
 
     def delete_installation(self, installation_id: int) -> None:
         with self.write():
             self.db.execute("UPDATE installations SET deleted_at = ? WHERE id = ?", [utcnow(), installation_id])
             self.db.execute("DELETE FROM installation_repositories WHERE installation_id = ?", [installation_id])
+        self._known_repositories = {r: i for r, i in self._known_repositories.items() if i != installation_id}
 
     def installation_for(self, repository: str) -> int | None:
         rows = list(self.db["installation_repositories"].rows_where("repository = ?", [repository]))

@@ -71,7 +71,9 @@ def receive():
     if job is None:
         return jsonify({"status": "acknowledged"}), 200
     try:
-        get_queue(svc.redis).enqueue(
+        # One round trip to Redis for the whole enqueue.
+        pipe = svc.redis.pipeline()
+        _queue(svc).enqueue(
             "worker.github_events.handle_webhook",
             event=event,
             delivery_id=delivery_id,
@@ -81,13 +83,23 @@ def receive():
             result_ttl=600,
             failure_ttl=7 * 24 * 3600,
             at_front=event == "issue_comment",  # people wait on commands; pushes can wait a moment
+            description=f"webhook {event}.{payload.get('action')} {delivery_id}",  # not RQ's repr of the payload
+            pipeline=pipe,
         )
+        pipe.execute()
     except redis.RedisError as exc:
         # Forget the delivery so that GitHub's redelivery is not mistaken for a duplicate.
         log.error("could not queue delivery %s: %s", delivery_id, type(exc).__name__)
         svc.store.forget_delivery(delivery_id)
         return jsonify({"error": "The queue is unavailable; redeliver later"}), 503
     return jsonify({"status": "queued"}), 202
+
+
+def _queue(svc):
+    queue = getattr(svc, "_webhook_queue", None)
+    if queue is None:
+        queue = svc._webhook_queue = get_queue(svc.redis)
+    return queue
 
 
 def parse_payload(body: bytes, content_type: str) -> dict:
@@ -113,14 +125,19 @@ def parse_payload(body: bytes, content_type: str) -> dict:
     return payload
 
 
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def _nesting(body: bytes) -> int:
     """The deepest bracket nesting, counted without parsing (strings can hold brackets, which
-    only over-counts; real GitHub payloads nest far less than the limit)."""
+    only over-counts; real GitHub payloads nest far less than the limit). Everything but the
+    brackets is dropped first, in C, so the loop sees a few hundred bytes, not the body."""
     depth = deepest = 0
-    for byte in body:
+    for byte in body.translate(None, _NOT_BRACKETS):
         if byte in (0x5B, 0x7B):
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > deepest:
+                deepest = depth
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return deepest
