@@ -101,35 +101,12 @@ def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -
     if processes > 1:
         return _supervise([[sys.executable, "-m", "bot.cli", "worker"] + (["--burst"] if burst else [])] * processes, os.environ.copy())
 
-    import redis
-    from rq import SimpleWorker
-    from rq.serializers import JSONSerializer
-
-    from worker import context
-    from worker.queue import get_queue
-    from worker.reconcile import Heartbeat, ReconcileScheduler
+    from worker.runner import run_worker_process
 
     from .logs import configure_logging
 
     configure_logging(settings)
-    ctx = context.build_context(settings)
-    context.set_context(ctx)
-    conn = redis.Redis.from_url(settings.redis_url)
-    name = f"previewbot-{os.uname().nodename}-{os.getpid()}"
-    heartbeat = Heartbeat(conn, name, settings.lease_seconds)
-    heartbeat.start()
-    scheduler = ReconcileScheduler(conn, settings)
-    scheduler.start()
-    # Jobs run in this process (no fork per job): installation tokens stay cached between
-    # jobs and a job starts in well under a millisecond. A job that dies takes the worker with
-    # it; the branch lease and the reconciler recover its deployment.
-    worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=name)
-    try:
-        worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
-    finally:
-        scheduler.stop()
-        heartbeat.stop()
-    return 0
+    return run_worker_process(settings, burst=burst)
 
 
 def run_all(settings: Settings, *, workers: int) -> int:
@@ -160,12 +137,22 @@ def run_all(settings: Settings, *, workers: int) -> int:
             embedded.stop()
 
 
+# A child that keeps dying this often is broken, not unlucky: then everything stops.
+RESTARTS_PER_MINUTE = 5
+
+
 def _supervise(commands: list[list[str]], env: dict) -> int:
-    """Run the commands until one exits or we are told to stop; then stop them all."""
+    """Run the commands until we are told to stop, restarting any that exits on its own;
+    then stop them all."""
     from .embedded_redis import die_with_parent
 
-    children = [subprocess.Popen(c, env=env, preexec_fn=die_with_parent) for c in commands]
+    def spawn(command):
+        return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+    children = [spawn(c) for c in commands]
+    restarts: list[list[float]] = [[] for _ in commands]
     stopping = False
+    failed = False
 
     def stop(signum, frame):
         nonlocal stopping
@@ -173,8 +160,19 @@ def _supervise(commands: list[list[str]], env: dict) -> int:
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stopping and all(c.poll() is None for c in children):
+        while not stopping and not failed:
             time.sleep(0.2)
+            for index, child in enumerate(children):
+                if stopping or child.poll() is None:
+                    continue
+                now = time.monotonic()
+                restarts[index] = [t for t in restarts[index] if now - t < 60] + [now]
+                if len(restarts[index]) > RESTARTS_PER_MINUTE:
+                    print(f"previewbot: {' '.join(commands[index][-1:])} keeps exiting; stopping", file=sys.stderr, flush=True)
+                    failed = True
+                    break
+                print(f"previewbot: {' '.join(commands[index][-1:])} exited with {child.returncode}; restarting it", file=sys.stderr, flush=True)
+                children[index] = spawn(commands[index])
     finally:
         for child in children:
             if child.poll() is None:
@@ -188,8 +186,7 @@ def _supervise(commands: list[list[str]], env: dict) -> int:
                 child.wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    failed = [c.returncode for c in children if c.returncode not in (0, -signal.SIGTERM, -signal.SIGINT)]
-    return 0 if stopping or not failed else 1
+    return 1 if failed else 0
 
 
 def run_token_command(settings: Settings, args) -> int:

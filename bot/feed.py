@@ -24,7 +24,7 @@ from datetime import datetime
 
 import redis
 
-from worker.state import EVENTS_STREAM, PREFIX
+from worker.state import EVENTS_STREAM, PREFIX, pr_key
 
 from .store import Store, deployment_json
 
@@ -146,7 +146,19 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
         job_queue.enqueue_report(conn, deployment=snapshot)
         log.warning("repaired deployment %s (%s#%s): lost in Redis", row["id"], row["repository"], row["pr_id"])
         repaired.append(snapshot)
+    restore_current_state(conn, store)
     return repaired
+
+
+def restore_current_state(conn: redis.Redis, store: Store) -> int:
+    """Give Redis back each live preview it forgot, so that a close or a push still finds the
+    environment to destroy or redeploy. Never overwrites what Redis knows."""
+    restored = 0
+    for row in store.live_deployments():
+        if conn.set(pr_key(row["repository"], row["pr_id"]), json.dumps(deployment_json(row)), nx=True):
+            log.warning("restored the state of %s#%s in Redis from SQLite", row["repository"], row["pr_id"])
+            restored += 1
+    return restored
 
 
 def _epoch(timestamp: str | None) -> float:

@@ -203,6 +203,19 @@ class Store:
         )
         return rows[0] if rows else None
 
+    def live_deployments(self) -> list[dict]:
+        """Each pull request's latest deployment where it is deployed or failed (an environment
+        may exist)."""
+        sql = """
+            SELECT * FROM deployments d
+            WHERE d.status IN ('deployed', 'failed') AND d.id = (
+                SELECT id FROM deployments WHERE repository = d.repository AND pr_id = d.pr_id
+                ORDER BY created_at DESC, rowid DESC LIMIT 1)
+        """
+        cursor = self.db.execute(sql)
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
     def deployments_with_status(self, status: str, limit: int = 1000) -> list[dict]:
         return list(self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit))
 

@@ -140,15 +140,17 @@ class Bot:
 def _stop(process: subprocess.Popen, sig: int) -> None:
     if process.poll() is not None:
         return
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    # A worker's first SIGTERM waits for its job (a warm shutdown); a second one does not.
+    for signum, patience in ((sig, 3), (sig, 5), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=patience)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class FeedClient:

@@ -77,7 +77,7 @@ class Checker:
         deploying = self.bot.store.db.execute("SELECT count(*) FROM deployments WHERE status = 'deploying'").fetchone()[0]
         return (
             deploying == 0
-            and self.conn.scard(state.ACTIVE_SET) == 0
+            and self.conn.hlen(state.ACTIVE) == 0
             and not list(self.conn.scan_iter(f"{state.PREFIX}:lock:*"))
             and self.drained()
         )

@@ -132,3 +132,84 @@ def test_deploy_lost_when_redis_restarts_without_data_ends_failed(tmp_path, make
     finally:
         bot.stop()
         server.stop()
+
+
+def _hanging_bot(make_bot, tmp_path, **env):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\ntime.sleep(600)\n")
+    return make_bot(
+        {
+            "PREVIEW_PROVISIONER": "command",
+            "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
+            "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_RECONCILE_SECONDS": "2",
+            **env,
+        }
+    )
+
+
+def _kill_worker_of(bot, deployment_id: str) -> None:
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    job = wait_for(lambda: (j := Job.fetch(f"deploy-{deployment_id}", connection=conn, serializer=JSONSerializer)).worker_name and j, message="job picked up")
+    pid = int(job.worker_name.rsplit("-", 1)[1])
+    victim = next(p for p in bot.workers if p.pid == pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+
+def test_a_dead_deploy_replaced_before_the_reconcile_still_ends_failed(make_bot, tmp_path):
+    bot = _hanging_bot(make_bot, tmp_path).start(workers=2)
+    first = bot.deploy("octo/app", 41, "feat/a").json()
+    _kill_worker_of(bot, first["id"])
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    wait_for(lambda: not conn.keys("previewbot:lock:*"), message="the dead job's lease to run out")
+    second = bot.deploy("octo/app", 41, "feat/a")
+    if second.status_code == 409:  # the reconcile was quicker than us: retry once it freed the branch
+        second = bot.deploy("octo/app", 41, "feat/a")
+    assert second.status_code == 202
+    with bot.client() as c:
+        failed = wait_for(lambda: (d := c.get(f"/api/deployments/{first['id']}").json())["status"] == "failed" and d, message="the replaced deployment to fail")
+    assert "Worker lost" in failed["error"]
+    assert bot.deployment("octo/app", 41).json()["id"] == second.json()["id"]
+
+
+def test_a_teardown_queued_behind_a_dead_deploy_still_happens(make_bot, tmp_path):
+    bot = _hanging_bot(make_bot, tmp_path).start(workers=2)
+    first = bot.deploy("octo/app", 42, "feat/b").json()
+    with bot.client() as c:
+        queued = c.delete("/api/repos/octo/app/pull-requests/42/deployment")
+    assert queued.status_code == 202 and queued.json()["destroy"] == "queued"
+    _kill_worker_of(bot, first["id"])
+    wait_for(lambda: bot.deployment("octo/app", 42).status_code == 404, timeout=30, message="the queued teardown to run")
+    events = [e["status"] for e in bot.store.deployment_events(first["id"])]
+    assert events[-2:] == ["failed", "idle"]
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    assert not conn.keys("previewbot:next:*") and not conn.keys("previewbot:lock:*")
+
+
+def test_workers_outlive_a_redis_restart(make_bot, tmp_path):
+    from bot.embedded_redis import EmbeddedRedis, free_port
+
+    port = free_port()
+    data = tmp_path / "redis"
+    server = EmbeddedRedis(data, port=port, persist=True).start()
+    gate = tmp_path / "gate"
+    script = tmp_path / "deploy.py"
+    script.write_text(f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\nprint('https://after-redis.example.test')\n")
+    bot = make_bot({"REDIS_URL": server.url, "PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}"}).start()
+    try:
+        started = bot.deploy("octo/app", 43, "feat/c").json()
+        conn = redis.Redis.from_url(server.url)
+        wait_for(lambda: Job.fetch(f"deploy-{started['id']}", connection=conn, serializer=JSONSerializer).worker_name, message="job picked up")
+        server.stop()
+        gate.write_text("go")  # the deploy finishes while Redis is down
+        server = EmbeddedRedis(data, port=port, persist=True).start()
+        deployed = bot.wait_status("octo/app", 43, "deployed", timeout=60)
+        assert deployed["previewUrl"] == "https://after-redis.example.test"
+        assert all(p.poll() is None for p in bot.workers), "a worker exited"
+        again = bot.deploy("octo/app", 44, "feat/d")
+        assert again.status_code == 202
+        bot.wait_status("octo/app", 44, "deployed", timeout=30)
+    finally:
+        bot.stop()
+        server.stop()

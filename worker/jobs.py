@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 import redis
@@ -101,7 +102,7 @@ def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str):
     finally:
         stop.set()
         renewer.join()
-        _release(ctx, lock, lock_id)
+        _while_redis_returns(lambda: _release(ctx, lock, lock_id))
 
 
 def _renew_until(lock: state.BranchLock, lock_id: str, stop: threading.Event, lost: threading.Event, every: float) -> None:
@@ -123,14 +124,15 @@ def _release(ctx: WorkerContext, lock: state.BranchLock, lock_id: str | None) ->
     if handed is None:
         return
     follow_id, follow = handed
-    _start_follow_up(ctx, lock, follow_id, follow)
+    start_follow_up(ctx, lock, follow_id, follow)
 
 
-def _start_follow_up(ctx: WorkerContext, lock: state.BranchLock, follow_id: str, follow: dict) -> None:
+def start_follow_up(ctx: WorkerContext, lock: state.BranchLock, follow_id: str, follow: dict) -> None:
+    """Run what a push or a close queued behind a job; the lock is already `follow_id`'s."""
     repository, pr_number = follow["repository"], follow["prNumber"]
     current = state.current(ctx.redis, repository, pr_number)
-    if current is None:
-        lock.force_release(follow_id)
+    if current is None:  # Redis lost the pull request's state: nothing to follow up on
+        _release(ctx, lock, follow_id)
         return
     if follow["action"] == "destroy":
         previews.queue.enqueue_destroy(
@@ -156,16 +158,48 @@ def finish(ctx: WorkerContext, deployment: dict, *, status: str, message: str | 
     result = {**deployment, **changes, "status": status, "updatedAt": state.utcnow()}
     if status != "failed":
         result["error"] = None
-    current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
-    # A newer deployment of the same pull request owns the "current" slot; only record ours.
-    make_current = current is None or current["id"] == deployment["id"]
-    state.publish(ctx.redis, result, message=message, make_current=make_current)
+
+    def announce():
+        current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
+        # A newer deployment of the same pull request owns the "current" slot; only record ours.
+        make_current = current is None or current["id"] == deployment["id"]
+        state.publish(ctx.redis, result, message=message, make_current=make_current)
+
+    _while_redis_returns(announce)
     return result
+
+
+# How long a finished job waits for Redis to come back before giving its outcome up (the
+# reconciler then reports the deployment as lost).
+OUTCOME_PATIENCE_SECONDS = 60
+
+
+def _while_redis_returns(action) -> None:
+    """Run `action`, retrying through a short Redis outage: an outcome is worth waiting for."""
+    deadline = time.monotonic() + OUTCOME_PATIENCE_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unreachable; retrying in %.1fs to record the outcome", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _superseded(ctx: WorkerContext, deployment: dict) -> dict:
     log.info("deployment %s lost its branch lock while queued; not running it", deployment["id"])
     return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.")
+
+
+def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
+    # Log lines are best effort: a Redis hiccup must not fail the deploy that prints them.
+    try:
+        state.publish_log(ctx.redis, deployment_id, line)
+    except redis.RedisError:
+        pass
 
 
 def _provision_request(ctx: WorkerContext, deployment: dict, cancelled: threading.Event) -> ProvisionRequest:
@@ -176,6 +210,6 @@ def _provision_request(ctx: WorkerContext, deployment: dict, cancelled: threadin
         sha=deployment.get("headSha"),
         deployment_id=deployment["id"],
         preview_url=deployment.get("previewUrl"),
-        log=lambda line: state.publish_log(ctx.redis, deployment["id"], line),
+        log=lambda line: _log_line(ctx, deployment["id"], line),
         cancelled=cancelled,
     )

@@ -84,7 +84,7 @@ def start_deploy(conn: redis.Redis, settings, deployment: dict, *, lock_id: str)
         failed = {**deployment, "status": "failed", "error": "Could not queue the deploy; try again.", "updatedAt": None}
         try:
             state.publish(conn, failed)
-            state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds).force_release(lock_id)
+            state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds).release(lock_id)
         except redis.RedisError:
             pass  # Redis is gone; the reconciler repairs the state when it is back
         raise

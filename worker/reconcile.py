@@ -1,8 +1,7 @@
 """Repairs deployments whose state disagrees with the queue.
 
-Every PREVIEW_RECONCILE_SECONDS each worker process offers a reconcile job to the queue under
-an id derived from the period, as an RQ unique job, so however many workers run, one
-reconcile runs per period. The job looks at every deployment still `deploying` and fails the
+Every PREVIEW_RECONCILE_SECONDS one worker process (whichever claims the period first) runs
+the reconcile in a thread beside its RQ loop. It looks at every deployment still `deploying` and fails the
 ones nobody is working on any more: the lease of their branch lock ran out (a worker died) or
 their job left the queue without running (Redis lost it). The repair is published like any
 other change, so it reaches SQLite's history, the feed and GitHub.
@@ -12,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
 
 import redis
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from . import state
-from .queue import GITHUB_JOB_TIMEOUT, get_queue, job_id_for_lock
+from .queue import job_id_for_lock
 from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
@@ -35,9 +35,9 @@ LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, J
 
 
 def reconcile() -> list[dict]:
-    """The reconcile job: returns what it repaired."""
+    """One reconcile pass: returns what it repaired."""
     from .context import get_context
-    from .jobs import finish
+    from .jobs import finish, start_follow_up
 
     ctx = get_context()
     repaired = []
@@ -48,9 +48,12 @@ def reconcile() -> list[dict]:
         log.warning("reconcile: deployment %s (%s#%s): %s", deployment["id"], deployment["repository"], deployment["prNumber"], problem)
         lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         result = finish(ctx, deployment, status="failed", error=problem, message=f"reconcile: {problem}")
-        lock.force_release(deployment["id"])
         ctx.reporter.deploy_finished(result)
         repaired.append(result)
+        # A push or a close queued behind the dead job still happens.
+        handed = lock.recover(deployment["id"])
+        if handed:
+            start_follow_up(ctx, lock, *handed)
     if ctx.settings.github_enabled:
         repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
     return repaired
@@ -83,32 +86,41 @@ async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
     return destroyed
 
 
+WORKER_LOST = "Worker lost: the deploy stopped without finishing. Retry to deploy again."
+JOB_LOST = "Job lost: the deploy left the queue without running. Retry to deploy again."
+SUPERSEDED = "Superseded: another job holds this branch. Retry to deploy again."
+
+
 def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: float | None = None) -> str | None:
     """Why `deployment` (status deploying) is stuck, or None if someone is working on it.
 
     The lock is taken before `deploying` is announced and released only after the final
     status, so a deploying deployment without its lock has lost its worker."""
-    lock = state.lock_for(conn, deployment, lease_seconds=lease_seconds)
-    holder = lock.holder()
-    if holder is None:
-        return "Worker lost: the deploy stopped without finishing. Retry to deploy again."
-    if holder != deployment["id"]:
-        return "Superseded: another job holds this branch. Retry to deploy again."
+    holder = state.lock_for(conn, deployment, lease_seconds=lease_seconds).holder()
     # Between the announcement and the enqueueing there is no job yet: give it a moment.
-    if (now or time.time()) - _epoch(deployment.get("updatedAt")) < GRACE_SECONDS:
+    if holder == deployment["id"] and (now or time.time()) - _epoch(deployment.get("updatedAt")) < GRACE_SECONDS:
         return None
-    for job_id in job_id_for_lock(deployment["id"]):
+    job = job_state(conn, deployment["id"])
+    if holder is None or job == "dead worker":
+        return WORKER_LOST
+    if holder != deployment["id"]:
+        return SUPERSEDED if job == "live" else WORKER_LOST
+    return None if job == "live" else JOB_LOST
+
+
+def job_state(conn: redis.Redis, lock_id: str) -> str:
+    """"live" (queued or running on a live worker), "dead worker" or "gone"."""
+    for job_id in job_id_for_lock(lock_id):
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
         status = job.get_status()
         if status == JobStatus.STARTED and job.worker_name and not conn.exists(alive_key(job.worker_name)):
-            # Killed after it took the job but before it shortened the lock's lease.
-            return "Worker lost: the deploy stopped without finishing. Retry to deploy again."
+            return "dead worker"  # e.g. killed after it took the job, before it shortened the lease
         if status in LIVE_JOB_STATUSES:
-            return None
-    return "Job lost: the deploy left the queue without running. Retry to deploy again."
+            return "live"
+    return "gone"
 
 
 def alive_key(worker_name: str) -> str:
@@ -155,7 +167,12 @@ def _epoch(timestamp: str | None) -> float:
 
 
 class ReconcileScheduler:
-    """Offers one reconcile job per period; RQ's unique job ids keep it to one across workers."""
+    """Runs `reconcile` once per period across all worker processes.
+
+    It runs in its own thread of each worker process, not as a job on the queue: when every
+    worker is busy with a long deploy, the reconciler must still run. A Redis key per period,
+    taken with SET NX, lets one process do each period's work.
+    """
 
     def __init__(self, conn: redis.Redis, settings):
         self.conn = conn
@@ -171,26 +188,22 @@ class ReconcileScheduler:
 
     def _loop(self) -> None:
         while not self.stop_event.wait(self._until_next_period()):
-            self.offer()
+            if self.claim():
+                try:
+                    reconcile()
+                except (redis.RedisError, *REPORT_ERRORS) as exc:
+                    log.warning("reconcile failed this period: %s", exc)
+                except Exception:  # the loop must survive anything a repair runs into
+                    log.exception("reconcile crashed this period")
 
     def _until_next_period(self) -> float:
         return self.period - (time.time() % self.period) + 0.05
 
-    def offer(self) -> bool:
+    def claim(self) -> bool:
+        """True for the one process that reconciles this period."""
         period = int(time.time() // self.period)
         try:
-            get_queue(self.conn).enqueue(
-                "worker.reconcile.reconcile",
-                job_id=f"reconcile-{period}",
-                unique=True,
-                job_timeout=GITHUB_JOB_TIMEOUT,
-                result_ttl=int(self.period * 10),
-                at_front=True,
-                description="reconcile stuck deployments",
-            )
-            return True
-        except DuplicateJobError:
-            return False
+            return bool(self.conn.set(f"{state.PREFIX}:reconcile:{period}", os.getpid(), nx=True, ex=max(1, int(self.period * 2))))
         except redis.RedisError as exc:
-            log.warning("could not offer the reconcile job: %s", exc)
+            log.warning("could not claim the reconcile period: %s", exc)
             return False

@@ -16,7 +16,9 @@ import redis
 
 PREFIX = "previewbot"
 EVENTS_STREAM = f"{PREFIX}:events"
-ACTIVE_SET = f"{PREFIX}:active"
+# Hash: deployment id -> snapshot, for every deployment still `deploying`, current or not, so
+# the reconciler also finds one that a newer deployment of its pull request replaced.
+ACTIVE = f"{PREFIX}:active-deployments"
 EVENTS_MAXLEN = 200_000
 
 ACTIVE_STATUSES = ("deploying",)
@@ -75,12 +77,24 @@ redis.call('DEL', KEYS[1])
 return false
 """
 
-# KEYS[1] lock; ARGV[1] id. Drops a lock whose holder is known dead.
-_FORCE_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+# KEYS[1] lock, KEYS[2] next action; ARGV[1] the dead holder's id, ARGV[2] id for a follow-up,
+# ARGV[3] lease. For a holder known dead: its lock (held or already expired) goes to the queued
+# follow-up if there is one, else is dropped. A lock someone else took meanwhile is left alone.
+_RECOVER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return false
 end
-return 0
+local follow = redis.call('GET', KEYS[2])
+if follow then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return follow
+end
+if holder then
+  redis.call('DEL', KEYS[1])
+end
+return false
 """
 
 
@@ -129,8 +143,14 @@ class BranchLock:
             return None
         return follow_id, json.loads(follow)
 
-    def force_release(self, deployment_id: str) -> bool:
-        return bool(self.conn.eval(_FORCE_RELEASE, 1, self.lock_key, deployment_id))
+    def recover(self, deployment_id: str) -> tuple[str, dict] | None:
+        """The holder `deployment_id` is dead: free the branch, or hand it to the follow-up that
+        was queued behind the dead job (returned as with `release`)."""
+        follow_id = new_deployment_id()
+        follow = self.conn.eval(_RECOVER, 2, self.lock_key, self.next_key, deployment_id, follow_id, self.lease_ms)
+        if not follow:
+            return None
+        return follow_id, json.loads(follow)
 
     def pending_follow_up(self) -> dict | None:
         raw = self.conn.get(self.next_key)
@@ -154,10 +174,10 @@ def publish(conn: redis.Redis, deployment: dict, *, message: str | None = None, 
     pipe = conn.pipeline(transaction=True)
     if make_current:
         pipe.set(key, payload)
-        if deployment["status"] in ACTIVE_STATUSES:
-            pipe.sadd(ACTIVE_SET, key)
-        else:
-            pipe.srem(ACTIVE_SET, key)
+    if deployment["status"] in ACTIVE_STATUSES:
+        pipe.hset(ACTIVE, deployment["id"], payload)
+    else:
+        pipe.hdel(ACTIVE, deployment["id"])
     fields = {"kind": "deployment", "data": payload}
     if message:
         fields["message"] = message
@@ -181,10 +201,9 @@ def current(conn: redis.Redis, repository: str, pr_number: int | str) -> dict | 
 
 
 def active_deployments(conn: redis.Redis) -> list[dict]:
-    keys = sorted(_text(k) for k in conn.smembers(ACTIVE_SET))
-    if not keys:
-        return []
-    return [json.loads(raw) for raw in conn.mget(keys) if raw]
+    """Every deployment still `deploying`, oldest first."""
+    found = [json.loads(raw) for raw in conn.hvals(ACTIVE)]
+    return sorted(found, key=lambda d: d.get("createdAt") or "")
 
 
 def live_deployments(conn: redis.Redis) -> list[dict]:

@@ -1,0 +1,68 @@
+"""The `previewbot worker` process: an RQ worker that outlives Redis outages.
+
+RQ's worker loop ends when Redis disappears in the middle of a job (its own bookkeeping
+needs Redis). This process then waits for Redis and starts the loop again, so a Redis restart
+never takes the workers with it. The heartbeat and the reconcile scheduler run beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from . import context
+from .queue import get_queue
+from .reconcile import Heartbeat, ReconcileScheduler
+
+log = logging.getLogger("previewbot.worker")
+
+
+def run_worker_process(settings, *, burst: bool = False) -> int:
+    ctx = context.build_context(settings)
+    context.set_context(ctx)
+    conn = redis.Redis.from_url(settings.redis_url)
+    name = f"previewbot-{os.uname().nodename}-{os.getpid()}"
+    heartbeat = Heartbeat(conn, name, settings.lease_seconds)
+    heartbeat.start()
+    scheduler = ReconcileScheduler(conn, settings)
+    scheduler.start()
+    try:
+        while True:
+            # Jobs run in this process (no fork per job): installation tokens stay cached
+            # between jobs and a job starts in well under a millisecond. A job that dies takes
+            # the process with it; the branch lease and the reconciler recover its deployment.
+            worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=name)
+            _forget_stale_registration(conn, worker)
+            worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+            if burst or worker._stop_requested:
+                return 0
+            log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
+            _wait_for_redis(conn)
+    finally:
+        scheduler.stop()
+        heartbeat.stop()
+
+
+def _forget_stale_registration(conn: redis.Redis, worker: SimpleWorker) -> None:
+    """A loop that ended without Redis could not record its death; the name is ours (same pid)."""
+    try:
+        conn.delete(worker.key)
+    except redis.RedisError:
+        pass
+
+
+def _wait_for_redis(conn: redis.Redis) -> None:
+    delay = 0.2
+    while True:
+        try:
+            if conn.ping():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
