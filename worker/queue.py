@@ -9,7 +9,7 @@ from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
 QUEUE_NAME = "previewbot"
-# Jobs that report to GitHub or run the reconciler stay short; provisioning may take long.
+# Jobs that handle webhooks or report to GitHub stay short; provisioning may take long.
 GITHUB_JOB_TIMEOUT = 300
 
 
