@@ -132,22 +132,40 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
     report job) shown on GitHub.
     """
     from worker import queue as job_queue
-    from worker.state import current, publish
+    from worker.state import ACTIVE, current, publish
 
+    if not recorder_caught_up(conn):
+        return []  # an outcome may still be on its way through the stream
     repaired = []
     cutoff = (now or time.time()) - REPAIR_GRACE_SECONDS
     for row in store.deployments_with_status("deploying"):
-        if _epoch(row["updated_at"]) > cutoff:
-            continue
-        if current(conn, row["repository"], row["pr_id"]) is not None:
-            continue  # Redis knows it: the worker side (reconcile) is in charge
+        if _epoch(row["updated_at"]) > cutoff or conn.hexists(ACTIVE, row["id"]):
+            continue  # Redis knows it is deploying: the worker side (reconcile) is in charge
         snapshot = {**deployment_json(row), "status": "failed", "error": LOST_IN_REDIS, "updatedAt": None}
-        publish(conn, snapshot, message=f"repair: {LOST_IN_REDIS}")
+        latest = current(conn, row["repository"], row["pr_id"])
+        publish(conn, snapshot, message=f"repair: {LOST_IN_REDIS}", make_current=latest is None or latest["id"] == row["id"])
         job_queue.enqueue_report(conn, deployment=snapshot)
         log.warning("repaired deployment %s (%s#%s): lost in Redis", row["id"], row["repository"], row["pr_id"])
         repaired.append(snapshot)
     restore_current_state(conn, store)
     return repaired
+
+
+def recorder_caught_up(conn: redis.Redis) -> bool:
+    """Every stream entry has been delivered to a recorder and acknowledged."""
+    try:
+        stream = conn.xinfo_stream(EVENTS_STREAM)
+        groups = {_text(g["name"]): g for g in conn.xinfo_groups(EVENTS_STREAM)}
+    except redis.ResponseError:  # no stream yet: nothing in flight
+        return True
+    group = groups.get(RECORDER_GROUP)
+    if group is None:
+        return stream["length"] == 0
+    return group["pending"] == 0 and _text(group["last-delivered-id"]) == _text(stream["last-generated-id"])
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def restore_current_state(conn: redis.Redis, store: Store) -> int:

@@ -51,7 +51,7 @@ def reconcile() -> list[dict]:
         ctx.reporter.deploy_finished(result)
         repaired.append(result)
         # A push or a close queued behind the dead job still happens.
-        handed = lock.recover(deployment["id"])
+        handed = lock.release(deployment["id"])  # also when its lease already ran out
         if handed:
             start_follow_up(ctx, lock, *handed)
     if ctx.settings.github_enabled:

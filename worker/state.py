@@ -61,26 +61,11 @@ end
 return 0
 """
 
-# KEYS[1] lock, KEYS[2] next action; ARGV[1] our id, ARGV[2] id for a follow-up, ARGV[3] lease.
-# Hands the lock straight to the queued follow-up, so nothing can slip in between.
+# KEYS[1] lock, KEYS[2] next action; ARGV[1] the holder's id, ARGV[2] id for a follow-up,
+# ARGV[3] lease. The holder's lock (held or already expired) goes straight to the queued
+# follow-up if there is one, so nothing can slip in between, else is dropped. A lock someone
+# else took meanwhile is left alone.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return false
-end
-local follow = redis.call('GET', KEYS[2])
-if follow then
-  redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return follow
-end
-redis.call('DEL', KEYS[1])
-return false
-"""
-
-# KEYS[1] lock, KEYS[2] next action; ARGV[1] the dead holder's id, ARGV[2] id for a follow-up,
-# ARGV[3] lease. For a holder known dead: its lock (held or already expired) goes to the queued
-# follow-up if there is one, else is dropped. A lock someone else took meanwhile is left alone.
-_RECOVER = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   return false
@@ -139,15 +124,6 @@ class BranchLock:
         as (new deployment id, follow-up)."""
         follow_id = new_deployment_id()
         follow = self.conn.eval(_RELEASE, 2, self.lock_key, self.next_key, deployment_id, follow_id, self.lease_ms)
-        if not follow:
-            return None
-        return follow_id, json.loads(follow)
-
-    def recover(self, deployment_id: str) -> tuple[str, dict] | None:
-        """The holder `deployment_id` is dead: free the branch, or hand it to the follow-up that
-        was queued behind the dead job (returned as with `release`)."""
-        follow_id = new_deployment_id()
-        follow = self.conn.eval(_RECOVER, 2, self.lock_key, self.next_key, deployment_id, follow_id, self.lease_ms)
         if not follow:
             return None
         return follow_id, json.loads(follow)
