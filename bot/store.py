@@ -7,6 +7,7 @@ Workers never open this file: what they do reaches it as events (see `bot.feed`)
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -113,6 +114,8 @@ class Store:
         self.path = path
         self._local = threading.local()
         self._known_repositories: dict[str, int] = {}
+        self._write_lock = threading.Lock()
+        self._lock_file = None
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -136,13 +139,26 @@ class Store:
             with db.atomic():
                 yield db
             return
-        db.execute("BEGIN IMMEDIATE")
+        # Writers queue on a mutex (threads) and an flock (processes), which wake the next
+        # writer at once; SQLite's own busy handler polls, sleeping up to 100 ms at a time.
+        with self._write_lock, self._file_lock():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.conn.rollback()
+                raise
+            db.conn.commit()
+
+    @contextmanager
+    def _file_lock(self):
+        if self._lock_file is None:
+            self._lock_file = open(self.path + ".lock", "a+b")
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         try:
-            yield db
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.conn.commit()
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def migrate(self) -> None:
         migrations.apply(self.db)
@@ -184,9 +200,10 @@ class Store:
         return True
 
     def record_log(self, event_id: str, deployment_id: str, line: str, at: str) -> None:
-        self.db["deployment_logs"].insert(
-            {"id": event_id, "deployment_id": deployment_id, "line": line, "created_at": at}, ignore=True
-        )
+        with self.write() as db:
+            db["deployment_logs"].insert(
+                {"id": event_id, "deployment_id": deployment_id, "line": line, "created_at": at}, ignore=True
+            )
 
     def get_deployment(self, deployment_id: str) -> dict | None:
         rows = list(self.db["deployments"].rows_where("id = ?", [deployment_id]))
@@ -244,12 +261,13 @@ class Store:
         now = utcnow()
         values = [pull["repository"], pull["number"]] + [pull.get(k) for k in fields] + [now, now]
         updates = ", ".join(f"{k} = coalesce(excluded.{k}, {k})" for k in fields)
-        self.db.execute(
-            f"INSERT INTO pull_requests (repository, number, {', '.join(fields)}, created_at, updated_at) "
-            f"VALUES ({', '.join('?' * len(values))}) "
-            f"ON CONFLICT (repository, number) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
-            values,
-        )
+        with self.write() as db:
+            db.execute(
+                f"INSERT INTO pull_requests (repository, number, {', '.join(fields)}, created_at, updated_at) "
+                f"VALUES ({', '.join('?' * len(values))}) "
+                f"ON CONFLICT (repository, number) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+                values,
+            )
 
     def get_pull_request(self, repository: str, number: int) -> dict | None:
         rows = list(self.db["pull_requests"].rows_where("repository = ? AND number = ?", [repository, number]))
@@ -270,8 +288,9 @@ class Store:
             sql += f" AND p.repository IN ({','.join('?' * len(repositories))})"
             params += repositories
         sql += " ORDER BY p.created_at DESC, p.number DESC"
-        rows = self.db.execute(sql, params).fetchall()
-        columns = [c[0] for c in self.db.execute(sql, params).description]
+        cursor = self.db.execute(sql, params)
+        columns = [c[0] for c in cursor.description]
+        rows = cursor.fetchall()
         result = []
         for values in rows:
             pull = dict(zip(columns, values))
@@ -284,15 +303,17 @@ class Store:
 
     def record_delivery(self, delivery_id: str, event: str, action: str | None) -> bool:
         """Remember a delivery id; False when it was seen before (a redelivery)."""
-        cursor = self.db.execute(
-            "INSERT OR IGNORE INTO webhook_deliveries (id, event, action, received_at) VALUES (?, ?, ?, ?)",
-            [delivery_id, event, action, utcnow()],
-        )
+        with self.write() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (id, event, action, received_at) VALUES (?, ?, ?, ?)",
+                [delivery_id, event, action, utcnow()],
+            )
         return cursor.rowcount == 1
 
     def forget_delivery(self, delivery_id: str) -> None:
         """Undo `record_delivery` when the work could not be queued, so GitHub can redeliver."""
-        self.db.execute("DELETE FROM webhook_deliveries WHERE id = ?", [delivery_id])
+        with self.write() as db:
+            db.execute("DELETE FROM webhook_deliveries WHERE id = ?", [delivery_id])
 
     # -- API tokens --------------------------------------------------------------------------
 
@@ -355,9 +376,10 @@ class Store:
         new = [r for r in repositories if self._known_repositories.get(r) != installation_id]
         if not new:
             return
-        self.db["installation_repositories"].upsert_all(
-            [{"repository": r, "installation_id": installation_id} for r in new], pk="repository"
-        )
+        with self.write() as db:
+            db["installation_repositories"].upsert_all(
+                [{"repository": r, "installation_id": installation_id} for r in new], pk="repository"
+            )
         self._known_repositories.update((r, installation_id) for r in new)
 
     def remove_installation_repositories(self, repositories: list[str]) -> None:
