@@ -112,6 +112,11 @@ def record(store: Store, event_id: str, fields: dict) -> None:
         store.record_deployment(data, event_id, message=fields.get("message"))
     elif kind == "log":
         store.record_log(event_id, data["deploymentId"], data["line"], data["at"])
+    elif kind == "delivery":
+        from .webhooks import remember
+
+        store.record_delivery(data["deliveryId"], data["event"], data.get("action"), received_at=data.get("receivedAt"))
+        remember(store, data["event"], data.get("memo") or {})
 
 
 def _decode(fields: dict) -> dict:

@@ -301,19 +301,14 @@ class Store:
 
     # -- webhook deliveries ------------------------------------------------------------------
 
-    def record_delivery(self, delivery_id: str, event: str, action: str | None) -> bool:
-        """Remember a delivery id; False when it was seen before (a redelivery)."""
+    def record_delivery(self, delivery_id: str, event: str, action: str | None, *, received_at: str | None = None) -> bool:
+        """Keep a delivery in the history; False when it was recorded before."""
         with self.write() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO webhook_deliveries (id, event, action, received_at) VALUES (?, ?, ?, ?)",
-                [delivery_id, event, action, utcnow()],
+                [delivery_id, event, action, received_at or utcnow()],
             )
         return cursor.rowcount == 1
-
-    def forget_delivery(self, delivery_id: str) -> None:
-        """Undo `record_delivery` when the work could not be queued, so GitHub can redeliver."""
-        with self.write() as db:
-            db.execute("DELETE FROM webhook_deliveries WHERE id = ?", [delivery_id])
 
     # -- API tokens --------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The GitHub webhook receiver: verify, record, enqueue, answer — in milliseconds.
 
-No GitHub call and no provisioning happen here. Deliveries that need no work (comments
+No GitHub call, no provisioning and no SQLite write happen here: one atomic Redis call
+remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and puts
+the work in the inbox that workers turn into RQ jobs (see `worker.inbox`). Deliveries that need no work (comments
 without a command, events the bot does not act on) are acknowledged without a job, so a busy
 repository's chatter never delays a command.
 """
@@ -9,16 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 
 import redis
 from flask import Flask, jsonify, request
 from gidgethub import ValidationFailure, sansio
 
-from worker.queue import GITHUB_JOB_TIMEOUT, get_queue
+from worker.inbox import accept_delivery
 
 from .commands import parse_command
 from .services import services
+from .store import utcnow
 
 log = logging.getLogger("previewbot.webhooks")
 
@@ -61,45 +63,52 @@ def receive():
     if event == "ping":
         return jsonify({"status": "pong"}), 200
 
+    record = {
+        "deliveryId": delivery_id,
+        "event": event,
+        "action": payload.get("action"),
+        "receivedAt": utcnow(),
+        "memo": memo_for(payload),
+    }
     try:
-        if not svc.store.record_delivery(delivery_id, event, payload.get("action")):
-            return jsonify({"status": "duplicate delivery ignored"}), 200
-        remember(svc.store, event, payload)
-    except sqlite3.Error as exc:
-        log.error("could not record delivery %s: %s", delivery_id, type(exc).__name__)
-        return jsonify({"error": "The database is unavailable; redeliver later"}), 503
+        accepted = accept_delivery(svc.redis, delivery_id=delivery_id, record=record, job=job)
+    except redis.RedisError as exc:
+        # Nothing was written, so GitHub's redelivery of it will be accepted.
+        log.error("could not accept delivery %s: %s", delivery_id, type(exc).__name__)
+        return jsonify({"error": "The queue is unavailable; redeliver later"}), 503
+    if not accepted:
+        return jsonify({"status": "duplicate delivery ignored"}), 200
     if job is None:
         return jsonify({"status": "acknowledged"}), 200
-    try:
-        # One round trip to Redis for the whole enqueue.
-        pipe = svc.redis.pipeline()
-        _queue(svc).enqueue(
-            "worker.github_events.handle_webhook",
-            event=event,
-            delivery_id=delivery_id,
-            payload=job,
-            job_id=f"webhook-{delivery_id}",
-            job_timeout=GITHUB_JOB_TIMEOUT,
-            result_ttl=600,
-            failure_ttl=7 * 24 * 3600,
-            at_front=event == "issue_comment",  # people wait on commands; pushes can wait a moment
-            description=f"webhook {event}.{payload.get('action')} {delivery_id}",  # not RQ's repr of the payload
-            pipeline=pipe,
-        )
-        pipe.execute()
-    except redis.RedisError as exc:
-        # Forget the delivery so that GitHub's redelivery is not mistaken for a duplicate.
-        log.error("could not queue delivery %s: %s", delivery_id, type(exc).__name__)
-        svc.store.forget_delivery(delivery_id)
-        return jsonify({"error": "The queue is unavailable; redeliver later"}), 503
     return jsonify({"status": "queued"}), 202
 
 
-def _queue(svc):
-    queue = getattr(svc, "_webhook_queue", None)
-    if queue is None:
-        queue = svc._webhook_queue = get_queue(svc.redis)
-    return queue
+def memo_for(payload: dict) -> dict:
+    """The little of a delivery that the web process keeps (through the recorder, see
+    `remember`): repository, installation, and a pull request's title, head and author."""
+    memo = {}
+    repository = _object(payload.get("repository"))
+    if isinstance(repository.get("full_name"), str):
+        memo["repository"] = {"full_name": repository["full_name"]}
+    installation = _object(payload.get("installation"))
+    if "id" in installation:
+        memo["installation"] = {"id": installation["id"], "account": {"login": _object(installation.get("account")).get("login")}}
+    pull = _object(payload.get("pull_request"))
+    if pull:
+        head = _object(pull.get("head"))
+        memo["pull_request"] = {
+            "number": pull.get("number"),
+            "title": pull.get("title"),
+            "state": pull.get("state"),
+            "user": {"login": _object(pull.get("user")).get("login")},
+            "head": {"ref": head.get("ref"), "sha": head.get("sha"), "repo": _repo(head.get("repo"))},
+        }
+    for key in ("repositories", "repositories_added", "repositories_removed"):
+        if isinstance(payload.get(key), list):
+            memo[key] = [{"full_name": r["full_name"]} for r in payload[key] if isinstance(r, dict) and isinstance(r.get("full_name"), str)]
+    if "action" in payload:
+        memo["action"] = payload["action"]
+    return memo
 
 
 def parse_payload(body: bytes, content_type: str) -> dict:

@@ -146,7 +146,7 @@ def test_bot_and_edited_comments_and_plain_chatter_queue_nothing(start_bot, fake
     for payload in (bot_comment, edited, chatter):
         response = send(bot, "issue_comment", payload)
         assert response.status_code == 200 and response.json()["status"] == "acknowledged"
-    assert redis_conn.llen("rq:queue:previewbot") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
     assert not fake.calls_to("*", r".*")
 
 
@@ -260,6 +260,9 @@ def test_redelivered_webhook_is_acknowledged_and_ignored(start_bot, fake):
     fake.wait_for(lambda: deployed_on_github(fake))
     assert len(deployments(fake)) == 1
     assert fake.reactions[payload["comment"]["id"]].count("eyes") == 1
+    # The delivery is kept in SQLite's history once (written by the recorder).
+    wait_for(lambda: bot.store.db["webhook_deliveries"].count == 1, message="the delivery recorded")
+    assert bot.store.db.execute("SELECT id FROM webhook_deliveries").fetchall() == [("delivery-1",)]
 
 
 def test_three_simultaneous_comments_deploy_once(start_bot, fake):
@@ -292,7 +295,7 @@ def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_co
     headers.update({"X-Hub-Signature-256": webhooks.sign(empty, SECRET), "X-GitHub-Delivery": "empty"})
     assert httpx.post(f"{bot.url}/api/github/webhooks", content=empty, headers=headers).status_code == 400
     assert send(bot, "star", {"action": "created", "repository": {"full_name": REPO}}).status_code == 200
-    assert redis_conn.llen("rq:queue:previewbot") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
     assert not fake.calls_to("*", r".*")
 
 

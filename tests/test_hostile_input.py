@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from bot.app import create_app
 from bot.config import load_settings
 from bot.webhooks import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES
+from worker.inbox import INBOX_STREAM, dispatch
 from worker.queue import QUEUE_NAME
 from worker.render import check_run_fields, render_status_comment
 
@@ -63,14 +64,26 @@ def client(app):
 
 
 def deliveries(app) -> int:
-    return app.extensions["previewbot"].store.db["webhook_deliveries"].count
+    """Deliveries the receiver accepted (it remembers their ids in Redis)."""
+    return len(app.extensions["previewbot"].redis.keys("previewbot:delivery:*"))
+
+
+def dispatched_job(conn, delivery_id: str) -> Job:
+    """Turn the inbox into RQ jobs, as a worker's dispatcher does, and fetch one delivery's job."""
+    dispatch(conn, conn.xrange(INBOX_STREAM))
+    return Job.fetch(f"webhook-{delivery_id}", connection=conn, serializer=JSONSerializer)
+
+
+def queued(conn) -> int:
+    """Work waiting: RQ jobs plus webhook deliveries in the inbox that workers turn into jobs."""
+    return conn.llen(QUEUE) + conn.xlen(INBOX_STREAM)
 
 
 @pytest.fixture
 def untouched(app, redis_conn):
     """Asserts after the test that nothing was queued and no deployment started."""
     yield
-    assert redis_conn.llen(QUEUE) == 0
+    assert queued(redis_conn) == 0
     assert not redis_conn.keys("rq:job:*")
     assert not redis_conn.keys("previewbot:lock:*")
     assert app.extensions["previewbot"].store.db["deployments"].count == 0
@@ -128,7 +141,7 @@ def test_a_body_exactly_at_the_size_limit_is_accepted(client, app, redis_conn):
     assert len(body) == MAX_WEBHOOK_BYTES
     response = post(client, body)
     assert response.status_code == 200 and response.get_json() == {"status": "acknowledged"}
-    assert redis_conn.llen(QUEUE) == 0
+    assert queued(redis_conn) == 0
 
 
 @pytest.mark.usefixtures("untouched")
@@ -258,7 +271,7 @@ def test_a_check_run_whose_app_is_not_an_object_is_ignored(client, app):
 def test_a_pull_request_whose_user_is_not_an_object_is_queued_without_author(client, app, redis_conn):
     response = post(client, _with("pull_request", ("pull_request", "user"), "alice"), event="pull_request", delivery="odd-user")
     assert response.status_code == 202
-    job = Job.fetch("webhook-odd-user", connection=redis_conn, serializer=JSONSerializer)
+    job = dispatched_job(redis_conn, "odd-user")
     assert job.kwargs["payload"]["pull_request"]["user"] == {"login": None}
 
 
@@ -337,7 +350,7 @@ def test_a_65536_character_comment_without_a_command_is_acknowledged(client, app
     assert len(body) == 65536
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode())
     assert response.status_code == 200 and response.get_json() == {"status": "acknowledged"}
-    assert redis_conn.llen(QUEUE) == 0
+    assert queued(redis_conn) == 0
     assert deliveries(app) == 1
 
 
@@ -346,8 +359,8 @@ def test_a_65536_character_comment_with_a_command_is_queued_once(client, app, re
     assert len(body) == 65536
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode(), delivery="big-comment")
     assert response.status_code == 202 and response.get_json() == {"status": "queued"}
-    assert redis_conn.llen(QUEUE) == 1
-    job = Job.fetch("webhook-big-comment", connection=redis_conn, serializer=JSONSerializer)
+    assert queued(redis_conn) == 1
+    job = dispatched_job(redis_conn, "big-comment")
     assert job.kwargs["payload"]["comment"]["body"] == body
     # No deployment starts in the web process: the worker decides, after checking permissions.
     assert app.extensions["previewbot"].store.db["deployments"].count == 0
@@ -358,7 +371,7 @@ def test_a_longer_comment_is_cut_to_65536_characters_in_the_job(client, app, red
     body = "/preview\n" + "y" * 200_000
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode(), delivery="huge-comment")
     assert response.status_code == 202
-    job = Job.fetch("webhook-huge-comment", connection=redis_conn, serializer=JSONSerializer)
+    job = dispatched_job(redis_conn, "huge-comment")
     assert job.kwargs["payload"]["comment"]["body"] == body[:65536]
 
 
@@ -425,7 +438,7 @@ def test_valid_git_branch_names_with_metacharacters_are_deployed_verbatim(deploy
     answer = response.get_json()
     assert answer["branchName"] == branch
     # Queued as data (JSON), exactly as sent; no worker runs here, so nothing is executed.
-    assert redis_conn.llen(QUEUE) == 1
+    assert queued(redis_conn) == 1
     job = Job.fetch(f"deploy-{answer['id']}", connection=redis_conn, serializer=JSONSerializer)
     assert job.kwargs["deployment"]["branchName"] == branch
     token_headers = {"Authorization": f"Bearer {token}"}
@@ -440,7 +453,7 @@ def test_invalid_git_branch_names_are_400_before_anything_happens(deploy_app, re
     response = _deploy(deploy_app, token, 7, branch)
     assert response.status_code == 400, response.get_data(as_text=True)
     assert "branchName" in response.get_json()["error"]
-    assert redis_conn.llen(QUEUE) == 0 and not redis_conn.keys("previewbot:lock:*")
+    assert queued(redis_conn) == 0 and not redis_conn.keys("previewbot:lock:*")
     assert deploy_app.extensions["previewbot"].store.db["deployments"].count == 0
 
 

@@ -29,6 +29,7 @@ from bot import openapi, validation
 from bot.app import create_app
 from bot.webhooks import InvalidPayload, parse_payload, plan_delivery
 from worker import previews
+from worker.inbox import INBOX_STREAM
 from worker.queue import QUEUE_NAME
 
 from . import webhooks as payloads
@@ -269,7 +270,7 @@ def test_receiver_answers_signed_mutated_deliveries_with_2xx_or_400(github_app, 
     receiver acknowledges, queues or refuses them, and never fails."""
     event, payload = delivery
     body = json.dumps(payload).encode()
-    queued = redis_conn.llen(f"rq:queue:{QUEUE_NAME}")
+    queued = redis_conn.xlen(INBOX_STREAM)
     response = github_app.test_client().post(
         "/api/github/webhooks",
         data=body,
@@ -281,7 +282,7 @@ def test_receiver_answers_signed_mutated_deliveries_with_2xx_or_400(github_app, 
         },
     )
     assert response.status_code in (200, 202, 400), response.get_data(as_text=True)
-    assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == queued + (response.status_code == 202)
+    assert redis_conn.xlen(INBOX_STREAM) == queued + (response.status_code == 202)
 
 
 def _plan(event, payload, app_id):

@@ -62,11 +62,11 @@ def test_webhook_while_redis_is_down_is_503_and_can_be_redelivered(tmp_path, red
     headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": webhooks.sign(body, "s"), "Content-Type": "application/json"}
     response = down.post("/api/github/webhooks", data=body, headers=headers)
     assert response.status_code == 503 and "redeliver" in response.get_json()["error"]
-    # Nothing half-written: the delivery is not remembered, so GitHub's redelivery is accepted.
+    # Nothing half-written: the delivery id is not remembered, so GitHub's redelivery is accepted.
     up = create_app(load_settings({**env, "REDIS_URL": redis_url}), start_feed=False).test_client()
     again = up.post("/api/github/webhooks", data=body, headers=headers)
     assert again.status_code == 202
-    assert redis.Redis.from_url(redis_url).llen("rq:queue:previewbot") == 1
+    assert redis.Redis.from_url(redis_url).xlen("previewbot:inbox") == 1
 
 
 def test_secrets_stay_out_of_logs_database_and_errors(make_bot, tmp_path):

@@ -2,7 +2,8 @@
 
 RQ's worker loop ends when Redis disappears in the middle of a job (its own bookkeeping
 needs Redis). This process then waits for Redis and starts the loop again, so a Redis restart
-never takes the workers with it. The heartbeat and the reconcile scheduler run beside it.
+never takes the workers with it. The heartbeat, the inbox dispatcher and the reconcile
+scheduler run beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from . import context
+from .inbox import Dispatcher
 from .queue import get_queue
 from .reconcile import Heartbeat, ReconcileScheduler
 
@@ -31,6 +33,8 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
     heartbeat.start()
     scheduler = ReconcileScheduler(conn, settings)
     scheduler.start()
+    dispatcher = Dispatcher(conn)
+    dispatcher.start()
     try:
         while True:
             # Jobs run in this process (no fork per job): installation tokens stay cached
@@ -44,6 +48,7 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
             _wait_for_redis(conn)
     finally:
+        dispatcher.stop()
         scheduler.stop()
         heartbeat.stop()
 
