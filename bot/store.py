@@ -259,7 +259,7 @@ class Store:
         # delivery does not carry (None) keeps its stored value.
         fields = [k for k in PULL_REQUEST_FIELDS if k not in ("repository", "number")]
         now = utcnow()
-        values = [pull["repository"], pull["number"]] + [pull.get(k) for k in fields] + [now, now]
+        values = [pull["repository"], pull["number"]] + [pull.get(k) for k in fields] + [pull.get("created_at") or now, now]
         updates = ", ".join(f"{k} = coalesce(excluded.{k}, {k})" for k in fields)
         with self.write() as db:
             db.execute(
