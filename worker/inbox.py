@@ -47,18 +47,27 @@ return 1
 
 def accept_delivery(conn: redis.Redis, *, delivery_id: str, record: dict, job: dict | None) -> bool:
     """Remember, announce and (with work) queue a delivery in one step; False for a redelivery."""
-    accepted = conn.eval(
-        _ACCEPT,
-        3,
-        f"{state.PREFIX}:delivery:{delivery_id}",
-        state.EVENTS_STREAM,
-        INBOX_STREAM,
-        DELIVERY_MEMORY_SECONDS,
-        json.dumps(record, separators=(",", ":")),
-        json.dumps({"deliveryId": delivery_id, "event": record["event"], "payload": job}, separators=(",", ":")) if job else "",
-        state.EVENTS_MAXLEN,
+    accepted = _accept_script(conn)(
+        keys=[f"{state.PREFIX}:delivery:{delivery_id}", state.EVENTS_STREAM, INBOX_STREAM],
+        args=[
+            DELIVERY_MEMORY_SECONDS,
+            json.dumps(record, separators=(",", ":")),
+            json.dumps({"deliveryId": delivery_id, "event": record["event"], "payload": job}, separators=(",", ":")) if job else "",
+            state.EVENTS_MAXLEN,
+        ],
     )
     return bool(accepted)
+
+
+_scripts: dict[int, object] = {}
+
+
+def _accept_script(conn: redis.Redis):
+    """The script registered once per client, so each call sends its SHA, not its text."""
+    script = _scripts.get(id(conn))
+    if script is None:
+        script = _scripts[id(conn)] = conn.register_script(_ACCEPT)
+    return script
 
 
 def dispatch(conn: redis.Redis, entries) -> list[str]:
