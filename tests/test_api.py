@@ -230,3 +230,19 @@ def test_cross_origin_calls_are_allowed_for_a_dashboard_served_elsewhere(client,
     assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
     listed = client.get("/api/pull-requests", headers={"Origin": "https://dash.example.test", **auth(token)})
     assert listed.status_code == 200 and listed.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_full_database_is_a_clear_503_and_stays_intact(client, app, token, redis_conn):
+    store = app.extensions["previewbot"].store
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # this connection's file cannot grow
+    for number in range(1, 200):  # fill the last free pages, then one more write cannot fit
+        response = client.post(f"/api/repos/octo/app/pull-requests/{number}/deploy", json={"branchName": f"b{number}-" + "y" * 200}, headers=auth(token))
+        if response.status_code != 202:
+            break
+    assert response.status_code == 503
+    assert "database" in response.get_json()["error"]
+    assert len(redis_conn.keys("previewbot:lock:*")) == number - 1  # the refused one started nothing
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+    assert client.get("/api/health").status_code == 200
