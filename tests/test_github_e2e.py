@@ -4,7 +4,6 @@ description and authenticates like GitHub."""
 
 from __future__ import annotations
 
-import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 

@@ -1,6 +1,5 @@
 """The provisioners, run for real: the command one starts real processes, never a shell."""
 
-import os
 import sys
 
 import pytest

@@ -3,7 +3,6 @@ a real Redis and a real SQLite file."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
