@@ -17,6 +17,7 @@ import socket
 import threading
 
 import redis
+from rq import Retry
 from rq.exceptions import DuplicateJobError
 
 from . import state
@@ -95,6 +96,9 @@ def _enqueue(queue, item: dict) -> None:
         payload=item["payload"],
         job_id=f"webhook-{item['deliveryId']}",
         unique=True,
+        # A handler that failed (GitHub still down after the client's own retries) or whose
+        # worker died runs again; its steps are safe to repeat.
+        retry=Retry(max=2),
         job_timeout=GITHUB_JOB_TIMEOUT,
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,

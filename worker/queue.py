@@ -10,7 +10,7 @@ from rq.serializers import JSONSerializer
 
 QUEUE_NAME = "previewbot"
 # Jobs that handle webhooks or report to GitHub stay short; provisioning may take long.
-GITHUB_JOB_TIMEOUT = 300
+GITHUB_JOB_TIMEOUT = 120
 
 
 def get_queue(conn: redis.Redis) -> Queue:

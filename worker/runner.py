@@ -23,6 +23,8 @@ from .reconcile import Heartbeat, ReconcileScheduler
 
 log = logging.getLogger("previewbot.worker")
 
+MAINTENANCE_SECONDS = 60
+
 
 def run_worker_process(settings, *, burst: bool = False) -> int:
     ctx = context.build_context(settings)
@@ -40,9 +42,20 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             # Jobs run in this process (no fork per job): installation tokens stay cached
             # between jobs and a job starts in well under a millisecond. A job that dies takes
             # the process with it; the branch lease and the reconciler recover its deployment.
-            worker = SimpleWorker([get_queue(conn)], connection=conn, serializer=JSONSerializer, name=name)
+            worker = SimpleWorker(
+                [get_queue(conn)],
+                connection=conn,
+                serializer=JSONSerializer,
+                name=name,
+                # Abandoned jobs (their worker died) are retried or failed by RQ's registry
+                # clean-up, which runs this often.
+                maintenance_interval=MAINTENANCE_SECONDS,
+            )
             _forget_stale_registration(conn, worker)
-            worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+            try:
+                worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("lost Redis while starting the worker loop: %s", exc)
             if burst or worker._stop_requested:
                 return 0
             log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
