@@ -14,6 +14,8 @@ import time
 
 import redis
 from rq import SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from . import context
@@ -58,8 +60,10 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
                 log.warning("lost Redis while starting the worker loop: %s", exc)
             if burst or worker._stop_requested:
                 return 0
+            interrupted = _current_job_id(worker)
             log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
             _wait_for_redis(conn)
+            _run_again(conn, interrupted)
     finally:
         dispatcher.stop()
         scheduler.stop()
@@ -72,6 +76,27 @@ def _forget_stale_registration(conn: redis.Redis, worker: SimpleWorker) -> None:
         conn.delete(worker.key)
     except redis.RedisError:
         pass
+
+
+def _current_job_id(worker: SimpleWorker) -> str | None:
+    try:
+        return worker.get_current_job_id()
+    except (redis.RedisError, AttributeError):
+        return None
+
+
+def _run_again(conn: redis.Redis, job_id: str | None) -> None:
+    """A webhook job cut off by the outage is queued again (its steps are safe to repeat); a
+    deploy is not: the reconciler fails it and people retry, so nothing deploys twice."""
+    if not job_id or not job_id.startswith("webhook-"):
+        return
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        if job.get_status() == JobStatus.STARTED:
+            get_queue(conn).enqueue_job(job, at_front=True)
+            log.warning("queued %s again after the outage", job_id)
+    except (NoSuchJobError, redis.RedisError) as exc:
+        log.warning("could not queue %s again: %s", job_id, exc)
 
 
 def _wait_for_redis(conn: redis.Redis) -> None:
