@@ -20,17 +20,19 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 import redis
 
-from worker.state import EVENTS_STREAM, PREFIX, pr_key
+from worker.state import DELIVERIES_STREAM, EVENTS_STREAM, PREFIX, pr_key
 
 from .store import Store, deployment_json
 
 log = logging.getLogger("previewbot.feed")
 
 RECORDER_GROUP = "recorders"
+# Deployment events and logs from workers; accepted webhook deliveries from the receivers.
+RECORDED_STREAMS = (EVENTS_STREAM, DELIVERIES_STREAM)
 # A pending entry idle this long belonged to a web process that died before acknowledging it.
 CLAIM_IDLE_MS = 30_000
 
@@ -115,8 +117,14 @@ def record(store: Store, event_id: str, fields: dict) -> None:
     elif kind == "delivery":
         from .webhooks import remember
 
-        store.record_delivery(data["deliveryId"], data["event"], data.get("action"), received_at=data.get("receivedAt"))
+        store.record_delivery(data["deliveryId"], data["event"], data.get("action"), received_at=data.get("receivedAt") or stream_time(event_id))
         remember(store, data["event"], data.get("memo") or {})
+
+
+def stream_time(event_id: str) -> str:
+    """When Redis added a stream entry (its id starts with Redis's clock in ms), as utcnow()."""
+    ms = int(event_id.partition("-")[0])
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _decode(fields: dict) -> dict:
@@ -219,55 +227,59 @@ class FeedThreads:
         backlog = True  # first our own unacknowledged entries, then claimed ones, then new ones
         while not self.stop.is_set():
             try:
-                self._ensure_group()
+                self._ensure_groups()
                 if backlog:
-                    self._record_pending()
+                    for stream in RECORDED_STREAMS:
+                        self._record_pending(stream)
                     backlog = False
                 entries = self.conn.xreadgroup(
-                    RECORDER_GROUP, self.consumer, {EVENTS_STREAM: ">"}, count=200, block=1000
+                    RECORDER_GROUP, self.consumer, {stream: ">" for stream in RECORDED_STREAMS}, count=200, block=1000
                 )
-                for _stream, items in entries or []:
-                    self._record_entries(items)
+                for stream, items in entries or []:
+                    self._record_entries(_text(stream), items)
             except (redis.RedisError, sqlite3.Error, OSError) as exc:
                 log.warning("event recorder paused: %s", exc)
                 backlog = True
                 self.stop.wait(1.0)
 
-    def _ensure_group(self) -> None:
-        try:
-            self.conn.xgroup_create(EVENTS_STREAM, RECORDER_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    def _ensure_groups(self) -> None:
+        for stream in RECORDED_STREAMS:
+            try:
+                self.conn.xgroup_create(stream, RECORDER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
-    def _record_pending(self) -> None:
+    def _record_pending(self, stream: str) -> None:
         while True:
-            entries = self.conn.xreadgroup(RECORDER_GROUP, self.consumer, {EVENTS_STREAM: "0"}, count=200)
+            entries = self.conn.xreadgroup(RECORDER_GROUP, self.consumer, {stream: "0"}, count=200)
             items = entries[0][1] if entries else []
             if not items:
                 break
-            self._record_entries(items)
+            self._record_entries(stream, items)
         start = "0-0"
         while True:
             start, items, *_ = self.conn.xautoclaim(
-                EVENTS_STREAM, RECORDER_GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=200
+                stream, RECORDER_GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=200
             )
-            self._record_entries(items)
+            self._record_entries(stream, items)
             if start in (b"0-0", "0-0"):
                 break
 
-    def _record_entries(self, items) -> None:
+    def _record_entries(self, stream: str, items) -> None:
+        """Write a batch in one transaction (one commit, not one per entry), then acknowledge it."""
         done = []
-        for entry_id, fields in items:
-            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            if fields:  # a trimmed entry comes back empty
-                try:
-                    record(self.store, entry_id, _decode(fields))
-                except (KeyError, ValueError, TypeError) as exc:
-                    log.error("dropping malformed event %s: %s", entry_id, exc)
-            done.append(entry_id)
+        with self.store.write():
+            for entry_id, fields in items:
+                entry_id = _text(entry_id)
+                if fields:  # a trimmed entry comes back empty
+                    try:
+                        record(self.store, entry_id, _decode(fields))
+                    except (KeyError, ValueError, TypeError) as exc:
+                        log.error("dropping malformed event %s: %s", entry_id, exc)
+                done.append(entry_id)
         if done:
-            self.conn.xack(EVENTS_STREAM, RECORDER_GROUP, *done)
+            self.conn.xack(stream, RECORDER_GROUP, *done)
 
     # -- repair ------------------------------------------------------------------------------
 

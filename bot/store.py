@@ -145,10 +145,12 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.conn.commit()
             except BaseException:
                 db.conn.rollback()
+                # What this transaction added to the cache may be gone with it: forget it all.
+                self._known_repositories.clear()
                 raise
-            db.conn.commit()
 
     @contextmanager
     def _file_lock(self):

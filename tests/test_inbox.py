@@ -9,7 +9,7 @@ from worker import inbox, state
 
 
 def accept(conn, delivery_id, job=None):
-    record = {"deliveryId": delivery_id, "event": "issue_comment", "action": "created", "receivedAt": "2026-01-01T00:00:00.000Z", "memo": {}}
+    record = {"deliveryId": delivery_id, "event": "issue_comment", "action": "created", "memo": {}}
     return inbox.accept_delivery(conn, delivery_id=delivery_id, record=record, job=job)
 
 
@@ -18,8 +18,9 @@ def test_a_delivery_is_accepted_once_and_always_announced(redis_conn):
     assert not accept(redis_conn, "d1", job={"action": "created"})  # a redelivery
     assert accept(redis_conn, "d2")  # no work: announced, not queued
     assert redis_conn.xlen(inbox.INBOX_STREAM) == 1
-    kinds = [fields[b"kind"] for _id, fields in redis_conn.xrange(state.EVENTS_STREAM)]
+    kinds = [fields[b"kind"] for _id, fields in redis_conn.xrange(state.DELIVERIES_STREAM)]
     assert kinds == [b"delivery", b"delivery"]
+    assert redis_conn.xlen(state.EVENTS_STREAM) == 0  # the WebSocket broadcasters never see deliveries
     assert 0 < redis_conn.ttl("previewbot:delivery:d1") <= inbox.DELIVERY_MEMORY_SECONDS
 
 

@@ -2,7 +2,7 @@
 
 The receiver makes one atomic Redis call per delivery (`accept_delivery`): it remembers the
 delivery id (a redelivery is then acknowledged and ignored), announces the delivery on the
-event stream (the web's recorder writes it to SQLite), and, when there is work, appends it to
+deliveries stream (the web's recorder writes it to SQLite), and, when there is work, appends it to
 the inbox stream. A dispatcher thread in every worker process turns inbox entries into RQ jobs
 and acknowledges them only once queued, so a worker that dies mid-way leaves the entry for
 another one to claim. No SQLite write and no RQ bookkeeping sit on the receiver's hot path.
@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 
+import orjson
 import redis
 from rq import Retry
 from rq.exceptions import DuplicateJobError
@@ -31,7 +32,7 @@ DISPATCHERS = "dispatchers"
 DELIVERY_MEMORY_SECONDS = 7 * 24 * 3600
 CLAIM_IDLE_MS = 30_000
 
-# KEYS[1] delivery id key, KEYS[2] event stream, KEYS[3] inbox; ARGV[1] memory seconds,
+# KEYS[1] delivery id key, KEYS[2] deliveries stream, KEYS[3] inbox; ARGV[1] memory seconds,
 # ARGV[2] the delivery record (JSON), ARGV[3] the job (JSON, or "" when there is no work),
 # ARGV[4] stream max length. 0 for a redelivery, 1 when accepted.
 _ACCEPT = """
@@ -49,11 +50,11 @@ return 1
 def accept_delivery(conn: redis.Redis, *, delivery_id: str, record: dict, job: dict | None) -> bool:
     """Remember, announce and (with work) queue a delivery in one step; False for a redelivery."""
     accepted = _accept_script(conn)(
-        keys=[f"{state.PREFIX}:delivery:{delivery_id}", state.EVENTS_STREAM, INBOX_STREAM],
+        keys=[f"{state.PREFIX}:delivery:{delivery_id}", state.DELIVERIES_STREAM, INBOX_STREAM],
         args=[
             DELIVERY_MEMORY_SECONDS,
-            json.dumps(record, separators=(",", ":")),
-            json.dumps({"deliveryId": delivery_id, "event": record["event"], "payload": job}, separators=(",", ":")) if job else "",
+            orjson.dumps(record),
+            orjson.dumps({"deliveryId": delivery_id, "event": record["event"], "payload": job}) if job else b"",
             state.EVENTS_MAXLEN,
         ],
     )

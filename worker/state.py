@@ -16,6 +16,8 @@ import redis
 
 PREFIX = "previewbot"
 EVENTS_STREAM = f"{PREFIX}:events"
+# Accepted webhook deliveries, for the web's recorder only (the broadcaster reads EVENTS_STREAM).
+DELIVERIES_STREAM = f"{PREFIX}:deliveries"
 # Hash: deployment id -> snapshot, for every deployment still `deploying`, current or not, so
 # the reconciler also finds one that a newer deployment of its pull request replaced.
 ACTIVE = f"{PREFIX}:active-deployments"
