@@ -2,25 +2,25 @@
 
 No GitHub call, no provisioning and no SQLite write happen here: one atomic Redis call
 remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and puts
-the work in the inbox that workers turn into RQ jobs (see `worker.inbox`). Deliveries that need no work (comments
-without a command, events the bot does not act on) are acknowledged without a job, so a busy
-repository's chatter never delays a command.
+the work in the inbox that workers turn into RQ jobs (see `worker.inbox`). Deliveries that
+need no work (comments without a command, events the bot does not act on) are acknowledged
+without a job, so a busy repository's chatter never delays a command.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from http import HTTPStatus
 
+import orjson
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask
 from gidgethub import ValidationFailure, sansio
 
 from worker.inbox import accept_delivery
 
 from .commands import parse_command
-from .services import services
-from .store import utcnow
+from .services import Services
 
 log = logging.getLogger("previewbot.webhooks")
 
@@ -33,54 +33,110 @@ class InvalidPayload(ValueError):
 
 
 def init_app(app: Flask) -> None:
-    settings = app.extensions["previewbot"].settings
-    if settings.github_enabled:
-        app.add_url_rule(settings.webhook_path, "webhooks", receive, methods=["POST"])
+    svc = app.extensions["previewbot"]
+    if svc.settings.github_enabled:
+        app.wsgi_app = WebhookReceiver(app.wsgi_app, svc)
 
 
-def receive():
-    svc = services()
-    request.max_content_length = MAX_WEBHOOK_BYTES
-    body = request.get_data(cache=False)
-    signature = request.headers.get("X-Hub-Signature-256", "")
+class WebhookReceiver:
+    """The webhook endpoint, as plain WSGI in front of the Flask app.
+
+    It is the one endpoint called at volume (every event of every installed repository), and
+    it needs nothing of Flask's: no routing, request context, session or response objects,
+    which together cost as much CPU as the whole delivery's own work. Every other path goes
+    on to Flask.
+    """
+
+    def __init__(self, wsgi_app, svc: Services):
+        self.wsgi_app = wsgi_app
+        self.svc = svc
+        self.path = svc.settings.webhook_path
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != self.path:
+            return self.wsgi_app(environ, start_response)
+        headers = [("Content-Type", "application/json")]
+        if environ.get("REQUEST_METHOD") != "POST":
+            status, answer = 405, {"error": "GitHub deliveries are POSTed to this path"}
+            headers.append(("Allow", "POST"))
+        else:
+            try:
+                status, answer = receive(self.svc, environ)
+            except Exception:
+                log.exception("webhook delivery failed")
+                status, answer = 500, {"error": "Internal error; GitHub may redeliver"}
+        if status == 413:
+            headers.append(("Connection", "close"))  # the unread body is not worth draining
+        body = orjson.dumps(answer) + b"\n"
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+
+def receive(svc: Services, environ: dict) -> tuple[int, dict]:
+    """Verify, record, enqueue, answer: the status and JSON answer for one delivery."""
+    try:
+        body = read_body(environ)
+    except ValueError:
+        return 400, {"error": "Content-Length must be a non-negative integer"}
+    except BodyTooLarge:
+        return 413, {"error": "The request body is too large"}
+    signature = environ.get("HTTP_X_HUB_SIGNATURE_256", "")
     try:
         if not signature.startswith("sha256=") or not signature.isascii():
             # hmac.compare_digest raises TypeError on non-ASCII text: refuse such headers first.
             raise ValidationFailure("missing signature")
         sansio.validate_event(body, signature=signature, secret=svc.settings.webhook_secret)
     except ValidationFailure:
-        return jsonify({"error": "Invalid or missing X-Hub-Signature-256"}), 401
+        return 401, {"error": "Invalid or missing X-Hub-Signature-256"}
 
-    event = request.headers.get("X-GitHub-Event", "")
-    delivery_id = request.headers.get("X-GitHub-Delivery", "")
+    event = environ.get("HTTP_X_GITHUB_EVENT", "")
+    delivery_id = environ.get("HTTP_X_GITHUB_DELIVERY", "")
     if not event or not delivery_id or len(delivery_id) > 100:
-        return jsonify({"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"}), 400
+        return 400, {"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"}
     try:
-        payload = parse_payload(body, request.headers.get("Content-Type", ""))
+        payload = parse_payload(body, environ.get("CONTENT_TYPE", ""))
         job = plan_delivery(event, payload, app_id=svc.settings.app_id)
     except InvalidPayload as exc:
-        return jsonify({"error": str(exc)}), 400
+        return 400, {"error": str(exc)}
     if event == "ping":
-        return jsonify({"status": "pong"}), 200
+        return 200, {"status": "pong"}
 
-    record = {
-        "deliveryId": delivery_id,
-        "event": event,
-        "action": payload.get("action"),
-        "receivedAt": utcnow(),
-        "memo": memo_for(payload),
-    }
+    record = {"deliveryId": delivery_id, "event": event, "action": payload.get("action"), "memo": memo_for(payload)}
     try:
         accepted = accept_delivery(svc.redis, delivery_id=delivery_id, record=record, job=job)
     except redis.RedisError as exc:
         # Nothing was written, so GitHub's redelivery of it will be accepted.
         log.error("could not accept delivery %s: %s", delivery_id, type(exc).__name__)
-        return jsonify({"error": "The queue is unavailable; redeliver later"}), 503
+        return 503, {"error": "The queue is unavailable; redeliver later"}
     if not accepted:
-        return jsonify({"status": "duplicate delivery ignored"}), 200
+        return 200, {"status": "duplicate delivery ignored"}
     if job is None:
-        return jsonify({"status": "acknowledged"}), 200
-    return jsonify({"status": "queued"}), 202
+        return 200, {"status": "acknowledged"}
+    return 202, {"status": "queued"}
+
+
+class BodyTooLarge(Exception):
+    """The body is over MAX_WEBHOOK_BYTES."""
+
+
+def read_body(environ: dict) -> bytes:
+    """The request body, at most MAX_WEBHOOK_BYTES; a chunked one too (gunicorn ends it)."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length:
+        size = int(length)
+        if size < 0:
+            raise ValueError(length)
+        if size > MAX_WEBHOOK_BYTES:
+            raise BodyTooLarge(size)
+        return stream.read(size)
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: nothing can be read safely
+    body = stream.read(MAX_WEBHOOK_BYTES + 1)
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise BodyTooLarge(len(body))
+    return body
 
 
 def memo_for(payload: dict) -> dict:
@@ -126,8 +182,8 @@ def parse_payload(body: bytes, content_type: str) -> dict:
     if _nesting(body) > MAX_JSON_DEPTH:
         raise InvalidPayload("JSON nested too deeply")
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
+        payload = orjson.loads(body)  # a third of the stdlib parser's time on GitHub's payloads
+    except orjson.JSONDecodeError:
         raise InvalidPayload("the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidPayload("the payload must be a JSON object")

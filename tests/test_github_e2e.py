@@ -264,6 +264,38 @@ def test_redelivered_webhook_is_acknowledged_and_ignored(start_bot, fake):
     assert bot.store.db.execute("SELECT id FROM webhook_deliveries").fetchall() == [("delivery-1",)]
 
 
+def test_the_webhook_endpoint_speaks_http_like_a_server(start_bot, fake, redis_conn):
+    """Through the real gunicorn: a chunked delivery is read to its end, other methods get 405
+    with Allow, an oversize body 413 before it is read; the received time is the acceptance's."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+
+    bot = start_bot()
+    url = f"{bot.url}/api/github/webhooks"
+    body = json.dumps(comment(fake)).encode()
+    headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "chunked-1",
+               "X-Hub-Signature-256": webhooks.sign(body, SECRET), "Content-Type": "application/json"}
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    chunked = httpx.post(url, content=iter([body[:100], body[100:]]), headers=headers)  # no Content-Length
+    assert chunked.status_code == 202 and chunked.json() == {"status": "queued"}
+    fake.wait_for(lambda: deployed_on_github(fake), message="the chunked command deployed")
+
+    for method in ("GET", "PUT", "DELETE"):
+        answer = httpx.request(method, url, headers=headers)
+        assert answer.status_code == 405 and answer.headers["Allow"] == "POST" and answer.json()["error"]
+    big = b"x" * (5 * 1024 * 1024 + 1)
+    oversize = httpx.post(url, content=big, headers={**headers, "X-Hub-Signature-256": webhooks.sign(big, SECRET), "X-GitHub-Delivery": "big"})
+    assert oversize.status_code == 413 and oversize.json() == {"error": "The request body is too large"}
+    assert not redis_conn.exists("previewbot:delivery:big")
+    assert httpx.get(f"{bot.url}/api/github/webhooks/", headers=headers).status_code == 404  # other paths go on to Flask
+
+    wait_for(lambda: bot.store.db["webhook_deliveries"].count == 1, message="the delivery recorded")
+    [(received_at,)] = bot.store.db.execute("SELECT received_at FROM webhook_deliveries").fetchall()
+    assert received_at.endswith("Z") and before <= datetime.fromisoformat(received_at.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
+
+
 def test_three_simultaneous_comments_deploy_once(start_bot, fake):
     bot = start_bot({"PREVIEW_SIMULATED_SECONDS": "1"}, workers=3)
     payloads = [comment(fake) for _ in range(3)]
@@ -369,7 +401,8 @@ def test_reconcile_destroys_the_preview_of_a_pull_request_closed_without_a_webho
     send(bot, "issue_comment", comment(fake))
     fake.wait_for(lambda: deployed_on_github(fake))
     fake.update_pull(REPO, 1, state="closed")  # the `closed` delivery never arrives
-    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", timeout=20, message="inactive")
+    # Looked at every ten periods (10 s here); it may have been looked at just before the close.
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", timeout=40, message="inactive")
     wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="destroyed")
     events = bot.store.deployment_events(bot.store.latest_deployment(REPO, 1)["id"])
     assert any("reconcile: pull request closed" in (e["message"] or "") for e in events)

@@ -515,3 +515,20 @@ def test_rendered_markdown_has_no_image_script_or_javascript_link(branch):
             assert "<img" not in rendered and "<script" not in rendered, rendered
             assert 'href="javascript:' not in rendered.lower(), rendered
             assert branch in html.unescape(re.sub(r"<[^>]+>", "", rendered))
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", " "])
+def test_a_malformed_content_length_is_400(client, untouched, length):
+    body = json.dumps(webhooks.issue_comment("octo/app", 1, body="/preview")).encode()
+    headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "d", "X-Hub-Signature-256": webhooks.sign(body, SECRET)}
+    response = client.post("/api/github/webhooks", data=body, headers=headers, content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": length})
+    assert refused(response, 400)["error"].startswith("Content-Length")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+def test_only_post_reaches_the_receiver(client, untouched, method):
+    response = client.open("/api/github/webhooks", method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    if method != "HEAD":
+        assert response.get_json()["error"]

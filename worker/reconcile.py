@@ -27,8 +27,9 @@ from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
 
-# How often a live preview's pull request is looked at on GitHub (keeps API use low).
-CLOSED_CHECK_SECONDS = 600
+# A live preview's pull request is looked at on GitHub every this many reconcile periods
+# (10 minutes by default), which keeps API use low.
+CLOSED_CHECK_PERIODS = 10
 # A deployment younger than this may be between its announcement and its enqueueing.
 GRACE_SECONDS = 10
 LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -61,7 +62,8 @@ def reconcile() -> list[dict]:
 
 async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
     """A preview whose pull request closed while its `closed` webhook was lost still costs
-    money: each live preview's pull request is looked at on GitHub every CLOSED_CHECK_SECONDS."""
+    money: each live preview's pull request is looked at on GitHub every CLOSED_CHECK_PERIODS
+    reconcile periods."""
     from . import previews
     from .github import github_session
     from .on_comment import fetch_pull
@@ -71,7 +73,7 @@ async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
         if not deployment.get("installationId"):
             continue
         checked = f"{state.PREFIX}:pr-checked:{deployment['repository']}#{deployment['prNumber']}"
-        if not ctx.redis.set(checked, "1", nx=True, ex=CLOSED_CHECK_SECONDS):
+        if not ctx.redis.set(checked, "1", nx=True, ex=max(1, int(CLOSED_CHECK_PERIODS * ctx.settings.reconcile_seconds))):
             continue
         try:
             async with github_session(ctx.settings, deployment["installationId"]) as session:
