@@ -71,7 +71,8 @@ class Checker:
         return False
 
     def drained(self) -> bool:
-        return self.conn.llen("rq:queue:previewbot") == 0 and not self.busy_workers() and self.recorder_caught_up()
+        queued = self.conn.llen("rq:queue:previewbot") + self.conn.llen("rq:queue:previewbot-github")
+        return queued == 0 and not self.busy_workers() and self.recorder_caught_up()
 
     def quiet(self) -> bool:
         deploying = self.bot.store.db.execute("SELECT count(*) FROM deployments WHERE status = 'deploying'").fetchone()[0]

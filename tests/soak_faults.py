@@ -195,7 +195,7 @@ class Faults:
         if not self.redis_up:
             return None
         try:
-            return int(self.conn.llen("rq:queue:previewbot"))
+            return int(self.conn.llen("rq:queue:previewbot") + self.conn.llen("rq:queue:previewbot-github"))
         except redis.RedisError:
             return None
 
