@@ -65,8 +65,6 @@ class WebhookReceiver:
             except Exception:
                 log.exception("webhook delivery failed")
                 status, answer = 500, {"error": "Internal error; GitHub may redeliver"}
-        if status == 413:
-            headers.append(("Connection", "close"))  # the unread body is not worth draining
         body = orjson.dumps(answer) + b"\n"
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
