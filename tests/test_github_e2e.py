@@ -315,6 +315,38 @@ def test_a_command_is_answered_while_every_deploy_worker_is_provisioning(make_bo
     assert bot.store.latest_deployment(REPO, 2)["status"] == "deploying"  # waiting for a deploy worker
 
 
+def test_a_command_whose_worker_dies_is_taken_up_by_another_within_seconds(make_bot, fake, private_key_pem):
+    """RQ would retry the job only once its execution times out (minutes); the reconciler
+    queues it again as soon as the dead worker's heartbeat key has expired."""
+    import re
+    import signal
+    import threading
+
+    asked, release = threading.Event(), threading.Event()
+    handle = fake._handle
+
+    def holding(request, raw_path):  # the first permission check hangs until the test says
+        if re.search(r"/collaborators/alice/permission$", raw_path) and not release.is_set():
+            asked.set()
+            release.wait(30)
+        return handle(request, raw_path)
+
+    fake._handle = holding
+    bot = make_bot({"APP_ID": str(APP_ID), "PRIVATE_KEY": private_key_pem, "WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake.url,
+                    "PREVIEW_LEASE_SECONDS": "2", "PREVIEW_RECONCILE_SECONDS": "1"})
+    bot.start_worker(queues="github").start_worker(queues="deploy").start_web()
+    victim = bot.workers[0]
+    send(bot, "issue_comment", comment(fake))
+    wait_for(asked.is_set, message="the command's job asking GitHub for the permission")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    release.set()
+    bot.start_worker(queues="github")
+    fake.wait_for(lambda: deployed_on_github(fake), timeout=30, message="deployed after the new worker took the command")
+    assert len(deployments(fake)) == 1
+    assert "webhook" in bot.log_text() and "which died; queued it again" in bot.log_text()
+
+
 def test_three_simultaneous_comments_deploy_once(start_bot, fake):
     bot = start_bot({"PREVIEW_SIMULATED_SECONDS": "1"}, workers=3)
     payloads = [comment(fake) for _ in range(3)]

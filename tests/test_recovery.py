@@ -215,3 +215,41 @@ def test_workers_outlive_a_redis_restart(make_bot, tmp_path):
     finally:
         bot.stop()
         server.stop()
+
+
+def _take_job(conn, queue, worker_name: str) -> Job:
+    """What an RQ worker records when it starts a job, done by a worker that then vanishes."""
+    from rq import SimpleWorker
+
+    worker = SimpleWorker([queue], connection=conn, serializer=JSONSerializer, name=worker_name)
+    job, _queue = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    return job
+
+
+def test_github_jobs_of_dead_workers_are_queued_again_twice_at_most(redis_conn):
+    from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
+
+    from worker.queue import get_github_queue
+    from worker.reconcile import alive_key, requeue_github_jobs_of_dead_workers
+
+    queue = get_github_queue(redis_conn)
+    queue.enqueue("worker.jobs.report_deployment", deployment={"id": "d1"}, job_id="report-d1")
+
+    redis_conn.set(alive_key("previewbot-alive-1"), "1")
+    _take_job(redis_conn, queue, "previewbot-alive-1")
+    assert requeue_github_jobs_of_dead_workers(redis_conn) == []  # its worker still beats
+
+    redis_conn.delete(alive_key("previewbot-alive-1"))  # ... and now it died
+    assert requeue_github_jobs_of_dead_workers(redis_conn) == ["report-d1"]
+    assert queue.job_ids == ["report-d1"]
+    # The dead execution is gone, so RQ's clean-up will not fail the job's next run.
+    assert StartedJobRegistry(queue.name, connection=redis_conn, serializer=JSONSerializer).get_job_ids(cleanup=False) == []
+    _take_job(redis_conn, queue, "previewbot-gone-2")
+    assert requeue_github_jobs_of_dead_workers(redis_conn) == ["report-d1"]
+    # A job whose workers keep dying is left to RQ's own abandoned-job handling.
+    job = _take_job(redis_conn, queue, "previewbot-gone-3")
+    assert requeue_github_jobs_of_dead_workers(redis_conn) == []
+    assert job.get_status() == JobStatus.STARTED and queue.job_ids == []

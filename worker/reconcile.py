@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from . import state
-from .queue import job_id_for_lock
+from .queue import GITHUB_QUEUE_NAME, get_github_queue, job_id_for_lock
 from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
@@ -56,8 +57,41 @@ def reconcile() -> list[dict]:
         if handed:
             start_follow_up(ctx, lock, *handed)
     if ctx.settings.github_enabled:
+        requeue_github_jobs_of_dead_workers(ctx.redis)
         repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
     return repaired
+
+
+# A job whose workers keep dying is left to RQ's own abandoned-job handling after this many.
+MAX_REQUEUES_AFTER_DEATH = 2
+
+
+def requeue_github_jobs_of_dead_workers(conn: redis.Redis) -> list[str]:
+    """Queue again, at the front, the webhook and report jobs whose worker died under them.
+
+    Their steps are safe to repeat (reactions, the one comment, check runs and deployments are
+    found again; a deploy takes the branch lock). RQ would retry them too, but only once their
+    execution times out (minutes); a dead worker's heartbeat key is gone within a lease."""
+    registry = StartedJobRegistry(GITHUB_QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+    requeued = []
+    for job_id in registry.get_job_ids(cleanup=False):
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status() != JobStatus.STARTED or not job.worker_name or conn.exists(alive_key(job.worker_name)):
+            continue
+        deaths = int(job.meta.get("workerDeaths", 0)) + 1
+        if deaths > MAX_REQUEUES_AFTER_DEATH:
+            continue
+        job.meta["workerDeaths"] = deaths
+        job.save_meta()
+        # The dead execution goes first: RQ's clean-up would otherwise fail the job again later.
+        registry.remove_executions(job)
+        get_github_queue(conn).enqueue_job(job, at_front=True)
+        log.warning("reconcile: %s was running on %s, which died; queued it again", job_id, job.worker_name)
+        requeued.append(job_id)
+    return requeued
 
 
 async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
