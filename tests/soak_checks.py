@@ -57,9 +57,18 @@ class Checker:
                 pid = int(worker.name.rsplit("-", 1)[1])
             except ValueError:
                 continue
-            if pid in live and worker.get_current_job_id():
-                busy.append(worker.get_current_job_id())
+            job_id = worker.get_current_job_id() if pid in live else None
+            # A worker's record can name a job that finished while Redis was away (RQ could not
+            # clear the field then): only a job still started keeps its worker busy.
+            if job_id and self._started(job_id):
+                busy.append(job_id)
         return busy
+
+    def _started(self, job_id: str) -> bool:
+        try:
+            return Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer).get_status() == JobStatus.STARTED
+        except NoSuchJobError:
+            return False
 
     def recorder_caught_up(self) -> bool:
         if not self.conn.exists(state.EVENTS_STREAM):
@@ -93,6 +102,7 @@ class Checker:
         except AssertionError:
             drained = False
         drain_seconds = time.monotonic() - started
+        undrained = None if drained else self.what_is_not_drained()
         window = 2 * self.lease + self.reconcile + GRACE_SECONDS + 2
         started = time.monotonic()
         try:
@@ -104,7 +114,23 @@ class Checker:
         time.sleep(self.reconcile + 0.5)
         wait_for(self.recorder_caught_up, timeout=10, interval=0.1, message="the recorder")
         return {"drained": drained, "drainSeconds": round(drain_seconds, 1), "quiet": quiet,
-                "settleSeconds": round(time.monotonic() - started, 1), "settleWindow": window}
+                "settleSeconds": round(time.monotonic() - started, 1), "settleWindow": window,
+                **({"notDrained": undrained} if undrained else {})}
+
+    def what_is_not_drained(self) -> dict:
+        """The evidence when the drain timed out: queued and running jobs, and the recorder."""
+        def describe(job_id: str) -> dict:
+            try:
+                job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
+            except NoSuchJobError:
+                return {"id": job_id, "gone": True}
+            return {"id": job_id, "func": job.func_name, "status": str(job.get_status()), "worker": job.worker_name,
+                    "enqueuedAt": str(job.enqueued_at), "startedAt": str(job.started_at), "meta": job.meta}
+
+        queued = {name: [describe(_text(j)) for j in self.conn.lrange(f"rq:queue:{name}", 0, 20)]
+                  for name in ("previewbot", "previewbot-github")}
+        return {"queued": queued, "running": [describe(j) for j in self.busy_workers()],
+                "recorderCaughtUp": self.recorder_caught_up()}
 
     # -- reading -----------------------------------------------------------------------------
 
