@@ -78,8 +78,10 @@ def test_run_starts_embedded_redis_web_and_worker_and_ctrl_c_stops_all(tmp_path)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(timeout=30)
     wait_for(lambda: not any(process_alive(pid) for pid in children), message="every started process to stop")
-    # Redis is stopped last, so no worker lost it while shutting down.
+    # Redis is stopped last, so no worker lost it while shutting down, and every worker took
+    # the Ctrl-C as a request to stop (not as a lost Redis to wait for).
     assert "could not connect to Redis" not in output() and "dispatcher paused" not in output()
+    assert "the worker loop stopped" not in output()
     assert not (tmp_path / ".previewbot" / "redis.sock").exists()
     # A second start keeps the data and creates no new token.
     second = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -44,7 +44,7 @@ def run_worker_process(settings, *, burst: bool = False, lanes: list[str] | None
             # Jobs run in this process (no fork per job): installation tokens stay cached
             # between jobs and a job starts in well under a millisecond. A job that dies takes
             # the process with it; the branch lease and the reconciler recover its deployment.
-            worker = SimpleWorker(
+            worker = PreviewWorker(
                 lane_queues(conn, lanes or list(LANES)),
                 connection=conn,
                 serializer=JSONSerializer,
@@ -58,7 +58,7 @@ def run_worker_process(settings, *, burst: bool = False, lanes: list[str] | None
                 worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("lost Redis while starting the worker loop: %s", exc)
-            if burst or worker._stop_requested:
+            if burst or worker.asked_to_stop:
                 return 0
             interrupted = _current_job_id(worker)
             log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
@@ -68,6 +68,17 @@ def run_worker_process(settings, *, burst: bool = False, lanes: list[str] | None
         dispatcher.stop()
         scheduler.stop()
         heartbeat.stop()
+
+
+class PreviewWorker(SimpleWorker):
+    """RQ's in-process worker, remembering a stop request: RQ records one only when it comes
+    during a job, and a loop that ended without it is restarted (it lost Redis)."""
+
+    asked_to_stop = False
+
+    def request_stop(self, signum, frame):
+        self.asked_to_stop = True
+        super().request_stop(signum, frame)
 
 
 def _forget_stale_registration(conn: redis.Redis, worker: SimpleWorker) -> None:
