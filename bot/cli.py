@@ -26,12 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="run deploy jobs from the queue")
     worker.add_argument("--processes", type=int, default=1, help="how many worker processes to run")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.add_argument(
-        "--queues", type=_lanes, default="github,deploy", metavar="LANES",
-        help="which jobs to take: github (webhooks, reports), deploy (provisioning) or both (default: github,deploy)",
-    )
     run = commands.add_parser("run", help="web, worker and (when REDIS_URL is unset) an embedded Redis")
-    run.add_argument("--workers", type=int, default=2, help="how many worker processes to run for deploys (one more answers GitHub)")
+    run.add_argument("--workers", type=int, default=2, help="how many worker processes to run")
 
     token = commands.add_parser("token", help="manage API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -48,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "web":
             return run_web(settings, workers=args.workers, threads=args.threads)
         if args.command == "worker":
-            return run_worker(settings, processes=args.processes, burst=args.burst, lanes=args.queues)
+            return run_worker(settings, processes=args.processes, burst=args.burst)
         if args.command == "run":
             return run_all(settings, workers=args.workers)
         return run_token_command(settings, args)
@@ -100,34 +96,17 @@ def run_web(settings: Settings, *, workers: int, threads: int) -> int:
     return 0
 
 
-def _lanes(text: str) -> list[str]:
-    from worker.queue import LANES
-
-    lanes = [lane.strip() for lane in text.split(",") if lane.strip()]
-    unknown = [lane for lane in lanes if lane not in LANES]
-    if unknown or not lanes:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(LANES)}; got {text!r}")
-    return lanes
-
-
-def _worker_command(lanes: list[str], *, burst: bool = False) -> list[str]:
-    return [sys.executable, "-m", "bot.cli", "worker", "--queues", ",".join(lanes)] + (["--burst"] if burst else [])
-
-
-def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False, lanes: list[str] | None = None) -> int:
-    from worker.queue import LANES
-
+def run_worker(settings: Settings, *, processes: int = 1, burst: bool = False) -> int:
     _require_redis(settings)
-    lanes = lanes or list(LANES)
     if processes > 1:
-        return _supervise([_worker_command(lanes, burst=burst)] * processes, os.environ.copy())
+        return _supervise([[sys.executable, "-m", "bot.cli", "worker"] + (["--burst"] if burst else [])] * processes, os.environ.copy())
 
     from worker.runner import run_worker_process
 
     from .logs import configure_logging
 
     configure_logging(settings)
-    return run_worker_process(settings, burst=burst, lanes=lanes)
+    return run_worker_process(settings, burst=burst)
 
 
 def run_all(settings: Settings, *, workers: int) -> int:
@@ -150,9 +129,7 @@ def run_all(settings: Settings, *, workers: int) -> int:
         print(f"previewbot: created API token 'dashboard'. Open the dashboard: {base}/?token={token}", flush=True)
     else:
         print(f"previewbot: dashboard at {base}/ (create a token with 'previewbot token create --name NAME')", flush=True)
-    # One worker answers GitHub only, so commands never wait behind provisioning.
-    commands = [[sys.executable, "-m", "bot.cli", "web"], _worker_command(["github"])]
-    commands += [_worker_command(["github", "deploy"])] * max(1, workers)
+    commands = [[sys.executable, "-m", "bot.cli", "web"]] + [[sys.executable, "-m", "bot.cli", "worker"]] * max(1, workers)
     try:
         return _supervise(commands, env)
     finally:
@@ -191,10 +168,10 @@ def _supervise(commands: list[list[str]], env: dict) -> int:
                 now = time.monotonic()
                 restarts[index] = [t for t in restarts[index] if now - t < 60] + [now]
                 if len(restarts[index]) > RESTARTS_PER_MINUTE:
-                    print(f"previewbot: {' '.join(commands[index][3:])} keeps exiting; stopping", file=sys.stderr, flush=True)
+                    print(f"previewbot: {' '.join(commands[index][-1:])} keeps exiting; stopping", file=sys.stderr, flush=True)
                     failed = True
                     break
-                print(f"previewbot: {' '.join(commands[index][3:])} exited with {child.returncode}; restarting it", file=sys.stderr, flush=True)
+                print(f"previewbot: {' '.join(commands[index][-1:])} exited with {child.returncode}; restarting it", file=sys.stderr, flush=True)
                 children[index] = spawn(commands[index])
     finally:
         for child in children:

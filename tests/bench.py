@@ -427,7 +427,7 @@ def bench_webhooks(ctx: Context) -> dict:
         answered = [s for s in sent if s.status in (200, 202)]
         expected_codes = {"comment": 200, "/preview": 202, "synchronize": 202}
         conn = redis.Redis.from_url(ctx.redis_url)
-        queued = conn.llen("rq:queue:previewbot-github")
+        queued = conn.llen("rq:queue:previewbot")
         conn.close()
         with fake.lock:
             github_calls = len(fake.calls)

@@ -86,9 +86,9 @@ class Bot:
         wait_for(lambda: httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200, message="web health")
         return self
 
-    def start_worker(self, count: int = 1, *, queues: str | None = None) -> "Bot":
+    def start_worker(self, count: int = 1) -> "Bot":
         for _ in range(count):
-            self.workers.append(self._spawn("worker", "worker", *(["--queues", queues] if queues else [])))
+            self.workers.append(self._spawn("worker", "worker"))
         return self
 
     def start(self, workers: int = 1) -> "Bot":

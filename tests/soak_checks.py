@@ -80,8 +80,7 @@ class Checker:
         return False
 
     def drained(self) -> bool:
-        queued = self.conn.llen("rq:queue:previewbot") + self.conn.llen("rq:queue:previewbot-github")
-        return queued == 0 and not self.busy_workers() and self.recorder_caught_up()
+        return self.conn.llen("rq:queue:previewbot") == 0 and not self.busy_workers() and self.recorder_caught_up()
 
     def quiet(self) -> bool:
         deploying = self.bot.store.db.execute("SELECT count(*) FROM deployments WHERE status = 'deploying'").fetchone()[0]
@@ -128,7 +127,7 @@ class Checker:
                     "enqueuedAt": str(job.enqueued_at), "startedAt": str(job.started_at), "meta": job.meta}
 
         queued = {name: [describe(_text(j)) for j in self.conn.lrange(f"rq:queue:{name}", 0, 20)]
-                  for name in ("previewbot", "previewbot-github")}
+                  for name in ("previewbot",)}
         return {"queued": queued, "running": [describe(j) for j in self.busy_workers()],
                 "recorderCaughtUp": self.recorder_caught_up()}
 

@@ -195,7 +195,7 @@ class Faults:
         if not self.redis_up:
             return None
         try:
-            return int(self.conn.llen("rq:queue:previewbot") + self.conn.llen("rq:queue:previewbot-github"))
+            return int(self.conn.llen("rq:queue:previewbot"))
         except redis.RedisError:
             return None
 

@@ -145,7 +145,7 @@ def test_bot_and_edited_comments_and_plain_chatter_queue_nothing(start_bot, fake
     for payload in (bot_comment, edited, chatter):
         response = send(bot, "issue_comment", payload)
         assert response.status_code == 200 and response.json()["status"] == "acknowledged"
-    assert redis_conn.llen("rq:queue:previewbot-github") == 0 and redis_conn.xlen("previewbot:inbox") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
     assert not fake.calls_to("*", r".*")
 
 
@@ -296,25 +296,6 @@ def test_the_webhook_endpoint_speaks_http_like_a_server(start_bot, fake, redis_c
     assert received_at.endswith("Z") and before <= datetime.fromisoformat(received_at.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
 
 
-def test_a_command_is_answered_while_every_deploy_worker_is_provisioning(make_bot, fake, private_key_pem):
-    """GitHub's jobs have their own queue: a worker taking only those answers a command at once
-    although the only deploy worker is busy with a long deploy."""
-    fake.add_pull(REPO, 2, "feat/two", SHA2)
-    bot = make_bot({"APP_ID": str(APP_ID), "PRIVATE_KEY": private_key_pem, "WEBHOOK_SECRET": SECRET,
-                    "GITHUB_API_URL": fake.url, "PREVIEW_SIMULATED_SECONDS": "60"})
-    bot.start_worker(queues="deploy").start_worker(queues="github").start_web()
-    send(bot, "issue_comment", comment(fake, pr=1))
-    wait_for(lambda: bot.store.latest_deployment(REPO, 1) is not None and bot.store.latest_deployment(REPO, 1)["status"] == "deploying",
-             message="the first deploy provisioning")
-    second = comment(fake, pr=2)
-    send(bot, "issue_comment", second)
-    # Answered by the GitHub lane while the deploy worker is still busy with #1 (60 s).
-    fake.wait_for(lambda: "eyes" in fake.reactions.get(second["comment"]["id"], []), timeout=20, message="eyes on #2")
-    assert bot.store.latest_deployment(REPO, 1)["status"] == "deploying"
-    wait_for(lambda: bot.store.latest_deployment(REPO, 2) is not None, message="#2 queued for the deploy lane")
-    assert bot.store.latest_deployment(REPO, 2)["status"] == "deploying"  # waiting for a deploy worker
-
-
 def test_a_command_whose_worker_dies_is_taken_up_by_another_within_seconds(make_bot, fake, private_key_pem):
     """RQ would retry the job only once its execution times out (minutes); the reconciler
     queues it again as soon as the dead worker's heartbeat key has expired."""
@@ -334,14 +315,14 @@ def test_a_command_whose_worker_dies_is_taken_up_by_another_within_seconds(make_
     fake._handle = holding
     bot = make_bot({"APP_ID": str(APP_ID), "PRIVATE_KEY": private_key_pem, "WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake.url,
                     "PREVIEW_LEASE_SECONDS": "2", "PREVIEW_RECONCILE_SECONDS": "1"})
-    bot.start_worker(queues="github").start_worker(queues="deploy").start_web()
+    bot.start_worker().start_web()
     victim = bot.workers[0]
     send(bot, "issue_comment", comment(fake))
     wait_for(asked.is_set, message="the command's job asking GitHub for the permission")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     release.set()
-    bot.start_worker(queues="github")
+    bot.start_worker()
     fake.wait_for(lambda: deployed_on_github(fake), timeout=30, message="deployed after the new worker took the command")
     assert len(deployments(fake)) == 1
     assert "webhook" in bot.log_text() and "which died; queued it again" in bot.log_text()
@@ -377,7 +358,7 @@ def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_co
     headers.update({"X-Hub-Signature-256": webhooks.sign(empty, SECRET), "X-GitHub-Delivery": "empty"})
     assert httpx.post(f"{bot.url}/api/github/webhooks", content=empty, headers=headers).status_code == 400
     assert send(bot, "star", {"action": "created", "repository": {"full_name": REPO}}).status_code == 200
-    assert redis_conn.llen("rq:queue:previewbot-github") == 0 and redis_conn.xlen("previewbot:inbox") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
     assert not fake.calls_to("*", r".*")
 
 

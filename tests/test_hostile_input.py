@@ -20,7 +20,7 @@ from bot.app import create_app
 from bot.config import load_settings
 from bot.webhooks import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES
 from worker.inbox import INBOX_STREAM, dispatch
-from worker.queue import GITHUB_QUEUE_NAME, QUEUE_NAME
+from worker.queue import QUEUE_NAME
 from worker.render import check_run_fields, render_status_comment
 
 from . import webhooks
@@ -28,7 +28,7 @@ from .fakegithub import FakeGitHub
 
 SECRET = "s"
 APP_ID = 4242
-QUEUES = (f"rq:queue:{QUEUE_NAME}", f"rq:queue:{GITHUB_QUEUE_NAME}")
+QUEUE = f"rq:queue:{QUEUE_NAME}"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def dispatched_job(conn, delivery_id: str) -> Job:
 
 def queued(conn) -> int:
     """Work waiting: RQ jobs plus webhook deliveries in the inbox that workers turn into jobs."""
-    return sum(conn.llen(q) for q in QUEUES) + conn.xlen(INBOX_STREAM)
+    return conn.llen(QUEUE) + conn.xlen(INBOX_STREAM)
 
 
 @pytest.fixture

@@ -234,10 +234,10 @@ def test_github_jobs_of_dead_workers_are_queued_again_twice_at_most(redis_conn):
     from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
 
-    from worker.queue import get_github_queue
+    from worker.queue import get_queue
     from worker.reconcile import alive_key, requeue_github_jobs_of_dead_workers
 
-    queue = get_github_queue(redis_conn)
+    queue = get_queue(redis_conn)
     queue.enqueue("worker.jobs.report_deployment", deployment={"id": "d1"}, job_id="report-d1")
 
     redis_conn.set(alive_key("previewbot-alive-1"), "1")

@@ -30,7 +30,7 @@ def test_a_deploying_row_redis_forgot_is_failed_without_touching_the_newer_curre
     record(store, entries[-1][0].decode(), {k.decode(): v.decode() for k, v in entries[-1][1].items()})
     assert store.get_deployment("old")["status"] == "failed"
     assert store.get_deployment("old")["error_message"] == LOST_IN_REDIS
-    assert redis_conn.llen("rq:queue:previewbot-github") == 1  # a report job, for GitHub
+    assert redis_conn.llen("rq:queue:previewbot") == 1  # a report job, for GitHub
 
 
 def test_nothing_is_repaired_while_the_recorder_has_a_backlog(tmp_path, redis_conn):

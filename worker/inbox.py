@@ -22,7 +22,7 @@ from rq import Retry
 from rq.exceptions import DuplicateJobError
 
 from . import state
-from .queue import GITHUB_JOB_TIMEOUT, get_github_queue
+from .queue import GITHUB_JOB_TIMEOUT, get_queue
 
 log = logging.getLogger("previewbot.inbox")
 
@@ -74,7 +74,7 @@ def _accept_script(conn: redis.Redis):
 
 def dispatch(conn: redis.Redis, entries) -> list[str]:
     """Queue an RQ job per inbox entry; returns the entry ids to acknowledge."""
-    queue = get_github_queue(conn)
+    queue = get_queue(conn)
     done = []
     for entry_id, fields in entries:
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -1,10 +1,5 @@
-"""The RQ queues and how jobs are put on them: job ids derived from what they act on, JSON
-arguments, and a failure callback so a crashing job still reports its deployment.
-
-Two queues, so a command is never stuck behind provisioning: `github` holds webhook handling
-and reports to GitHub (seconds each), `deploy` holds deploys and teardowns (minutes). Every
-worker takes `github` jobs first; a worker started with `--queues github` takes nothing else,
-so commands are answered even while every other worker is provisioning."""
+"""The RQ queue and how jobs are put on it: job ids derived from what they act on, JSON
+arguments, and a failure callback so a crashing job still reports its deployment."""
 
 from __future__ import annotations
 
@@ -14,24 +9,12 @@ from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
 QUEUE_NAME = "previewbot"
-GITHUB_QUEUE_NAME = "previewbot-github"
-# What `previewbot worker --queues` accepts, in the order a worker takes them.
-LANES = {"github": GITHUB_QUEUE_NAME, "deploy": QUEUE_NAME}
 # Jobs that handle webhooks or report to GitHub stay short; provisioning may take long.
 GITHUB_JOB_TIMEOUT = 120
 
 
-def get_queue(conn: redis.Redis, name: str = QUEUE_NAME) -> Queue:
-    return Queue(name, connection=conn, serializer=JSONSerializer)
-
-
-def get_github_queue(conn: redis.Redis) -> Queue:
-    return get_queue(conn, GITHUB_QUEUE_NAME)
-
-
-def lane_queues(conn: redis.Redis, lanes: list[str]) -> list[Queue]:
-    """The queues of `lanes`, GitHub's first whatever order they were named in."""
-    return [get_queue(conn, name) for lane, name in LANES.items() if lane in lanes]
+def get_queue(conn: redis.Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
 
 
 def enqueue_deploy(conn: redis.Redis, settings, *, deployment: dict, lock_id: str) -> None:
@@ -65,7 +48,7 @@ def job_id_for_lock(lock_id: str) -> list[str]:
 
 def enqueue_report(conn: redis.Redis, *, deployment: dict) -> None:
     """Queue a report of `deployment`'s state to GitHub (for changes made outside a job)."""
-    get_github_queue(conn).enqueue(
+    get_queue(conn).enqueue(
         "worker.jobs.report_deployment",
         deployment=deployment,
         job_id=f"report-{deployment['id']}-{deployment['status']}",

@@ -23,7 +23,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from . import state
-from .queue import GITHUB_QUEUE_NAME, get_github_queue, job_id_for_lock
+from .queue import QUEUE_NAME, get_queue, job_id_for_lock
 from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
@@ -62,6 +62,8 @@ def reconcile() -> list[dict]:
     return repaired
 
 
+# The jobs that talk to GitHub only (webhook handling, reports), safe to run again.
+GITHUB_JOB_PREFIXES = ("webhook-", "report-")
 # A job whose workers keep dying is left to RQ's own abandoned-job handling after this many.
 MAX_REQUEUES_AFTER_DEATH = 2
 
@@ -72,9 +74,11 @@ def requeue_github_jobs_of_dead_workers(conn: redis.Redis) -> list[str]:
     Their steps are safe to repeat (reactions, the one comment, check runs and deployments are
     found again; a deploy takes the branch lock). RQ would retry them too, but only once their
     execution times out (minutes); a dead worker's heartbeat key is gone within a lease."""
-    registry = StartedJobRegistry(GITHUB_QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+    registry = StartedJobRegistry(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
     requeued = []
     for job_id in registry.get_job_ids(cleanup=False):
+        if not job_id.startswith(GITHUB_JOB_PREFIXES):
+            continue  # deploys are never run twice behind people's backs: they are failed
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         except NoSuchJobError:
@@ -88,7 +92,7 @@ def requeue_github_jobs_of_dead_workers(conn: redis.Redis) -> list[str]:
         job.save_meta()
         # The dead execution goes first: RQ's clean-up would otherwise fail the job again later.
         registry.remove_executions(job)
-        get_github_queue(conn).enqueue_job(job, at_front=True)
+        get_queue(conn).enqueue_job(job, at_front=True)
         log.warning("reconcile: %s was running on %s, which died; queued it again", job_id, job.worker_name)
         requeued.append(job_id)
     return requeued

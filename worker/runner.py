@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 
 from . import context
 from .inbox import Dispatcher
-from .queue import LANES, get_queue, lane_queues
+from .queue import get_queue
 from .reconcile import Heartbeat, ReconcileScheduler
 
 log = logging.getLogger("previewbot.worker")
@@ -28,7 +28,7 @@ log = logging.getLogger("previewbot.worker")
 MAINTENANCE_SECONDS = 60
 
 
-def run_worker_process(settings, *, burst: bool = False, lanes: list[str] | None = None) -> int:
+def run_worker_process(settings, *, burst: bool = False) -> int:
     ctx = context.build_context(settings)
     context.set_context(ctx)
     conn = redis.Redis.from_url(settings.redis_url)
@@ -45,7 +45,7 @@ def run_worker_process(settings, *, burst: bool = False, lanes: list[str] | None
             # between jobs and a job starts in well under a millisecond. A job that dies takes
             # the process with it; the branch lease and the reconciler recover its deployment.
             worker = PreviewWorker(
-                lane_queues(conn, lanes or list(LANES)),
+                [get_queue(conn)],
                 connection=conn,
                 serializer=JSONSerializer,
                 name=name,
@@ -104,7 +104,7 @@ def _run_again(conn: redis.Redis, job_id: str | None) -> None:
     try:
         job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         if job.get_status() == JobStatus.STARTED:
-            get_queue(conn, job.origin).enqueue_job(job, at_front=True)
+            get_queue(conn).enqueue_job(job, at_front=True)
             log.warning("queued %s again after the outage", job_id)
     except (NoSuchJobError, redis.RedisError) as exc:
         log.warning("could not queue %s again: %s", job_id, exc)
