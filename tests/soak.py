@@ -136,7 +136,7 @@ def run_phase(name: str, *, persist: bool, seconds: float, rate: float, seed: in
                 faults.watch_processes()
                 time.sleep(0.5)
 
-            checker = Checker(world, server.url, lease_seconds=LEASE_SECONDS, reconcile_seconds=RECONCILE_SECONDS)
+            checker = Checker(world, server.url, lease_seconds=LEASE_SECONDS, reconcile_seconds=RECONCILE_SECONDS, redis_persists=persist)
             settle = checker.settle(drain_timeout=drain_timeout)
             faults.watch_processes()
             say(f"[{name}] settled: {settle}")
@@ -229,6 +229,7 @@ def summarize(name, persist, seconds, traffic_seconds, world: World, bot, faults
         "settle": settle,
         "stuck": checks["stuck"],
         "lost": checks["lost"],
+        "lostWithRedisMemory": checks["lostWithRedisMemory"],
         "locksLeft": checks["locksLeft"],
         "locksWithoutJob": checks["locksWithoutJob"],
         "checkRuns": check_runs,
@@ -294,6 +295,7 @@ def table(results: dict) -> str:
         row("STUCK (API deploying)", lambda r: len(r["stuck"])),
         row("LOST (accepted, no outcome)", lambda r: len(r["lost"])),
         row("  lost by kind", lambda r: fmt(Counter(x["what"].split(":")[0] for x in r["lost"]))),
+        row("accepted just before a restart without persistence (expected loss)", lambda r: len(r["lostWithRedisMemory"])),
         row("branch locks left / without job", lambda r: f"{len(r['locksLeft'])} / {len(r['locksWithoutJob'])}"),
         row("PR state = last check run", lambda r: f"{r['checkRuns']['agree']}/{r['checkRuns']['agree'] + len(r['checkRuns']['disagreeWithLastCheckRun'])}"),
         row("PR state != own commit's check run", lambda r: len(r["checkRuns"]["disagreeWithOwnCheckRun"])),

@@ -37,8 +37,9 @@ def _text(value):
 
 
 class Checker:
-    def __init__(self, world: World, redis_url: str, *, lease_seconds: float, reconcile_seconds: float):
+    def __init__(self, world: World, redis_url: str, *, lease_seconds: float, reconcile_seconds: float, redis_persists: bool = True):
         self.world = world
+        self.redis_persists = redis_persists
         self.bot = world.bot
         self.conn = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.lease = lease_seconds
@@ -249,8 +250,9 @@ class Checker:
                               "diagnosis": self.diagnose_stuck(detail, evidence), "evidence": evidence})
         result["stuck"] = stuck
 
-        # Lost: accepted requests with no outcome.
-        lost = []
+        # Lost: accepted requests with no outcome. Without persistence, a delivery Redis accepted
+        # in the moment before it restarted is gone with its memory: that is expected, and counted apart.
+        lost, lost_with_memory = [], []
         ok_in_logs = self.jobs_ok_in_logs()
         for delivery in world.deliveries.values():
             if delivery.accepted is None:
@@ -260,6 +262,11 @@ class Checker:
                 job = self.job(f"webhook-{delivery.id}")
                 status = job.get_status() if job else None
                 if status == JobStatus.FINISHED or f"webhook-{delivery.id}" in ok_in_logs:
+                    continue
+                accepted_at = next((t for t, code, _answer in delivery.attempts if code == 202), None)
+                if job is None and not self.redis_persists and accepted_at is not None and any(
+                        start - 1.0 <= accepted_at <= (end if end is not None else accepted_at) + 1.0 for start, end in world.outages):
+                    lost_with_memory.append({"delivery": delivery.id, "kind": delivery.kind, "acceptedAt": accepted_at})
                     continue
                 why = "its job vanished from Redis" if job is None else f"its job is {status}"
                 entry = {"what": f"accepted webhook delivery not handled: {why}", "delivery": delivery.id, "kind": delivery.kind,
@@ -304,6 +311,7 @@ class Checker:
                              "apiStatus": current[pull.key].get("status"), "deployment": current[pull.key].get("id"),
                              "evidence": self.evidence(deployment_id=current[pull.key].get("id"), pull_key=pull.key)})
         result["lost"] = lost
+        result["lostWithRedisMemory"] = lost_with_memory
 
         # Branch locks left behind, and whether a job still runs for them.
         locks = []
