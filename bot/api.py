@@ -1,27 +1,46 @@
 """The REST API under /api: JSON in and out, camelCase fields, bearer tokens.
 
+spectree validates each request against the pydantic models of `bot.api_models` and generates
+the OpenAPI document (GET /api/openapi.json) from those same models and the routes, so the
+document cannot drift from what the API checks and answers.
+
 Every error is JSON with an `error` field. Bad input is refused before anything is queued
 or written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
 
 import gidgethub
 import httpx
+import pydantic
 import redis
-from flask import Blueprint, Flask, g, jsonify, request
+from flask import Blueprint, Flask, abort, g, jsonify, request
+from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from werkzeug.exceptions import HTTPException
 
-from worker import previews, state
-
-from . import validation
+from . import previews, state, validation
+from .api_models import (
+    Conflict,
+    DeployRequest,
+    DeploymentDetail,
+    DeploymentPage,
+    DeploymentRecord,
+    DeploymentState,
+    DestroyAccepted,
+    ErrorBody,
+    Health,
+    HistoryQuery,
+    NotFound,
+    OpenApiDocument,
+    PullRequestList,
+    PullRequestQuery,
+)
+from .model import Deployment, PreviewKey
 from .services import services
-from .store import deployment_json
 
 log = logging.getLogger("previewbot.api")
 
@@ -29,6 +48,76 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_ENDPOINTS = {"api.health", "api.openapi"}
+
+
+def _refuse_invalid(req, resp, error: pydantic.ValidationError | None, instance, model_adapter) -> None:
+    """spectree's hook after validating a request: a refusal is our 400 `{"error": ...}` naming
+    the field and why, not spectree's 422 list of pydantic errors."""
+    if error is None:
+        return
+    first = error.errors(include_url=False)[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, validation.InvalidInput):
+        raise cause  # bot.validation's message already names the field
+    field = ".".join(str(part) for part in first["loc"])
+    raise validation.InvalidInput(f"{field}: {first['msg']}")
+
+
+spec = SpecTree(
+    "flask",
+    title="previewbot API",
+    version="1",
+    description="Preview environments for pull requests. Every route but `/api/health` and "
+    "`/api/openapi.json` needs an API token (`previewbot token create NAME`) as `Authorization: Bearer "
+    "<token>`. Every error is a JSON object with an `error` field, including 404 for unknown paths and "
+    "405 for methods a path does not have. Every route answers CORS preflights (OPTIONS) without a "
+    "token, and every answer allows any origin.",
+    mode="strict",  # only the routes decorated here: not the dashboard, not the WebSocket
+    # Components are named after the models; they are all this package's, so names cannot clash.
+    naming_strategy=lambda model: model.__name__,
+    nested_naming_strategy=lambda _parent, child: child,
+    validation_error_status=400,
+    validation_error_model=ErrorBody,
+    before=_refuse_invalid,
+    security_schemes=[
+        SecurityScheme(
+            name="bearerAuth",
+            data=SecuritySchemeData(
+                type="http", scheme="bearer", description="An API token; tokens may be limited to repositories."
+            ),
+        )
+    ],
+    security={"bearerAuth": []},
+)
+PUBLIC: dict = {}  # as a route's `security`: no token needed
+
+PULL_REQUEST_PATH = {
+    "owner": f"The GitHub user or organization owning the repository (`{validation.OWNER.pattern}`).",
+    "repo": f"The repository's name (`{validation.REPO.pattern}`, not `.` or `..`).",
+    "prNumber": f"The pull request's number, 1 to {validation.MAX_PR_NUMBER}.",
+}
+# Answers any route that needs a token may give before reaching its own logic.
+TOKEN_ERRORS = {
+    "HTTP_401": (ErrorBody, "No bearer token, or an unknown or revoked one."),
+    "HTTP_503": (ErrorBody, "Redis or SQLite is unavailable; try again shortly."),
+}
+# Answers every .../pull-requests/{prNumber}/... route gives for its path.
+PULL_REQUEST_ERRORS = {
+    **TOKEN_ERRORS,
+    "HTTP_400": (ErrorBody, "A malformed path parameter, query parameter or body; nothing was queued or written."),
+    "HTTP_403": (ErrorBody, "The token is limited to other repositories."),
+    "HTTP_404": (ErrorBody, "A path parameter holding `/` left the path matching no route."),
+}
+NO_LIVE_DEPLOYMENT = (NotFound, "No live deployment (`status` is `idle`), or a path no route matches.")
+RATE_LIMITED = (
+    ErrorBody,
+    "The token made more writes (deploys and destroys) this minute than PREVIEW_API_RATE_LIMIT allows; "
+    "the `Retry-After` header says in how many seconds the next minute starts.",
+)
+# spectree documents its validation-error status on every route; on a route that takes no
+# input nothing can fail validation, so naming a status the route documents anyway keeps a
+# 400 it never gives out of the document.
+NO_INPUT = {"validation_error_status": 200}
 
 
 class ApiError(Exception):
@@ -57,6 +146,23 @@ def authenticate():
     if row is None:
         raise ApiError(401, "Invalid or revoked API token")
     g.token = row
+    return None
+
+
+@bp.before_request
+def read_json_body():
+    """The deploy body is parsed here, whatever its Content-Type says (as it always was), and
+    cached for spectree to validate: a body that is not a JSON object, or nests too deep to
+    parse, is a clear 400 instead of spectree validating `{}`. spectree reads form content
+    types as forms, so those are refused too."""
+    if request.method != "POST":
+        return None
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None
+    if not isinstance(body, dict) or request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise validation.InvalidInput("The body must be a JSON object")
     return None
 
 
@@ -107,7 +213,18 @@ def http_error(exc: HTTPException):
 
 
 @bp.get("/health")
+@spec.validate(
+    resp=Response(
+        HTTP_200=(Health, "The database and Redis both answer."),
+        HTTP_503=(Health, "The database or Redis does not answer; the body says which."),
+    ),
+    security=PUBLIC,
+    tags=["service"],
+    operation_id="health",
+    **NO_INPUT,
+)
 def health():
+    """Whether the database and Redis answer"""
     checks = {}
     try:
         services().store.ping()
@@ -124,16 +241,35 @@ def health():
     return jsonify(body), 200 if ok else 503
 
 
-@bp.post("/repos/<owner>/<repo>/pull-requests/<pr>/deploy")
-def deploy(owner: str, repo: str, pr: str):
-    repository, pr_number = _pull_request(owner, repo, pr)
-    body = _json_object()
-    branch = validation.branch_name(body.get("branchName"))
-    sha = body.get("headSha")
-    if sha is not None and (not isinstance(sha, str) or not _is_sha(sha)):
-        raise validation.InvalidInput("headSha must be a 40-character commit id")
+# Route variables are camelCase because the document names its path parameters after them.
+@bp.post("/repos/<owner>/<repo>/pull-requests/<prNumber>/deploy")
+@spec.validate(
+    resp=Response(
+        HTTP_202=(DeploymentRecord, "The deploy is queued; the deployment is `deploying`."),
+        **PULL_REQUEST_ERRORS,
+        HTTP_409=(Conflict, "A deployment of this branch is already in progress."),
+        HTTP_413=(ErrorBody, "The request body is over 1 MiB."),
+        HTTP_422=(
+            ErrorBody,
+            "GitHub App only: the pull request is not open or not visible to the app, or `branchName` is not its head branch.",
+        ),
+        HTTP_429=RATE_LIMITED,
+        HTTP_502=(ErrorBody, "GitHub App only: GitHub could not be reached to check the pull request."),
+    ),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="deploy",
+)
+def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
+    """Deploy the pull request's branch to its preview
+
+    Queues a deploy and answers at once with the deployment in `deploying`. One deployment per
+    branch runs at a time: while one runs, the answer is 409.
+    """
+    repository, pr_number = _pull_request(owner, repo, prNumber)
     _rate_limit()
     svc = services()
+    branch, sha = json.branch_name, json.head_sha
     head_repository, installation_id, title, author = repository, None, None, None
     if svc.github is not None:
         head = svc.github.pull_request_head(repository, pr_number)
@@ -143,79 +279,117 @@ def deploy(owner: str, repo: str, pr: str):
             raise ApiError(422, f"branchName {branch!r} is not the head branch of {repository}#{pr_number}")
         head_repository, installation_id = head["repository"], head["installationId"]
         sha, title, author = sha or head["sha"], head["title"], head["author"]
-    deployment = previews.new_deployment(
+    deployment = Deployment.new(
         repository=repository,
         pr_number=pr_number,
-        branch=branch,
+        branch_name=branch,
         head_repository=head_repository,
-        sha=sha,
-        trigger=body.get("trigger") if body.get("trigger") == "dashboard" else "api",
+        head_sha=sha,
+        trigger="dashboard" if json.trigger == "dashboard" else "api",
         requested_by=f"token:{g.token['name']}",
         installation_id=installation_id,
         provisioner=svc.settings.provisioner,
     )
-    # SQLite first: if it is unavailable the request fails (503) before anything starts.
-    svc.store.upsert_pull_request(
-        {
-            "repository": repository,
-            "number": pr_number,
-            "branch_name": branch,
-            "head_repository": head_repository,
-            "head_sha": sha,
-            "title": title,
-            "author": author,
-            "state": "open",
-            "installation_id": installation_id,
-        }
-    )
-    outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
-    if not outcome.started:
-        raise ApiError(409, "A deployment of this branch is already in progress", deploymentId=outcome.holder)
-    try:
+    # One SQLite transaction around the start: if SQLite is unavailable the request fails (503)
+    # before anything starts, and a refused deploy leaves no trace (no dashboard card).
+    with svc.store.write():
+        svc.store.upsert_pull_request(
+            {
+                "repository": repository,
+                "number": pr_number,
+                "branch_name": branch,
+                "head_repository": head_repository,
+                "head_sha": sha,
+                "title": title,
+                "author": author,
+                "state": "open",
+                "installation_id": installation_id,
+            }
+        )
+        outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
+        if not outcome.started:
+            raise ApiError(409, "A deployment of this branch is already in progress", deploymentId=outcome.holder)
         svc.store.record_deployment(deployment, None)
-    except sqlite3.Error as exc:
-        # The deploy has started and its event is in Redis: the recorder writes it later.
-        log.warning("deployment %s will be recorded from the event stream: %s", deployment["id"], exc)
-    return jsonify(_with_extras(deployment)), 202
+    return jsonify(deployment.to_json()), 202
 
 
-@bp.get("/repos/<owner>/<repo>/pull-requests/<pr>/deployment")
-def get_deployment(owner: str, repo: str, pr: str):
-    repository, pr_number = _pull_request(owner, repo, pr)
-    row = services().store.latest_deployment(repository, pr_number)
-    if row is None or row["status"] == "idle":
+@bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment")
+@spec.validate(
+    resp=Response(
+        HTTP_200=(DeploymentState, "The latest deployment, whatever its state but idle."),
+        **{**PULL_REQUEST_ERRORS, "HTTP_404": NO_LIVE_DEPLOYMENT},
+    ),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="getDeployment",
+)
+def get_deployment(owner: str, repo: str, prNumber: str):
+    """The pull request's latest deployment"""
+    key = PreviewKey(*_pull_request(owner, repo, prNumber))
+    deployment = services().store.latest_deployment(key)
+    if deployment is None or deployment.state == "idle":
         return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
-    return jsonify(deployment_json(row))
+    return jsonify(deployment.to_state_json())
 
 
-@bp.delete("/repos/<owner>/<repo>/pull-requests/<pr>/deployment")
-def destroy(owner: str, repo: str, pr: str):
-    repository, pr_number = _pull_request(owner, repo, pr)
+@bp.delete("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment")
+@spec.validate(
+    resp=Response(
+        HTTP_202=(DestroyAccepted, "The teardown of the current deployment is started or queued."),
+        **{**PULL_REQUEST_ERRORS, "HTTP_404": NO_LIVE_DEPLOYMENT},
+        HTTP_429=RATE_LIMITED,
+    ),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="destroyDeployment",
+)
+def destroy(owner: str, repo: str, prNumber: str):
+    """Tear the pull request's preview down"""
+    key = PreviewKey(*_pull_request(owner, repo, prNumber))
     _rate_limit()
     svc = services()
-    current = state.current(svc.redis, repository, pr_number)
-    if current is None or current["status"] == "idle":
+    outcome = previews.request_destroy(svc.redis, svc.settings, key, reason=f"destroyed by token:{g.token['name']}")
+    if outcome is None:
         return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
-    outcome = previews.request_destroy(svc.redis, svc.settings, current, reason=f"destroyed by token:{g.token['name']}")
-    return jsonify({**_with_extras(current), "destroy": "started" if outcome.started else "queued"}), 202
+    return jsonify({**outcome.deployment.to_state_json(), "destroy": "started" if outcome.started else "queued"}), 202
 
 
-@bp.get("/repos/<owner>/<repo>/pull-requests/<pr>/deployments")
-def history(owner: str, repo: str, pr: str):
-    repository, pr_number = _pull_request(owner, repo, pr)
-    rows = services().store.deployment_history(repository, pr_number)
-    return jsonify({"deployments": [deployment_json(r) for r in rows]})
+@bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployments")
+@spec.validate(
+    resp=Response(HTTP_200=(DeploymentPage, "One page of deployments, newest first."), **PULL_REQUEST_ERRORS),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="listDeployments",
+)
+def history(owner: str, repo: str, prNumber: str, query: HistoryQuery):
+    """The pull request's deployments, newest first, a page at a time"""
+    key = PreviewKey(*_pull_request(owner, repo, prNumber))
+    before = query.before[:64] if query.before else None
+    page, cursor = services().store.deployment_history(key, limit=query.limit, before=before)
+    return jsonify({"deployments": [d.to_json() for d in page], "next": cursor})
 
 
-@bp.get("/deployments/<deployment_id>")
-def deployment_detail(deployment_id: str):
-    row = services().store.get_deployment(deployment_id[:64])
+@bp.get("/deployments/<deploymentId>")
+@spec.validate(
+    resp=Response(
+        HTTP_200=(DeploymentDetail, "The deployment, its status changes and log lines."),
+        **TOKEN_ERRORS,
+        HTTP_404=(ErrorBody, "No such deployment, or one in a repository the token may not see."),
+    ),
+    path_parameter_descriptions={"deploymentId": "A deployment's id (only its first 64 characters are looked at)."},
+    tags=["deployments"],
+    operation_id="getDeploymentById",
+    **NO_INPUT,
+)
+def deployment_detail(deploymentId: str):
+    """One deployment with its events and logs"""
+    row = services().store.get_deployment(deploymentId[:64])
     if row is None or not _may_see(row["repository"]):
         raise ApiError(404, "No such deployment")
     store = services().store
     return jsonify(
         {
-            **deployment_json(row),
+            **Deployment.from_row(row).to_json(),
             "events": [
                 {"status": e["status"], "message": e["message"], "at": e["created_at"]}
                 for e in store.deployment_events(row["id"])
@@ -226,15 +400,19 @@ def deployment_detail(deployment_id: str):
 
 
 @bp.get("/pull-requests")
-def pull_requests():
-    """Every open pull request the bot has seen, newest first, with its latest deployment."""
-    wanted = request.args.get("repository") or None
-    status = request.args.get("status") or None
-    if wanted:
-        validation.full_repository_name(wanted)
-    if status and status not in ("idle", "deploying", "deployed", "failed"):
-        raise validation.InvalidInput("status must be idle, deploying, deployed or failed")
+@spec.validate(
+    resp=Response(
+        HTTP_200=(PullRequestList, "The pull requests the token may see."),
+        **TOKEN_ERRORS,
+        HTTP_400=(ErrorBody, "A malformed query parameter."),
+    ),
+    tags=["pull requests"],
+    operation_id="listPullRequests",
+)
+def pull_requests(query: PullRequestQuery):
+    """Open pull requests the bot has seen, newest first, with their latest deployment"""
     allowed = g.token["repositories"]
+    wanted = query.repository
     repositories = [wanted] if wanted else allowed
     if wanted and allowed is not None and wanted not in allowed:
         repositories = []
@@ -249,19 +427,25 @@ def pull_requests():
             "headSha": pull["head_sha"],
             "author": pull["author"],
             "createdAt": pull["created_at"],
-            "status": deployment["status"] if deployment else "idle",
-            "deployment": deployment_json(deployment) if deployment else None,
+            "status": deployment.state if deployment else "idle",
+            "deployment": deployment.to_state_json() if deployment else None,
         }
-        if status is None or card["status"] == status:
+        if query.status is None or card["status"] == query.status:
             items.append(card)
     return jsonify({"pullRequests": items})
 
 
 @bp.get("/openapi.json")
+@spec.validate(
+    resp=Response(HTTP_200=(OpenApiDocument, "The OpenAPI document.")),
+    security=PUBLIC,
+    tags=["service"],
+    operation_id="openapi",
+    **NO_INPUT,
+)
 def openapi():
-    from .openapi import document
-
-    return jsonify(document())
+    """This document"""
+    return jsonify(spec.spec)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -280,21 +464,6 @@ def _may_see(repository: str) -> bool:
     return allowed is None or repository in allowed
 
 
-def _json_object() -> dict:
-    raw = request.get_data(cache=True)
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, RecursionError):
-        raise validation.InvalidInput("The body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise validation.InvalidInput("The body must be a JSON object")
-    return body
-
-
-def _is_sha(value: str) -> bool:
-    return len(value) == 40 and all(c in "0123456789abcdef" for c in value)
-
-
 def _rate_limit() -> None:
     """Writes are limited per token per minute, counted in Redis so all web processes agree."""
     limit = services().settings.rate_limit_per_minute
@@ -309,10 +478,4 @@ def _rate_limit() -> None:
         response = jsonify({"error": f"Rate limit of {limit} writes per minute exceeded; retry in {retry}s"})
         response.status_code = 429
         response.headers["Retry-After"] = str(retry)
-        from flask import abort
-
         abort(response)
-
-
-def _with_extras(deployment: dict) -> dict:
-    return {**deployment, "deploymentId": deployment["id"]}

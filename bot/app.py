@@ -11,7 +11,9 @@ from werkzeug.exceptions import HTTPException
 from . import api, dashboard, webhooks, ws
 from .config import Settings, load_settings
 from .feed import FeedThreads, Hub
+from .github import WebGitHub
 from .logs import configure_logging
+from .queue import get_queue
 from .services import Services
 from .store import Store
 
@@ -31,10 +33,8 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
     store = Store(settings.database_path)
     store.migrate()
     conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
-    svc = Services(settings=settings, store=store, redis=conn, hub=Hub())
+    svc = Services(settings=settings, store=store, redis=conn, hub=Hub(), queue=get_queue(conn))
     if settings.github_enabled:
-        from .github_client import WebGitHub
-
         svc.github = WebGitHub(settings, store)
     app.extensions["previewbot"] = svc
 

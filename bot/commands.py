@@ -16,6 +16,12 @@ class Command:
     unknown: str | None = None  # the subcommand we did not understand (the help is the answer)
 
 
+def mentions_command(body: object) -> bool:
+    """Whether a comment may hold a command: a cheap look for the word, for the webhook receiver,
+    which queues a job only for such comments. The handler parses the command."""
+    return isinstance(body, str) and "/preview" in body[:65536].lower()
+
+
 def parse_command(body: str | None) -> Command | None:
     """The first `/preview` command in a comment, or None.
 

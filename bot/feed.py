@@ -24,9 +24,10 @@ from datetime import datetime, timezone
 
 import redis
 
-from worker.state import DELIVERIES_STREAM, EVENTS_STREAM, PREFIX, pr_key
-
-from .store import Store, deployment_json
+from . import queue as job_queue
+from .model import Deployment
+from .state import ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, PREFIX, env_key, publish
+from .store import Store
 
 log = logging.getLogger("previewbot.feed")
 
@@ -35,25 +36,6 @@ RECORDER_GROUP = "recorders"
 RECORDED_STREAMS = (EVENTS_STREAM, DELIVERIES_STREAM)
 # A pending entry idle this long belonged to a web process that died before acknowledging it.
 CLAIM_IDLE_MS = 30_000
-
-
-def ws_message(deployment: dict) -> dict:
-    """The seed's WebSocket message for a deployment (prNumber as a string), plus a few extras."""
-    message = {
-        "type": "deployment:update",
-        "prNumber": str(deployment["prNumber"]),
-        "branchName": deployment["branchName"],
-        "repository": deployment["repository"],
-        "status": deployment["status"],
-        "deploymentId": deployment["id"],
-        "headSha": deployment.get("headSha"),
-        "updatedAt": deployment.get("updatedAt"),
-    }
-    if deployment.get("previewUrl") and deployment["status"] == "deployed":
-        message["previewUrl"] = deployment["previewUrl"]
-    if deployment.get("error") and deployment["status"] == "failed":
-        message["error"] = deployment["error"]
-    return message
 
 
 @dataclass(eq=False)
@@ -111,7 +93,7 @@ def record(store: Store, event_id: str, fields: dict) -> None:
     kind = fields.get("kind")
     data = json.loads(fields["data"])
     if kind == "deployment":
-        store.record_deployment(data, event_id, message=fields.get("message"))
+        store.record_deployment(Deployment.model_validate(data), event_id, message=fields.get("message"))
     elif kind == "log":
         store.record_log(event_id, data["deploymentId"], data["line"], data["at"])
     elif kind == "delivery":
@@ -136,7 +118,7 @@ LOST_IN_REDIS = "Lost: Redis restarted without this deployment's state. Retry to
 REPAIR_GRACE_SECONDS = 10
 
 
-def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | None = None) -> list[dict]:
+def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | None = None) -> list[Deployment]:
     """Fail the deployments SQLite still shows as deploying but Redis no longer knows of.
 
     That happens when Redis restarts without its data (no persistence): the jobs, locks and
@@ -144,22 +126,17 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
     published like any change, so it is recorded, broadcast, restored in Redis and (through a
     report job) shown on GitHub.
     """
-    from worker import queue as job_queue
-    from worker.state import ACTIVE, current, publish
-
     if not recorder_caught_up(conn):
         return []  # an outcome may still be on its way through the stream
     repaired = []
     cutoff = (now or time.time()) - REPAIR_GRACE_SECONDS
-    for row in store.deployments_with_status("deploying"):
-        if _epoch(row["updated_at"]) > cutoff or conn.hexists(ACTIVE, row["id"]):
+    for deployment in store.deployments_with_status("deploying"):
+        if _epoch(deployment.updated_at) > cutoff or conn.hexists(ACTIVE, deployment.id):
             continue  # Redis knows it is deploying: the worker side (reconcile) is in charge
-        snapshot = {**deployment_json(row), "status": "failed", "error": LOST_IN_REDIS, "updatedAt": None}
-        latest = current(conn, row["repository"], row["pr_id"])
-        publish(conn, snapshot, message=f"repair: {LOST_IN_REDIS}", make_current=latest is None or latest["id"] == row["id"])
-        job_queue.enqueue_report(conn, deployment=snapshot)
-        log.warning("repaired deployment %s (%s#%s): lost in Redis", row["id"], row["repository"], row["pr_id"])
-        repaired.append(snapshot)
+        failed = publish(conn, deployment.changed(status="failed", error=LOST_IN_REDIS), message=f"repair: {LOST_IN_REDIS}")
+        job_queue.enqueue_report(conn, deployment=failed)
+        log.warning("repaired deployment %s (%s): lost in Redis", deployment.id, deployment.key)
+        repaired.append(failed)
     restore_current_state(conn, store)
     return repaired
 
@@ -185,9 +162,9 @@ def restore_current_state(conn: redis.Redis, store: Store) -> int:
     """Give Redis back each live preview it forgot, so that a close or a push still finds the
     environment to destroy or redeploy. Never overwrites what Redis knows."""
     restored = 0
-    for row in store.live_deployments():
-        if conn.set(pr_key(row["repository"], row["pr_id"]), json.dumps(deployment_json(row)), nx=True):
-            log.warning("restored the state of %s#%s in Redis from SQLite", row["repository"], row["pr_id"])
+    for deployment in store.live_deployments():
+        if conn.set(env_key(deployment.key), deployment.dumps(), nx=True):
+            log.warning("restored the state of %s in Redis from SQLite", deployment.key)
             restored += 1
     return restored
 
@@ -307,8 +284,9 @@ class FeedThreads:
                     for entry_id, fields in items:
                         last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                         fields = _decode(fields)
-                        if fields.get("kind") == "deployment":
-                            self.hub.publish(ws_message(json.loads(fields["data"])))
+                        # A record that is not its environment's current one changes no state.
+                        if fields.get("kind") == "deployment" and fields.get("current") != "0":
+                            self.hub.publish(Deployment.from_json(fields["data"]).ws_message())
             except (redis.RedisError, OSError, ValueError, KeyError) as exc:
                 log.warning("event broadcaster paused: %s", exc)
                 self.stop.wait(1.0)

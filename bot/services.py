@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis
 from flask import current_app
+from rq import Queue
 
 from .config import Settings
 from .feed import FeedThreads, Hub
@@ -18,7 +19,8 @@ class Services:
     store: Store
     redis: redis.Redis
     hub: Hub
-    github: object | None = None  # bot.github_client.WebGitHub when the App is configured
+    queue: Queue  # made once per process: it caches what it learns of the Redis server
+    github: object | None = None  # bot.github.WebGitHub when the App is configured
     feed: FeedThreads | None = None
 
 

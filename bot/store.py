@@ -15,10 +15,11 @@ import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from .model import Deployment, PreviewKey, utcnow
 
 migrations = Migrations("previewbot")
 
@@ -89,14 +90,27 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_environments_and_record_statuses(db: sqlite_utils.Database) -> None:
+    """A deployment belongs to one environment of its pull request, and its status is its
+    record's: the old `idle` (torn down) becomes `destroyed`, and a `deployed` row that a newer
+    deployment of its pull request replaced becomes `superseded`."""
+    db["deployments"].add_column("environment", str, not_null_default="preview")
+    db.execute("UPDATE deployments SET status = 'destroyed' WHERE status = 'idle'")
+    db.execute(
+        """UPDATE deployments SET status = 'superseded' WHERE status = 'deployed' AND EXISTS (
+               SELECT 1 FROM deployments newer
+               WHERE newer.repository = deployments.repository AND newer.pr_id = deployments.pr_id
+                 AND newer.environment = deployments.environment
+                 AND (newer.created_at > deployments.created_at
+                      OR (newer.created_at = deployments.created_at AND newer.rowid > deployments.rowid)))"""
+    )
+    db["deployments"].create_index(["repository", "pr_id", "environment", "created_at"])
+
+
 PULL_REQUEST_FIELDS = (
     "repository", "number", "title", "branch_name", "head_repository", "head_sha", "author", "state", "installation_id",
 )
-
-
-def utcnow() -> str:
-    """Timestamps are ISO 8601 in UTC with milliseconds, which also sort as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def stream_id_key(event_id: str | None) -> tuple[int, int]:
@@ -170,23 +184,18 @@ class Store:
 
     # -- deployments -------------------------------------------------------------------------
 
-    def record_deployment(self, snapshot: dict, event_id: str | None, message: str | None = None) -> bool:
-        """Upsert a deployment from an event snapshot unless a newer event already landed.
+    def record_deployment(self, deployment: Deployment, event_id: str | None, message: str | None = None) -> bool:
+        """Upsert a deployment from an event unless a newer event already landed.
 
         Returns True when the row changed. Events can arrive twice (a redelivered stream entry)
         or out of order (two web processes); the stream id decides.
         """
-        row = deployment_row(snapshot)
+        row = deployment.to_row()
         row["last_event_id"] = event_id
         with self.write():
             existing = self.get_deployment(row["id"])
             if existing and stream_id_key(existing["last_event_id"]) >= stream_id_key(event_id):
                 return False
-            if existing:
-                # Keep what the event does not carry (e.g. created_at of the first event).
-                row = {**existing, **{k: v for k, v in row.items() if v is not None}}
-                if snapshot.get("error") is None and row["status"] != "failed":
-                    row["error_message"] = None
             self.db["deployments"].upsert(row, pk="id", alter=False)
             if event_id:
                 self.db["deployment_events"].insert(
@@ -211,39 +220,48 @@ class Store:
         rows = list(self.db["deployments"].rows_where("id = ?", [deployment_id]))
         return rows[0] if rows else None
 
-    def latest_deployment(self, repository: str, pr_number: int) -> dict | None:
+    def latest_deployment(self, key: PreviewKey) -> Deployment | None:
+        """The environment's latest deployment record: its state (see `Deployment.state`)."""
         rows = list(
             self.db["deployments"].rows_where(
-                "repository = ? AND pr_id = ?",
-                [repository, pr_number],
+                "repository = ? AND pr_id = ? AND environment = ?",
+                list(key),
                 order_by="created_at DESC, rowid DESC",
                 limit=1,
             )
         )
-        return rows[0] if rows else None
+        return Deployment.from_row(rows[0]) if rows else None
 
-    def live_deployments(self) -> list[dict]:
-        """Each pull request's latest deployment where it is deployed or failed (an environment
+    def live_deployments(self) -> list[Deployment]:
+        """Each environment's latest deployment where it is deployed or failed (an environment
         may exist)."""
         sql = """
             SELECT * FROM deployments d
             WHERE d.status IN ('deployed', 'failed') AND d.id = (
-                SELECT id FROM deployments WHERE repository = d.repository AND pr_id = d.pr_id
+                SELECT id FROM deployments
+                WHERE repository = d.repository AND pr_id = d.pr_id AND environment = d.environment
                 ORDER BY created_at DESC, rowid DESC LIMIT 1)
         """
-        cursor = self.db.execute(sql)
-        columns = [c[0] for c in cursor.description]
-        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+        return [Deployment.from_row(row) for row in self.db.query(sql)]
 
-    def deployments_with_status(self, status: str, limit: int = 1000) -> list[dict]:
-        return list(self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit))
+    def deployments_with_status(self, status: str, limit: int = 1000) -> list[Deployment]:
+        return [Deployment.from_row(r) for r in self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit)]
 
-    def deployment_history(self, repository: str, pr_number: int, limit: int = 50) -> list[dict]:
-        return list(
-            self.db["deployments"].rows_where(
-                "repository = ? AND pr_id = ?", [repository, pr_number], order_by="created_at DESC", limit=limit
-            )
-        )
+    def deployment_history(self, key: PreviewKey, *, limit: int = 50, before: str | None = None) -> tuple[list[Deployment], str | None]:
+        """The environment's deployments, newest first, `limit` at a time.
+
+        `before` is the cursor the previous page returned (a deployment id); returns the page
+        and the cursor of the next one (None on the last page)."""
+        where, params = "repository = ? AND pr_id = ? AND environment = ?", list(key)
+        if before:
+            anchor = self.get_deployment(before)
+            if anchor is None:
+                return [], None
+            where += " AND (created_at < ? OR (created_at = ? AND rowid < (SELECT rowid FROM deployments WHERE id = ?)))"
+            params += [anchor["created_at"], anchor["created_at"], before]
+        rows = list(self.db["deployments"].rows_where(where, params, order_by="created_at DESC, rowid DESC", limit=limit + 1))
+        page = [Deployment.from_row(r) for r in rows[:limit]]
+        return page, (page[-1].id if len(rows) > limit else None)
 
     def deployment_events(self, deployment_id: str) -> list[dict]:
         return list(self.db["deployment_events"].rows_where("deployment_id = ?", [deployment_id], order_by="id"))
@@ -281,7 +299,7 @@ class Store:
             SELECT p.*, d.id AS d_id FROM pull_requests p
             LEFT JOIN deployments d ON d.id = (
                 SELECT id FROM deployments
-                WHERE repository = p.repository AND pr_id = p.number
+                WHERE repository = p.repository AND pr_id = p.number AND environment = 'preview'
                 ORDER BY created_at DESC, rowid DESC LIMIT 1)
             WHERE p.state = ?
         """
@@ -297,7 +315,7 @@ class Store:
         for values in rows:
             pull = dict(zip(columns, values))
             deployment_id = pull.pop("d_id")
-            pull["deployment"] = self.get_deployment(deployment_id) if deployment_id else None
+            pull["deployment"] = Deployment.from_row(self.get_deployment(deployment_id)) if deployment_id else None
             result.append(pull)
         return result
 
@@ -398,48 +416,3 @@ class Store:
 def hash_token(token: str) -> str:
     # API tokens are 256-bit random values, so a plain SHA-256 is enough (no password stretching).
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def deployment_row(snapshot: dict) -> dict:
-    """A deployment as the events and API carry it (camelCase) → a table row."""
-    return {
-        "id": snapshot["id"],
-        "pr_id": int(snapshot["prNumber"]),
-        "branch_name": snapshot["branchName"],
-        "status": snapshot["status"],
-        "preview_url": snapshot.get("previewUrl"),
-        "error_message": snapshot.get("error"),
-        "created_at": snapshot.get("createdAt"),
-        "updated_at": snapshot.get("updatedAt"),
-        "repository": snapshot["repository"],
-        "head_repository": snapshot.get("headRepository"),
-        "head_sha": snapshot.get("headSha"),
-        "provisioner": snapshot.get("provisioner"),
-        "trigger": snapshot.get("trigger"),
-        "requested_by": snapshot.get("requestedBy"),
-        "installation_id": snapshot.get("installationId"),
-        "destroyed_at": snapshot.get("destroyedAt"),
-    }
-
-
-def deployment_json(row: dict) -> dict:
-    """A table row → the API's camelCase deployment."""
-    return {
-        "id": row["id"],
-        "deploymentId": row["id"],
-        "repository": row["repository"],
-        "headRepository": row["head_repository"],
-        "prNumber": row["pr_id"],
-        "branchName": row["branch_name"],
-        "headSha": row["head_sha"],
-        "status": row["status"],
-        "previewUrl": row["preview_url"],
-        "error": row["error_message"],
-        "provisioner": row["provisioner"],
-        "trigger": row["trigger"],
-        "requestedBy": row["requested_by"],
-        "installationId": row["installation_id"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-        "destroyedAt": row["destroyed_at"],
-    }

@@ -8,6 +8,7 @@ OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 REPO = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 MAX_PR_NUMBER = 2**31 - 1
 MAX_BRANCH_LENGTH = 255
+SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class InvalidInput(ValueError):
@@ -52,6 +53,13 @@ def branch_name(value: object) -> str:
     return value
 
 
+def commit_sha(value: object) -> str:
+    """A full commit id as git prints it: 40 lowercase hex characters."""
+    if not isinstance(value, str) or not SHA.fullmatch(value):
+        raise InvalidInput("headSha must be a 40-character commit id")
+    return value
+
+
 def _ref_problem(name: str) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "it contains a control character"
@@ -65,3 +73,13 @@ def _ref_problem(name: str) -> str | None:
     if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
         return "a path component starts with '.' or ends with '.lock'"
     return None
+
+
+def page_limit(value: object, *, default: int = 50, most: int = 100) -> int:
+    """A page size for paginated lists: 1 to `most`, `default` when not given."""
+    if value is None or value == "":
+        return default
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= most:
+        raise InvalidInput(f"limit must be a whole number from 1 to {most}")
+    return int(text)

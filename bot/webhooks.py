@@ -1,9 +1,9 @@
-"""The GitHub webhook receiver: verify, record, enqueue, answer — in milliseconds.
+"""The GitHub webhook receiver: verify, dedupe, enqueue, answer — in milliseconds.
 
-No GitHub call, no provisioning and no SQLite write happen here: one atomic Redis call
-remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and puts
-the work in the inbox that workers turn into RQ jobs (see `worker.inbox`). Deliveries that
-need no work (comments without a command, events the bot does not act on) are acknowledged
+No GitHub call, no provisioning and no SQLite write happen here: one Redis transaction
+remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and queues
+the RQ job that handles it, with the payload as GitHub sent it. Deliveries that need no work
+(comments that do not mention `/preview`, events the bot does not act on) are acknowledged
 without a job, so a busy repository's chatter never delays a command.
 """
 
@@ -17,15 +17,17 @@ import redis
 from flask import Flask
 from gidgethub import ValidationFailure, sansio
 
-from worker.inbox import accept_delivery
-
-from .commands import parse_command
+from . import queue as jobs
+from .commands import mentions_command
 from .services import Services
+from .state import DELIVERIES_STREAM, EVENTS_MAXLEN, PREFIX
 
 log = logging.getLogger("previewbot.webhooks")
 
 MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
 MAX_JSON_DEPTH = 64
+# GitHub lets people redeliver a delivery of the past 3 days; remember ids a little longer.
+DELIVERY_MEMORY_SECONDS = 7 * 24 * 3600
 
 
 class InvalidPayload(ValueError):
@@ -94,7 +96,7 @@ def receive(svc: Services, environ: dict) -> tuple[int, dict]:
         return 400, {"error": "X-GitHub-Event and X-GitHub-Delivery headers are required"}
     try:
         payload = parse_payload(body, environ.get("CONTENT_TYPE", ""))
-        job = plan_delivery(event, payload, app_id=svc.settings.app_id)
+        work = needs_work(event, payload, app_id=svc.settings.app_id)
     except InvalidPayload as exc:
         return 400, {"error": str(exc)}
     if event == "ping":
@@ -102,16 +104,36 @@ def receive(svc: Services, environ: dict) -> tuple[int, dict]:
 
     record = {"deliveryId": delivery_id, "event": event, "action": payload.get("action"), "memo": memo_for(payload)}
     try:
-        accepted = accept_delivery(svc.redis, delivery_id=delivery_id, record=record, job=job)
+        accepted = accept_delivery(svc.redis, svc.queue, delivery_id=delivery_id, event=event, payload=payload, record=record, work=work)
     except redis.RedisError as exc:
         # Nothing was written, so GitHub's redelivery of it will be accepted.
         log.error("could not accept delivery %s: %s", delivery_id, type(exc).__name__)
         return 503, {"error": "The queue is unavailable; redeliver later"}
     if not accepted:
         return 200, {"status": "duplicate delivery ignored"}
-    if job is None:
+    if not work:
         return 200, {"status": "acknowledged"}
     return 202, {"status": "queued"}
+
+
+def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, payload: dict, record: dict, work: bool) -> bool:
+    """Remember the delivery id, announce the delivery and (with work) queue its job, all or
+    nothing: one Redis transaction, so a delivery is never half accepted. False for a redelivery."""
+    key = f"{PREFIX}:delivery:{delivery_id}"
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.exists(key):
+                return False
+            pipe.multi()
+            pipe.set(key, "1", ex=DELIVERY_MEMORY_SECONDS)
+            pipe.xadd(DELIVERIES_STREAM, {"kind": "delivery", "data": orjson.dumps(record)}, maxlen=EVENTS_MAXLEN, approximate=True)
+            if work:
+                jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
+            pipe.execute()
+        except redis.WatchError:
+            return False  # the same delivery, accepted by another receiver meanwhile
+    return True
 
 
 class BodyTooLarge(Exception):
@@ -206,10 +228,12 @@ def _nesting(body: bytes) -> int:
     return deepest
 
 
-def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | None:
-    """What a worker must see of this delivery, or None when it needs no work. Pure.
+def needs_work(event: str, payload: dict, *, app_id: str | None) -> bool:
+    """Whether a worker must handle this delivery. Pure.
 
-    Raises InvalidPayload when the event lacks the fields the bot relies on.
+    Raises InvalidPayload when an event the bot acts on lacks the fields its handler relies on.
+    The handler gets the payload as GitHub sent it and parses the command itself; this only
+    looks for the word, so a busy repository's chatter queues no job.
     """
     action = payload.get("action")
     if action is not None and not isinstance(action, str):
@@ -217,54 +241,31 @@ def plan_delivery(event: str, payload: dict, *, app_id: str | None) -> dict | No
     if event == "issue_comment":
         issue, comment = _get(payload, "issue", dict), _get(payload, "comment", dict)
         user = _get(comment, "user", dict)
-        if action != "created" or "pull_request" not in issue or user.get("type") == "Bot":
-            return None
+        _get(user, "login", str)
+        _get(issue, "number", int)
+        _get(comment, "id", int)
+        _common(payload)
         body = comment.get("body")
-        if not isinstance(body, str) or parse_command(body) is None:
-            return None
-        return {
-            "action": action,
-            **_common(payload),
-            "issue": {"number": _get(issue, "number", int), "pull_request": {}},
-            "comment": {"id": _get(comment, "id", int), "body": body[:65536], "user": {"login": _get(user, "login", str), "type": user.get("type")}},
-        }
+        return action == "created" and "pull_request" in issue and user.get("type") != "Bot" and mentions_command(body)
     if event == "check_run":
         check_run = _get(payload, "check_run", dict)
         if action not in ("requested_action", "rerequested"):
-            return None
-        if str(_object(check_run.get("app")).get("id")) != str(app_id):
-            return None
-        return {
-            "action": action,
-            **_common(payload),
-            "requested_action": _object(payload.get("requested_action")),
-            "check_run": {
-                "id": _get(check_run, "id", int),
-                "name": check_run.get("name"),
-                "head_sha": check_run.get("head_sha"),
-                "external_id": check_run.get("external_id"),
-                "app": {"id": check_run["app"]["id"]},
-                "pull_requests": [{"number": p.get("number")} for p in _list(check_run.get("pull_requests")) if isinstance(p, dict)],
-            },
-        }
+            return False
+        _get(check_run, "id", int)
+        _common(payload)
+        return str(_object(check_run.get("app")).get("id")) == str(app_id)
     if event == "pull_request":
         pull = _get(payload, "pull_request", dict)
         if action not in ("opened", "reopened", "synchronize", "closed"):
-            return None
+            return False
         head = _get(pull, "head", dict)
-        return {
-            "action": action,
-            **_common(payload),
-            "pull_request": {
-                "number": _get(pull, "number", int),
-                "state": pull.get("state"),
-                "merged": bool(pull.get("merged")),
-                "title": pull.get("title"),
-                "user": {"login": _object(pull.get("user")).get("login")},
-                "head": {"ref": _get(head, "ref", str), "sha": _get(head, "sha", str), "repo": _repo(head.get("repo"))},
-            },
-        }
-    return None
+        _get(pull, "number", int)
+        _get(_get(pull, "user", dict), "login", str)
+        _get(head, "ref", str)
+        _get(head, "sha", str)
+        _common(payload)
+        return True
+    return False
 
 
 def remember(store, event: str, payload: dict) -> None:
@@ -307,15 +308,11 @@ def _remember(store, event: str, payload: dict) -> None:
         store.add_installation_repositories(installation["id"], [payload["repository"]["full_name"]])
 
 
-def _common(payload: dict) -> dict:
-    repository = _get(payload, "repository", dict)
-    installation = _get(payload, "installation", dict)
-    sender = _get(payload, "sender", dict)
-    return {
-        "repository": {"full_name": _get(repository, "full_name", str)},
-        "installation": {"id": _get(installation, "id", int)},
-        "sender": {"login": _get(sender, "login", str), "type": sender.get("type")},
-    }
+def _common(payload: dict) -> None:
+    """What every handled event must carry: its repository, installation and sender."""
+    _get(_get(payload, "repository", dict), "full_name", str)
+    _get(_get(payload, "installation", dict), "id", int)
+    _get(_get(payload, "sender", dict), "login", str)
 
 
 def _repo(repo) -> dict | None:
@@ -325,10 +322,6 @@ def _repo(repo) -> dict | None:
 def _object(value) -> dict:
     """An optional object of the payload: a wrong type counts as absent."""
     return value if isinstance(value, dict) else {}
-
-
-def _list(value) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _get(mapping: dict, key: str, kind: type):

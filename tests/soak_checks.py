@@ -14,9 +14,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from worker import state
+from bot import state
+from bot.model import PreviewKey
+from bot.render import CHECK_NAME
 from worker.reconcile import GRACE_SECONDS
-from worker.render import CHECK_NAME
 
 from .harness import wait_for
 from .soak_traffic import APP_ID, World
@@ -199,8 +200,9 @@ class Checker:
             out["webhookJob"] = None if job is None else {"status": str(job.get_status()), "worker": job.worker_name}
         pull = next((p for p in self.world.pulls if p.key == pull_key), None)
         if pull is not None:
-            out["redisCurrent"] = state.current(self.conn, pull.repo, pull.number)
-            lock = state.BranchLock(self.conn, state.branch_key(pull.repo, pull.repo, pull.branch), lease_seconds=self.lease)
+            current = state.current(self.conn, PreviewKey(pull.repo, pull.number))
+            out["redisCurrent"] = current.to_json() if current else None
+            lock = state.BranchLock(self.conn, state.branch_key(pull.repo, pull.repo, pull.branch, "preview"), lease_seconds=self.lease)
             out["lockHolder"] = lock.holder()
             out["pendingFollowUp"] = lock.pending_follow_up()
             out["journal"] = pull.journal[-25:]

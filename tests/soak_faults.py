@@ -16,7 +16,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from worker import state
+from bot import state
 
 from .soak_traffic import World
 
@@ -141,7 +141,7 @@ class Faults:
             self.world.rng.shuffle(active)
             for deployment in active:
                 try:
-                    job = Job.fetch(f"deploy-{deployment['id']}", connection=self.conn, serializer=JSONSerializer)
+                    job = Job.fetch(f"deploy-{deployment.id}", connection=self.conn, serializer=JSONSerializer)
                 except NoSuchJobError:
                     continue
                 if job.get_status() != JobStatus.STARTED or not job.worker_name:

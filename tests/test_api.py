@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bot.app import create_app
-from worker.queue import QUEUE_NAME
+from bot.queue import QUEUE_NAME
 
 
 @pytest.fixture
@@ -246,3 +246,19 @@ def test_full_database_is_a_clear_503_and_stays_intact(client, app, token, redis
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.db.execute("PRAGMA max_page_count = 1073741823")
     assert client.get("/api/health").status_code == 200
+
+
+def test_a_refused_deploy_leaves_no_dashboard_card(client, app, token, redis_conn):
+    assert client.post("/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "shared"}, headers=auth(token)).status_code == 202
+    # Another pull request with the same head branch: the branch is busy.
+    refused = client.post("/api/repos/octo/app/pull-requests/2/deploy", json={"branchName": "shared"}, headers=auth(token))
+    assert refused.status_code == 409
+    cards = client.get("/api/pull-requests", headers=auth(token)).get_json()["pullRequests"]
+    assert [c["prNumber"] for c in cards] == [1]
+    assert app.extensions["previewbot"].store.get_pull_request("octo/app", 2) is None
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "-1", "x", "1.5"])
+def test_history_page_size_out_of_range_is_400(client, token, limit):
+    response = client.get(f"/api/repos/octo/app/pull-requests/1/deployments?limit={limit}", headers=auth(token))
+    assert response.status_code == 400 and "limit" in response.get_json()["error"]

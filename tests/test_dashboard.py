@@ -18,7 +18,8 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
-from worker import state  # noqa: E402
+from bot import state  # noqa: E402
+from bot.model import PreviewKey  # noqa: E402
 
 from .harness import wait_for  # noqa: E402
 
@@ -294,7 +295,7 @@ def test_a_dropped_connection_reconnects_and_catches_up(make_bot, page, output_d
 
     # The deploy finishes while no web process runs; the page learns of it after reconnecting.
     wait_for(
-        lambda: (state.current(redis_conn, "acme/shop", 21) or {}).get("status") == "deployed",
+        lambda: getattr(state.current(redis_conn, PreviewKey("acme/shop", 21)), "status", None) == "deployed",
         message="the worker to finish the deploy",
     )
     bot.start_web()  # same port

@@ -10,6 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from bot.model import PreviewKey
 
 from . import webhooks
 from .fakegithub import FakeGitHub
@@ -141,11 +145,17 @@ def test_bot_and_edited_comments_and_plain_chatter_queue_nothing(start_bot, fake
     bot = start_bot()
     bot_comment = webhooks.issue_comment(REPO, 1, body="/preview", user="previewbot[bot]", user_type="Bot", installation_id=INSTALLATION)
     edited = webhooks.issue_comment(REPO, 1, body="/preview", user="alice", action="edited", installation_id=INSTALLATION)
-    chatter = webhooks.issue_comment(REPO, 1, body="looks good, but `/preview` later", user="alice", installation_id=INSTALLATION)
+    chatter = webhooks.issue_comment(REPO, 1, body="looks good, deploy it later", user="alice", installation_id=INSTALLATION)
     for payload in (bot_comment, edited, chatter):
         response = send(bot, "issue_comment", payload)
         assert response.status_code == 200 and response.json()["status"] == "acknowledged"
-    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0
+    # A comment that mentions the command without giving it is left to the handler, which
+    # parses it, finds no command and calls nothing.
+    mention = webhooks.issue_comment(REPO, 1, body="looks good, but `/preview` later", user="alice", installation_id=INSTALLATION)
+    assert send(bot, "issue_comment", mention, delivery_id="mention").status_code == 202
+    job = Job.fetch("webhook-mention", connection=redis_conn, serializer=JSONSerializer)
+    wait_for(lambda: job.get_status() == JobStatus.FINISHED)
     assert not fake.calls_to("*", r".*")
 
 
@@ -245,8 +255,8 @@ def test_close_destroys_and_marks_inactive(start_bot, fake):
     fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", message="inactive")
     fake.wait_for(lambda: "No preview running" in bot_comments(fake)[0]["body"], message="comment updated")
     wait_for(lambda: bot.deployment(REPO, 1).status_code == 404)
-    row = bot.store.latest_deployment(REPO, 1)
-    assert row["status"] == "idle" and row["destroyed_at"]
+    latest = bot.store.latest_deployment(PreviewKey(REPO, 1))
+    assert latest.status == "destroyed" and latest.destroyed_at
     assert bot.store.get_pull_request(REPO, 1)["state"] == "closed"
 
 
@@ -340,7 +350,7 @@ def test_three_simultaneous_comments_deploy_once(start_bot, fake):
     fake.wait_for(lambda: sum("confused" in fake.reactions.get(i, []) for i in ids) == 2, message="two refusals")
     assert "already in progress" in bot_comments(fake)[0]["body"] or fake.calls_to("PATCH", r".*/issues/comments/\d+")
     assert len(deployments(fake)) == 1
-    assert len(bot.store.deployment_history(REPO, 1)) == 1
+    assert len(bot.store.deployment_history(PreviewKey(REPO, 1))[0]) == 1
 
 
 def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_conn):
@@ -358,7 +368,7 @@ def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_co
     headers.update({"X-Hub-Signature-256": webhooks.sign(empty, SECRET), "X-GitHub-Delivery": "empty"})
     assert httpx.post(f"{bot.url}/api/github/webhooks", content=empty, headers=headers).status_code == 400
     assert send(bot, "star", {"action": "created", "repository": {"full_name": REPO}}).status_code == 200
-    assert redis_conn.llen("rq:queue:previewbot") == 0 and redis_conn.xlen("previewbot:inbox") == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0
     assert not fake.calls_to("*", r".*")
 
 
@@ -436,5 +446,5 @@ def test_reconcile_destroys_the_preview_of_a_pull_request_closed_without_a_webho
     # Looked at every ten periods (10 s here); it may have been looked at just before the close.
     fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", timeout=40, message="inactive")
     wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="destroyed")
-    events = bot.store.deployment_events(bot.store.latest_deployment(REPO, 1)["id"])
+    events = bot.store.deployment_events(bot.store.latest_deployment(PreviewKey(REPO, 1)).id)
     assert any("reconcile: pull request closed" in (e["message"] or "") for e in events)

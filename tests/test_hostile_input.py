@@ -17,11 +17,12 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bot.app import create_app
+from bot.commands import parse_command
 from bot.config import load_settings
+from bot.model import Deployment
+from bot.queue import QUEUE_NAME
+from bot.render import check_run_fields, render_status_comment
 from bot.webhooks import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES
-from worker.inbox import INBOX_STREAM, dispatch
-from worker.queue import QUEUE_NAME
-from worker.render import check_run_fields, render_status_comment
 
 from . import webhooks
 from .fakegithub import FakeGitHub
@@ -68,15 +69,14 @@ def deliveries(app) -> int:
     return len(app.extensions["previewbot"].redis.keys("previewbot:delivery:*"))
 
 
-def dispatched_job(conn, delivery_id: str) -> Job:
-    """Turn the inbox into RQ jobs, as a worker's dispatcher does, and fetch one delivery's job."""
-    dispatch(conn, conn.xrange(INBOX_STREAM))
+def queued_job(conn, delivery_id: str) -> Job:
+    """The RQ job the receiver queued for one delivery."""
     return Job.fetch(f"webhook-{delivery_id}", connection=conn, serializer=JSONSerializer)
 
 
 def queued(conn) -> int:
-    """Work waiting: RQ jobs plus webhook deliveries in the inbox that workers turn into jobs."""
-    return conn.llen(QUEUE) + conn.xlen(INBOX_STREAM)
+    """Work waiting: RQ jobs."""
+    return conn.llen(QUEUE)
 
 
 @pytest.fixture
@@ -268,11 +268,11 @@ def test_a_check_run_whose_app_is_not_an_object_is_ignored(client, app):
     assert response.status_code == 200 and response.get_json() == {"status": "acknowledged"}
 
 
-def test_a_pull_request_whose_user_is_not_an_object_is_queued_without_author(client, app, redis_conn):
+def test_a_pull_request_whose_user_is_not_an_object_is_refused(client, app, redis_conn):
+    # Handlers get the payload as GitHub sent it, so the receiver refuses what they could not read.
     response = post(client, _with("pull_request", ("pull_request", "user"), "alice"), event="pull_request", delivery="odd-user")
-    assert response.status_code == 202
-    job = dispatched_job(redis_conn, "odd-user")
-    assert job.kwargs["payload"]["pull_request"]["user"] == {"login": None}
+    assert response.status_code == 400 and "user" in response.get_json()["error"]
+    assert queued(redis_conn) == 0
 
 
 @pytest.mark.usefixtures("untouched")
@@ -345,13 +345,23 @@ def test_a_signature_is_checked_before_anything_else(client, app):
 # -- huge comments ---------------------------------------------------------------------------
 
 
-def test_a_65536_character_comment_without_a_command_is_acknowledged(client, app, redis_conn):
-    body = ("lorem ipsum `/preview` > /preview " * 3000)[:65536]
+def test_a_65536_character_comment_that_never_says_preview_is_acknowledged(client, app, redis_conn):
+    body = ("lorem ipsum `/deploy` > /review " * 3000)[:65536]
     assert len(body) == 65536
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode())
     assert response.status_code == 200 and response.get_json() == {"status": "acknowledged"}
     assert queued(redis_conn) == 0
     assert deliveries(app) == 1
+
+
+def test_a_comment_that_mentions_preview_is_left_to_the_handler_to_parse(client, app, redis_conn):
+    # The receiver only looks for the word; the handler parses the command, once (and finds
+    # none here: quotes and inline code do not count).
+    body = ("lorem ipsum `/preview` > /preview " * 3000)[:65536]
+    response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode(), delivery="mention")
+    assert response.status_code == 202
+    assert queued_job(redis_conn, "mention").kwargs["payload"]["comment"]["body"] == body
+    assert parse_command(body) is None
 
 
 def test_a_65536_character_comment_with_a_command_is_queued_once(client, app, redis_conn):
@@ -360,19 +370,19 @@ def test_a_65536_character_comment_with_a_command_is_queued_once(client, app, re
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode(), delivery="big-comment")
     assert response.status_code == 202 and response.get_json() == {"status": "queued"}
     assert queued(redis_conn) == 1
-    job = dispatched_job(redis_conn, "big-comment")
+    job = queued_job(redis_conn, "big-comment")
     assert job.kwargs["payload"]["comment"]["body"] == body
     # No deployment starts in the web process: the worker decides, after checking permissions.
     assert app.extensions["previewbot"].store.db["deployments"].count == 0
     assert not redis_conn.keys("previewbot:lock:*")
 
 
-def test_a_longer_comment_is_cut_to_65536_characters_in_the_job(client, app, redis_conn):
+def test_a_longer_comment_reaches_the_job_as_github_sent_it(client, app, redis_conn):
     body = "/preview\n" + "y" * 200_000
     response = post(client, json.dumps(webhooks.issue_comment(body=body)).encode(), delivery="huge-comment")
     assert response.status_code == 202
-    job = dispatched_job(redis_conn, "huge-comment")
-    assert job.kwargs["payload"]["comment"]["body"] == body[:65536]
+    job = queued_job(redis_conn, "huge-comment")
+    assert job.kwargs["payload"]["comment"]["body"] == body  # the command parser reads the first 65,536
 
 
 # -- branch names through the REST deploy ----------------------------------------------------
@@ -412,7 +422,7 @@ def deploy_app(request, tmp_path, redis_url, private_key_pem, monkeypatch):
         yield app
         return
     # Installation tokens are cached per process; this test's fake GitHub knows none of them.
-    monkeypatch.setattr("worker.github._tokens", None)
+    monkeypatch.setattr("bot.github._tokens", None)
     with FakeGitHub(APP_ID, private_key_pem) as fake:
         fake.add_installation(77, "octo")
         fake.add_repo("octo/app", 77)
@@ -464,19 +474,20 @@ INJECTIONS = ["<img/src=x/onerror=alert(1)>", "[x](javascript:alert(1))", "![x](
 LIVE_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")
 
 
-def _deployment(status: str, branch: str) -> dict:
-    return {
-        "id": "d" * 32,
-        "repository": "octo/app",
-        "prNumber": 1,
-        "branchName": branch,
-        "headSha": "1" * 40,
-        "status": status,
-        "previewUrl": "https://preview-1.app.example.com" if status == "deployed" else None,
-        "error": f"could not build {branch}" if status == "failed" else None,
-        "updatedAt": "2026-01-01T00:00:00.000Z",
-        "destroyedAt": "2026-01-01T00:00:00.000Z" if status == "idle" else None,
-    }
+def _deployment(status: str, branch: str) -> Deployment:
+    return Deployment(
+        id="d" * 32,
+        repository="octo/app",
+        pr_number=1,
+        branch_name=branch,
+        head_sha="1" * 40,
+        status="destroyed" if status == "idle" else status,
+        preview_url="https://preview-1.app.example.com" if status == "deployed" else None,
+        error=f"could not build {branch}" if status == "failed" else None,
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:00.000Z",
+        destroyed_at="2026-01-01T00:00:00.000Z" if status == "idle" else None,
+    )
 
 
 def _shown(rendered: str) -> str:

@@ -66,7 +66,7 @@ def test_webhook_while_redis_is_down_is_503_and_can_be_redelivered(tmp_path, red
     up = create_app(load_settings({**env, "REDIS_URL": redis_url}), start_feed=False).test_client()
     again = up.post("/api/github/webhooks", data=body, headers=headers)
     assert again.status_code == 202
-    assert redis.Redis.from_url(redis_url).xlen("previewbot:inbox") == 1
+    assert redis.Redis.from_url(redis_url).llen("rq:queue:previewbot") == 1
 
 
 def test_secrets_stay_out_of_logs_database_and_errors(make_bot, tmp_path):
@@ -129,7 +129,7 @@ def test_deploy_lost_when_redis_restarts_without_data_ends_failed(tmp_path, make
             assert any((e["message"] or "").startswith("repair:") for e in bot.store.deployment_events(started["id"]))
         # Redis knows the outcome again, and the branch can be deployed anew.
         conn = redis.Redis.from_url(server.url)
-        assert json.loads(conn.get("previewbot:pr:octo/app#31"))["status"] == "failed"
+        assert json.loads(conn.get("previewbot:env:octo/app#31:preview"))["status"] == "failed"
         assert bot.deploy("octo/app", 31, "feat/redis").status_code == 202
     finally:
         bot.stop()
@@ -184,7 +184,7 @@ def test_a_teardown_queued_behind_a_dead_deploy_still_happens(make_bot, tmp_path
     _kill_worker_of(bot, first["id"])
     wait_for(lambda: bot.deployment("octo/app", 42).status_code == 404, timeout=30, message="the queued teardown to run")
     events = [e["status"] for e in bot.store.deployment_events(first["id"])]
-    assert events[-2:] == ["failed", "idle"]
+    assert events[-2:] == ["failed", "destroyed"]
     conn = redis.Redis.from_url(bot.env["REDIS_URL"])
     assert not conn.keys("previewbot:next:*") and not conn.keys("previewbot:lock:*")
 
@@ -234,7 +234,7 @@ def test_github_jobs_of_dead_workers_are_queued_again_twice_at_most(redis_conn):
     from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
 
-    from worker.queue import get_queue
+    from bot.queue import get_queue
     from worker.reconcile import alive_key, requeue_github_jobs_of_dead_workers
 
     queue = get_queue(redis_conn)

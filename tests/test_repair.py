@@ -1,15 +1,18 @@
 """The web process's repair of what a restarted, empty Redis forgot (real Redis and SQLite)."""
 
-import json
-
+from bot import state
 from bot.feed import LOST_IN_REDIS, record, repair_lost_deployments
+from bot.model import Deployment, PreviewKey
 from bot.store import Store
-from worker import state
 
 
 def deployment(id_, status, created, pr=2):
-    return {"id": id_, "repository": "octo/app", "prNumber": pr, "branchName": "feat", "status": status,
-            "createdAt": created, "updatedAt": created, "installationId": None}
+    return Deployment(id=id_, repository="octo/app", pr_number=pr, branch_name="feat", status=status, created_at=created, updated_at=created)
+
+
+def _record_last(store, redis_conn):
+    entry_id, fields = redis_conn.xrange(state.EVENTS_STREAM)[-1]
+    record(store, entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
 
 
 def test_a_deploying_row_redis_forgot_is_failed_without_touching_the_newer_current(tmp_path, redis_conn):
@@ -17,17 +20,15 @@ def test_a_deploying_row_redis_forgot_is_failed_without_touching_the_newer_curre
     store.migrate()
     store.record_deployment(deployment("old", "deploying", "2026-01-01T00:00:00.000Z"), None)
     # Redis restarted empty, then a newer deployment of the same pull request was published.
-    newer = deployment("new", "deployed", "2026-01-01T00:01:00.000Z")
-    event_id = state.publish(redis_conn, newer)
-    record(store, event_id, {"kind": "deployment", "data": json.dumps(newer)})
+    state.publish(redis_conn, deployment("new", "deployed", "2026-01-01T00:01:00.000Z"))
+    _record_last(store, redis_conn)
     redis_conn.xgroup_create(state.EVENTS_STREAM, "recorders", id="$")  # everything recorded
 
     repaired = repair_lost_deployments(redis_conn, store)
 
-    assert [d["id"] for d in repaired] == ["old"]
-    assert state.current(redis_conn, "octo/app", 2)["id"] == "new"
-    entries = redis_conn.xrange(state.EVENTS_STREAM)
-    record(store, entries[-1][0].decode(), {k.decode(): v.decode() for k, v in entries[-1][1].items()})
+    assert [d.id for d in repaired] == ["old"]
+    assert state.current(redis_conn, PreviewKey("octo/app", 2)).id == "new"
+    _record_last(store, redis_conn)
     assert store.get_deployment("old")["status"] == "failed"
     assert store.get_deployment("old")["error_message"] == LOST_IN_REDIS
     assert redis_conn.llen("rq:queue:previewbot") == 1  # a report job, for GitHub
@@ -47,4 +48,4 @@ def test_live_previews_redis_forgot_are_given_back(tmp_path, redis_conn):
     store.migrate()
     store.record_deployment(deployment("live", "deployed", "2026-01-01T00:00:00.000Z", pr=5), None)
     repair_lost_deployments(redis_conn, store)
-    assert state.current(redis_conn, "octo/app", 5)["id"] == "live"
+    assert state.current(redis_conn, PreviewKey("octo/app", 5)).id == "live"

@@ -134,7 +134,7 @@ def test_destroy_keeps_history_and_frees_the_branch(make_bot):
     wait_for(lambda: bot.deployment("octo/app", 12).status_code == 404, message="destroyed")
     assert bot.deployment("octo/app", 12).json()["status"] == "idle"
     row = bot.store.get_deployment(first["id"])
-    assert row["status"] == "idle" and row["destroyed_at"]
+    assert row["status"] == "destroyed" and row["destroyed_at"]
     # Deploying again makes a new row; the destroyed one stays as history.
     second = bot.deploy("octo/app", 12, "feat/a").json()
     bot.wait_status("octo/app", 12, "deployed")
@@ -153,6 +153,38 @@ def test_redeploy_after_deployed_is_a_new_deployment(make_bot):
     assert second.status_code == 202
     assert second.json()["deploymentId"] != first["deploymentId"]
     assert bot.wait_status("octo/app", 13, "deployed")["id"] == second.json()["id"]
+
+
+def history(bot, repository: str, pr: int) -> list[tuple[str, str]]:
+    with bot.client() as c:
+        return [(d["id"], d["status"]) for d in c.get(f"/api/repos/{repository}/pull-requests/{pr}/deployments").json()["deployments"]]
+
+
+def test_a_replaced_deployment_is_superseded_in_the_history(make_bot):
+    bot = make_bot().start()
+    first = bot.deploy("octo/app", 14, "feat/c").json()
+    bot.wait_status("octo/app", 14, "deployed")
+    second = bot.deploy("octo/app", 14, "feat/c").json()  # a redeploy
+    bot.wait_status("octo/app", 14, "deployed")
+    assert wait_for(lambda: history(bot, "octo/app", 14) == [(second["id"], "deployed"), (first["id"], "superseded")])
+    third = bot.deploy("octo/app", 14, "feat/other").json()  # another branch of the same pull request
+    assert bot.wait_status("octo/app", 14, "deployed")["id"] == third["id"]
+    expected = [(third["id"], "deployed"), (second["id"], "superseded"), (first["id"], "superseded")]
+    assert wait_for(lambda: history(bot, "octo/app", 14) == expected)
+
+
+def test_the_history_is_paginated_newest_first(make_bot):
+    bot = make_bot().start()
+    ids = []
+    for _ in range(3):
+        ids.append(bot.deploy("octo/app", 15, "feat/d").json()["id"])
+        bot.wait_status("octo/app", 15, "deployed")
+    wait_for(lambda: len(history(bot, "octo/app", 15)) == 3)
+    with bot.client() as c:
+        page = c.get("/api/repos/octo/app/pull-requests/15/deployments?limit=2").json()
+        assert [d["id"] for d in page["deployments"]] == ids[:0:-1] and page["next"] == ids[1]
+        rest = c.get(f"/api/repos/octo/app/pull-requests/15/deployments?limit=2&before={page['next']}").json()
+    assert [d["id"] for d in rest["deployments"]] == [ids[0]] and rest["next"] is None
 
 
 def test_websocket_of_a_scoped_token_never_carries_other_repositories(make_bot):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from bot.config import Settings, load_settings
+from bot.model import Deployment
 
 from .provisioners import Provisioner, make_provisioner
 
@@ -17,13 +18,13 @@ log = logging.getLogger("previewbot.worker")
 class NullReporter:
     """Local mode: no GitHub App, so nothing is reported outside the API and the feed."""
 
-    def deploy_started(self, deployment: dict) -> None:
+    def deploy_started(self, deployment: Deployment) -> None:
         pass
 
-    def deploy_finished(self, deployment: dict) -> None:
+    def deploy_finished(self, deployment: Deployment) -> None:
         pass
 
-    def destroyed(self, deployment: dict, *, reason: str) -> None:
+    def destroyed(self, deployment: Deployment, *, reason: str) -> None:
         pass
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from gidgethub import routing, sansio
 
+from bot.github import GitHubSession, github_session
+
 from . import on_check_run, on_comment, on_pull_request
 from .context import WorkerContext, get_context
-from .github import GitHubSession, github_session
 
 log = logging.getLogger("previewbot.webhooks")
 

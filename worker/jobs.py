@@ -11,7 +11,9 @@ from contextlib import contextmanager
 
 import redis
 
-from . import previews, state
+from bot import previews, queue, state
+from bot.model import Deployment, utcnow
+
 from .context import WorkerContext, get_context
 from .provisioners import ProvisionError, ProvisionRequest
 
@@ -21,6 +23,7 @@ log = logging.getLogger("previewbot.worker")
 def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
     """Provision `deployment` and report the outcome everywhere."""
     ctx = get_context()
+    deployment = Deployment.from_json(deployment)
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
     with held_lease(ctx, lock, lock_id) as lost:
         if lost is None:
@@ -32,24 +35,25 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
         except ProvisionError as exc:
             result = finish(ctx, deployment, status="failed", error=str(exc))
         except Exception as exc:  # a provisioner bug must still end the deployment
-            log.exception("provisioner crashed for deployment %s", deployment["id"])
+            log.exception("provisioner crashed for deployment %s", deployment.id)
             result = finish(ctx, deployment, status="failed", error=f"Provisioner error: {type(exc).__name__}")
         else:
-            result = finish(ctx, deployment, status="deployed", previewUrl=url)
+            result = finish(ctx, deployment, status="deployed", preview_url=url)
         ctx.reporter.deploy_finished(result)
-        return result
+        return result.to_json()
 
 
 def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
-    """Tear down the branch's environment; the deployment row stays, as history, marked idle."""
+    """Tear down the branch's environment; the deployment record stays, as history, `destroyed`."""
     ctx = get_context()
+    deployment = Deployment.from_json(deployment)
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
     with held_lease(ctx, lock, lock_id) as lost:
         if lost is None:
-            return deployment
+            return deployment.to_json()
         # The caller's snapshot may be older than a deploy that finished meanwhile.
-        latest = state.current(ctx.redis, deployment["repository"], deployment["prNumber"]) or deployment
-        if latest["id"] != deployment["id"] and latest.get("branchName") == deployment["branchName"]:
+        latest = state.current(ctx.redis, deployment.key) or deployment
+        if latest.id != deployment.id and latest.branch_name == deployment.branch_name:
             deployment = latest
         request = _provision_request(ctx, deployment, lost)
         try:
@@ -57,26 +61,26 @@ def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
         except ProvisionError as exc:
             result = finish(ctx, deployment, status="failed", error=f"Destroy failed: {exc}")
             ctx.reporter.deploy_finished(result)
-            return result
-        result = finish(ctx, deployment, status="idle", destroyedAt=state.utcnow(), message=reason)
+            return result.to_json()
+        result = finish(ctx, deployment, status="destroyed", destroyed_at=utcnow(), message=reason)
         ctx.reporter.destroyed(result, reason=reason)
-        return result
+        return result.to_json()
 
 
 def report_deployment(*, deployment: dict) -> None:
     """Report a deployment's state on GitHub (used by repairs made in the web process)."""
-    get_context().reporter.deploy_finished(deployment)
+    get_context().reporter.deploy_finished(Deployment.from_json(deployment))
 
 
 def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
     """RQ's failure callback: a job that raised (or timed out) still ends its deployment."""
     ctx = get_context()
     kwargs = job.kwargs or {}
-    deployment = kwargs.get("deployment")
-    if not deployment:
+    if not kwargs.get("deployment"):
         return
-    current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
-    if current and current["id"] == deployment["id"] and current["status"] == "deploying":
+    deployment = Deployment.from_json(kwargs["deployment"])
+    current = state.current(ctx.redis, deployment.key)
+    if current and current.id == deployment.id and current.status == "deploying":
         error = "The deploy timed out." if exc_type and exc_type.__name__ == "JobTimeoutException" else "The deploy job crashed."
         result = finish(ctx, current, status="failed", error=error)
         ctx.reporter.deploy_finished(result)
@@ -129,44 +133,34 @@ def _release(ctx: WorkerContext, lock: state.BranchLock, lock_id: str | None) ->
 
 def start_follow_up(ctx: WorkerContext, lock: state.BranchLock, follow_id: str, follow: dict) -> None:
     """Run what a push or a close queued behind a job; the lock is already `follow_id`'s."""
-    repository, pr_number = follow["repository"], follow["prNumber"]
-    current = state.current(ctx.redis, repository, pr_number)
-    if current is None:  # Redis lost the pull request's state: nothing to follow up on
+    current = state.current(ctx.redis, previews.follow_up_key(follow))
+    if current is None:  # Redis lost the environment's state: nothing to follow up on
         _release(ctx, lock, follow_id)
         return
     if follow["action"] == "destroy":
-        previews.queue.enqueue_destroy(
-            ctx.redis, ctx.settings, deployment=current, lock_id=follow_id, reason=follow.get("reason") or "destroy"
-        )
+        queue.enqueue_destroy(ctx.redis, ctx.settings, deployment=current, lock_id=follow_id, reason=follow.get("reason") or "destroy")
         return
-    deployment = previews.new_deployment(
-        repository=repository,
-        pr_number=pr_number,
-        branch=current["branchName"],
-        head_repository=current.get("headRepository"),
-        sha=follow.get("headSha") or current.get("headSha"),
+    deployment = Deployment.new(
+        id=follow_id,
+        repository=current.repository,
+        pr_number=current.pr_number,
+        environment=current.environment,
+        branch_name=current.branch_name,
+        head_repository=current.head_repository,
+        head_sha=follow.get("headSha") or current.head_sha,
         trigger=follow.get("trigger") or "push",
         requested_by=follow.get("requestedBy"),
-        installation_id=current.get("installationId"),
+        installation_id=current.installation_id,
         provisioner=ctx.provisioner.name,
-        deployment_id=follow_id,
     )
     previews.start_deploy(ctx.redis, ctx.settings, deployment, lock_id=follow_id)
 
 
-def finish(ctx: WorkerContext, deployment: dict, *, status: str, message: str | None = None, **changes) -> dict:
-    result = {**deployment, **changes, "status": status, "updatedAt": state.utcnow()}
-    if status != "failed":
-        result["error"] = None
-
-    def announce():
-        current = state.current(ctx.redis, deployment["repository"], deployment["prNumber"])
-        # A newer deployment of the same pull request owns the "current" slot; only record ours.
-        make_current = current is None or current["id"] == deployment["id"]
-        state.publish(ctx.redis, result, message=message, make_current=make_current)
-
-    _while_redis_returns(announce)
-    return result
+def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: str | None = None, **changes) -> Deployment:
+    """End (or change) `deployment` and announce it, waiting through a short Redis outage.
+    Returns it as recorded: `superseded` when a newer deployment took its environment meanwhile."""
+    result = deployment.changed(status=status, **changes)
+    return _while_redis_returns(lambda: state.publish(ctx.redis, result, message=message))
 
 
 # How long a finished job waits for Redis to come back before giving its outcome up (the
@@ -189,9 +183,9 @@ def _while_redis_returns(action) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def _superseded(ctx: WorkerContext, deployment: dict) -> dict:
-    log.info("deployment %s lost its branch lock while queued; not running it", deployment["id"])
-    return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.")
+def _superseded(ctx: WorkerContext, deployment: Deployment) -> dict:
+    log.info("deployment %s lost its branch lock while queued; not running it", deployment.id)
+    return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.").to_json()
 
 
 def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
@@ -202,14 +196,15 @@ def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
         pass
 
 
-def _provision_request(ctx: WorkerContext, deployment: dict, cancelled: threading.Event) -> ProvisionRequest:
+def _provision_request(ctx: WorkerContext, deployment: Deployment, cancelled: threading.Event) -> ProvisionRequest:
     return ProvisionRequest(
-        repository=deployment["repository"],
-        pr_number=int(deployment["prNumber"]),
-        branch=deployment["branchName"],
-        sha=deployment.get("headSha"),
-        deployment_id=deployment["id"],
-        preview_url=deployment.get("previewUrl"),
-        log=lambda line: _log_line(ctx, deployment["id"], line),
+        repository=deployment.repository,
+        pr_number=deployment.pr_number,
+        environment=deployment.environment,
+        branch=deployment.branch_name,
+        sha=deployment.head_sha,
+        deployment_id=deployment.id,
+        preview_url=deployment.preview_url,
+        log=lambda line: _log_line(ctx, deployment.id, line),
         cancelled=cancelled,
     )

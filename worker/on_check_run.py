@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from gidgethub import routing
 
-from . import previews, state
-from .github import may_deploy
+from bot import previews, state
+from bot.github import may_deploy
+from bot.model import PreviewKey
+from bot.render import CHECK_NAME
+
 from .on_comment import fetch_pull, start_deploy_from_github
-from .render import CHECK_NAME
 
 router = routing.Router()
 
@@ -32,26 +34,24 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
         return  # only our own check runs
     if identifier not in DEPLOY_ACTIONS | {"destroy"}:
         return
-    repository = data["repository"]["full_name"]
     pr_number = pull_request_number(check_run)
     if pr_number is None:
         return
+    key = PreviewKey(data["repository"]["full_name"], pr_number)
     login = data["sender"]["login"]
-    current = state.current(ctx.redis, repository, pr_number)
-    if not await may_deploy(session, repository, login):
+    if not await may_deploy(session, key.repository, login):
         await ctx.reporter.update_comment(
-            session, current, repository=repository, pr_number=pr_number,
+            session, state.current(ctx.redis, key), key=key,
             note=f"@{login}: only people with write access to this repository can {identifier} previews.",
         )
         return
     if identifier == "destroy":
-        if current and current["status"] != "idle":
-            previews.request_destroy(ctx.redis, ctx.settings, current, reason=f"destroyed by @{login}")
+        previews.request_destroy(ctx.redis, ctx.settings, key, reason=f"destroyed by @{login}")
         return
-    pull = await fetch_pull(session, repository, pr_number)
+    pull = await fetch_pull(session, key.repository, key.pr_number)
     if pull is None or pull["state"] != "open":
         return
-    await start_deploy_from_github(handling, pull, repository=repository, trigger="button", requested_by=login)
+    await start_deploy_from_github(handling, pull, key=key, trigger="button", requested_by=login)
 
 
 def pull_request_number(check_run: dict) -> int | None:

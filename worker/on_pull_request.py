@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from gidgethub import routing
 
-from . import previews, state
+from bot import previews, state
+from bot.model import PreviewKey
+
 from .on_comment import is_fork, start_deploy_from_github
 
 router = routing.Router()
@@ -14,11 +16,11 @@ router = routing.Router()
 @router.register("pull_request", action="reopened")
 async def opened(event, handling) -> None:
     ctx, session = handling.ctx, handling.session
-    pull, repository = event.data["pull_request"], event.data["repository"]["full_name"]
-    if ctx.settings.auto_deploy and not is_fork(pull, repository):
-        if await start_deploy_from_github(handling, pull, repository=repository, trigger="auto", requested_by=pull["user"]["login"]):
+    pull, key = event.data["pull_request"], _key(event.data)
+    if ctx.settings.auto_deploy and not is_fork(pull, key.repository):
+        if await start_deploy_from_github(handling, pull, key=key, trigger="auto", requested_by=pull["user"]["login"]):
             return
-    await ctx.reporter.update_check_run(session, None, repository=repository, head_sha=pull["head"]["sha"], pr_number=pull["number"])
+    await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
 
 
 @router.register("pull_request", action="synchronize")
@@ -26,24 +28,24 @@ async def pushed(event, handling) -> None:
     """A push redeploys a live preview at the new commit; during a deploy, one follow-up is
     queued at the newest commit. A fork's push is never deployed without a new command."""
     ctx, session = handling.ctx, handling.session
-    pull, repository = event.data["pull_request"], event.data["repository"]["full_name"]
-    current = state.current(ctx.redis, repository, pull["number"])
-    live = current is not None and current["status"] in ("deploying", "deployed") and current["branchName"] == pull["head"]["ref"]
-    if live and not is_fork(pull, repository):
+    pull, key = event.data["pull_request"], _key(event.data)
+    current = state.current(ctx.redis, key)
+    live = current is not None and current.status in ("deploying", "deployed") and current.branch_name == pull["head"]["ref"]
+    if live and not is_fork(pull, key.repository):
         started = await start_deploy_from_github(
-            handling, pull, repository=repository, trigger="push", requested_by=event.data["sender"]["login"], queue_if_busy=True
+            handling, pull, key=key, trigger="push", requested_by=event.data["sender"]["login"], queue_if_busy=True
         )
         if started:
             return
-    await ctx.reporter.update_check_run(session, None, repository=repository, head_sha=pull["head"]["sha"], pr_number=pull["number"])
+    await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
 
 
 @router.register("pull_request", action="closed")
 async def closed(event, handling) -> None:
-    ctx = handling.ctx
-    pull, repository = event.data["pull_request"], event.data["repository"]["full_name"]
-    current = state.current(ctx.redis, repository, pull["number"])
-    if current is None or current["status"] == "idle":
-        return
+    pull = event.data["pull_request"]
     reason = "pull request merged" if pull.get("merged") else "pull request closed"
-    previews.request_destroy(ctx.redis, ctx.settings, current, reason=reason)
+    previews.request_destroy(handling.ctx.redis, handling.ctx.settings, _key(event.data), reason=reason)
+
+
+def _key(data: dict) -> PreviewKey:
+    return PreviewKey(data["repository"]["full_name"], int(data["pull_request"]["number"]))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from bot.embedded_redis import die_with_parent
+from bot.model import DEFAULT_ENVIRONMENT
 
 URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 
@@ -42,6 +43,7 @@ class ProvisionRequest:
     branch: str
     sha: str | None
     deployment_id: str
+    environment: str = DEFAULT_ENVIRONMENT
     preview_url: str | None = None
     log: Callable[[str], None] = field(default=lambda line: None, repr=False)
     # Set when the job lost its branch lock: stop, another deploy of the branch may start.

@@ -22,8 +22,14 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from . import state
-from .queue import QUEUE_NAME, get_queue, job_id_for_lock
+from bot import previews, state
+from bot.github import github_session
+from bot.model import Deployment
+from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
+
+from .context import get_context
+from .jobs import finish, start_follow_up
+from .on_comment import fetch_pull
 from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
@@ -36,24 +42,21 @@ GRACE_SECONDS = 10
 LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def reconcile() -> list[dict]:
+def reconcile() -> list[Deployment]:
     """One reconcile pass: returns what it repaired."""
-    from .context import get_context
-    from .jobs import finish, start_follow_up
-
     ctx = get_context()
     repaired = []
     for deployment in state.active_deployments(ctx.redis):
         problem = diagnose(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         if problem is None:
             continue
-        log.warning("reconcile: deployment %s (%s#%s): %s", deployment["id"], deployment["repository"], deployment["prNumber"], problem)
+        log.warning("reconcile: deployment %s (%s): %s", deployment.id, deployment.key, problem)
         lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         result = finish(ctx, deployment, status="failed", error=problem, message=f"reconcile: {problem}")
         ctx.reporter.deploy_finished(result)
         repaired.append(result)
         # A push or a close queued behind the dead job still happens.
-        handed = lock.release(deployment["id"])  # also when its lease already ran out
+        handed = lock.release(deployment.id)  # also when its lease already ran out
         if handed:
             start_follow_up(ctx, lock, *handed)
     if ctx.settings.github_enabled:
@@ -98,30 +101,26 @@ def requeue_github_jobs_of_dead_workers(conn: redis.Redis) -> list[str]:
     return requeued
 
 
-async def destroy_previews_of_closed_pull_requests(ctx) -> list[dict]:
+async def destroy_previews_of_closed_pull_requests(ctx) -> list[Deployment]:
     """A preview whose pull request closed while its `closed` webhook was lost still costs
     money: each live preview's pull request is looked at on GitHub every CLOSED_CHECK_PERIODS
     reconcile periods."""
-    from . import previews
-    from .github import github_session
-    from .on_comment import fetch_pull
-
     destroyed = []
     for deployment in state.live_deployments(ctx.redis):
-        if not deployment.get("installationId"):
+        if not deployment.installation_id:
             continue
-        checked = f"{state.PREFIX}:pr-checked:{deployment['repository']}#{deployment['prNumber']}"
+        checked = f"{state.PREFIX}:pr-checked:{deployment.key}"
         if not ctx.redis.set(checked, "1", nx=True, ex=max(1, int(CLOSED_CHECK_PERIODS * ctx.settings.reconcile_seconds))):
             continue
         try:
-            async with github_session(ctx.settings, deployment["installationId"]) as session:
-                pull = await fetch_pull(session, deployment["repository"], int(deployment["prNumber"]))
+            async with github_session(ctx.settings, deployment.installation_id) as session:
+                pull = await fetch_pull(session, deployment.repository, deployment.pr_number)
         except REPORT_ERRORS as exc:
-            log.warning("reconcile: could not look at %s#%s: %s", deployment["repository"], deployment["prNumber"], type(exc).__name__)
+            log.warning("reconcile: could not look at %s: %s", deployment.key, type(exc).__name__)
             continue
         if pull is None or pull.get("state") == "closed":
-            log.warning("reconcile: %s#%s is closed but its preview is live; destroying it", deployment["repository"], deployment["prNumber"])
-            previews.request_destroy(ctx.redis, ctx.settings, deployment, reason="reconcile: pull request closed")
+            log.warning("reconcile: %s is closed but its preview is live; destroying it", deployment.key)
+            previews.request_destroy(ctx.redis, ctx.settings, deployment.key, reason="reconcile: pull request closed")
             destroyed.append(deployment)
     return destroyed
 
@@ -131,19 +130,19 @@ JOB_LOST = "Job lost: the deploy left the queue without running. Retry to deploy
 SUPERSEDED = "Superseded: another job holds this branch. Retry to deploy again."
 
 
-def diagnose(conn: redis.Redis, deployment: dict, *, lease_seconds: float, now: float | None = None) -> str | None:
+def diagnose(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float, now: float | None = None) -> str | None:
     """Why `deployment` (status deploying) is stuck, or None if someone is working on it.
 
     The lock is taken before `deploying` is announced and released only after the final
     status, so a deploying deployment without its lock has lost its worker."""
     holder = state.lock_for(conn, deployment, lease_seconds=lease_seconds).holder()
     # Between the announcement and the enqueueing there is no job yet: give it a moment.
-    if holder == deployment["id"] and (now or time.time()) - _epoch(deployment.get("updatedAt")) < GRACE_SECONDS:
+    if holder == deployment.id and (now or time.time()) - _epoch(deployment.updated_at) < GRACE_SECONDS:
         return None
-    job = job_state(conn, deployment["id"])
+    job = job_state(conn, deployment.id)
     if holder is None or job == "dead worker":
         return WORKER_LOST
-    if holder != deployment["id"]:
+    if holder != deployment.id:
         return SUPERSEDED if job == "live" else WORKER_LOST
     return None if job == "live" else JOB_LOST
 

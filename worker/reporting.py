@@ -14,8 +14,9 @@ import gidgethub
 import httpx
 import redis
 
-from . import render, state
-from .github import GitHubSession, github_session
+from bot import render, state
+from bot.github import GitHubSession, github_session
+from bot.model import Deployment, PreviewKey, utcnow
 
 log = logging.getLogger("previewbot.reporting")
 
@@ -31,51 +32,51 @@ class GitHubReporter:
         self.redis = conn
 
     # The jobs are synchronous; each report runs its own short event loop.
-    def deploy_started(self, deployment: dict) -> None:
+    def deploy_started(self, deployment: Deployment) -> None:
         self._run(deployment, self.report_started)
 
-    def deploy_finished(self, deployment: dict) -> None:
+    def deploy_finished(self, deployment: Deployment) -> None:
         self._run(deployment, self.report_finished)
 
-    def destroyed(self, deployment: dict, *, reason: str) -> None:
+    def destroyed(self, deployment: Deployment, *, reason: str) -> None:
         self._run(deployment, self.report_destroyed)
 
-    def _run(self, deployment: dict, report) -> None:
-        if not deployment.get("installationId"):
+    def _run(self, deployment: Deployment, report) -> None:
+        if not deployment.installation_id:
             return
 
         async def go():
-            async with github_session(self.settings, deployment["installationId"]) as session:
+            async with github_session(self.settings, deployment.installation_id) as session:
                 await report(session, deployment)
 
         try:
             asyncio.run(go())
         except REPORT_ERRORS as exc:
-            log.error("could not report deployment %s to GitHub: %s", deployment["id"], _describe(exc))
+            log.error("could not report deployment %s to GitHub: %s", deployment.id, _describe(exc))
 
     # -- the reports -------------------------------------------------------------------------
 
-    async def report_started(self, session: GitHubSession, deployment: dict) -> None:
+    async def report_started(self, session: GitHubSession, deployment: Deployment) -> None:
         await self.update_check_run(session, deployment)
         github_id = await self._create_github_deployment(session, deployment)
         if github_id:
             await self._deployment_status(session, deployment, github_id, "in_progress")
         await self.update_comment(session, deployment)
 
-    async def report_finished(self, session: GitHubSession, deployment: dict) -> None:
+    async def report_finished(self, session: GitHubSession, deployment: Deployment) -> None:
         await self.update_check_run(session, deployment)
         github_id = self._github_deployment_id(deployment)
-        if github_id is None and deployment["status"] == "deployed":
+        if github_id is None and deployment.status == "deployed":
             github_id = await self._create_github_deployment(session, deployment)
         if github_id:
             await self._deployment_status(
-                session, deployment, github_id, "success" if deployment["status"] == "deployed" else "failure"
+                session, deployment, github_id, "success" if deployment.status == "deployed" else "failure"
             )
         await self.update_comment(session, deployment)
-        if deployment.get("commentId"):
-            await self.react(session, deployment["repository"], deployment["commentId"], "rocket" if deployment["status"] == "deployed" else "confused")
+        if deployment.comment_id:
+            await self.react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
 
-    async def report_destroyed(self, session: GitHubSession, deployment: dict) -> None:
+    async def report_destroyed(self, session: GitHubSession, deployment: Deployment) -> None:
         await self.update_check_run(session, deployment)
         for github_id in await self._github_deployments_of_pr(session, deployment):
             await self._deployment_status(session, deployment, github_id, "inactive")
@@ -83,18 +84,18 @@ class GitHubReporter:
 
     # -- check runs --------------------------------------------------------------------------
 
-    async def update_check_run(self, session: GitHubSession, deployment: dict | None, *, repository: str | None = None, head_sha: str | None = None, pr_number: int | None = None) -> None:
+    async def update_check_run(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, head_sha: str | None = None) -> None:
         """Create or update the Preview check run on the head commit."""
-        repository = repository or deployment["repository"]
-        head_sha = head_sha or (deployment or {}).get("headSha")
-        pr_number = pr_number or (deployment or {}).get("prNumber")
+        key = key or deployment.key
+        repository, pr_number = key.repository, key.pr_number
+        head_sha = head_sha or (deployment.head_sha if deployment else None)
         if not head_sha:
             return
         fields = {k: v for k, v in render.check_run_fields(deployment).items() if v is not None}
         if fields["status"] == "completed":
-            fields["completed_at"] = state.utcnow()
-        key = f"{repository}@{head_sha}"
-        check_run_id = _text(self.redis.hget(CHECK_RUNS, key)) or await self._find_check_run(session, repository, head_sha)
+            fields["completed_at"] = utcnow()
+        cache_key = f"{repository}@{head_sha}"
+        check_run_id = _text(self.redis.hget(CHECK_RUNS, cache_key)) or await self._find_check_run(session, repository, head_sha)
         if check_run_id:
             await session.call(
                 "PATCH", "/repos/{+repository}/check-runs/{id}", url_vars={"repository": repository, "id": check_run_id}, data=fields
@@ -107,7 +108,7 @@ class GitHubReporter:
                 data={"name": render.CHECK_NAME, "head_sha": head_sha, "external_id": str(pr_number or ""), **fields},
             )
             check_run_id = str(created["id"])
-        self.redis.hset(CHECK_RUNS, key, check_run_id)
+        self.redis.hset(CHECK_RUNS, cache_key, check_run_id)
 
     async def _find_check_run(self, session: GitHubSession, repository: str, head_sha: str) -> str | None:
         data = await session.call(
@@ -120,24 +121,24 @@ class GitHubReporter:
 
     # -- the PR comment ----------------------------------------------------------------------
 
-    async def update_comment(self, session: GitHubSession, deployment: dict | None, *, repository: str | None = None, pr_number: int | None = None, note: str | None = None, show_help: bool = False) -> None:
+    async def update_comment(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, note: str | None = None, show_help: bool = False) -> None:
         """Edit the bot's one comment on the pull request, creating it the first time."""
-        repository = repository or deployment["repository"]
-        pr_number = int(pr_number or deployment["prNumber"])
+        key = key or deployment.key
+        repository, pr_number = key.repository, key.pr_number
         body = render.render_status_comment(deployment, note=note, show_help=show_help)
-        key = f"{repository}#{pr_number}"
+        cache_key = f"{repository}#{pr_number}"
         # One writer per pull request at a time, so two jobs never both create the comment.
-        guard = self.redis.lock(f"{state.PREFIX}:comment-lock:{key}", timeout=60, blocking_timeout=30)
+        guard = self.redis.lock(f"{state.PREFIX}:comment-lock:{cache_key}", timeout=60, blocking_timeout=30)
         if not guard.acquire():
             raise ValueError("could not take the comment lock")
         try:
-            comment_id = _text(self.redis.hget(COMMENTS, key)) or await self._find_comment(session, repository, pr_number)
+            comment_id = _text(self.redis.hget(COMMENTS, cache_key)) or await self._find_comment(session, repository, pr_number)
             if comment_id:
                 try:
                     await session.call(
                         "PATCH", "/repos/{+repository}/issues/comments/{id}", url_vars={"repository": repository, "id": comment_id}, data={"body": body}
                     )
-                    self.redis.hset(COMMENTS, key, comment_id)
+                    self.redis.hset(COMMENTS, cache_key, comment_id)
                     return
                 except gidgethub.BadRequest as exc:
                     if exc.status_code != 404:  # someone deleted it: write a new one
@@ -145,7 +146,7 @@ class GitHubReporter:
             created = await session.call(
                 "POST", "/repos/{+repository}/issues/{number}/comments", url_vars={"repository": repository, "number": pr_number}, data={"body": body}
             )
-            self.redis.hset(COMMENTS, key, str(created["id"]))
+            self.redis.hset(COMMENTS, cache_key, str(created["id"]))
         finally:
             try:
                 guard.release()
@@ -172,59 +173,59 @@ class GitHubReporter:
 
     # -- GitHub deployments ------------------------------------------------------------------
 
-    async def _create_github_deployment(self, session: GitHubSession, deployment: dict) -> int | None:
+    async def _create_github_deployment(self, session: GitHubSession, deployment: Deployment) -> int | None:
         data = await session.call(
             "POST",
             "/repos/{+repository}/deployments",
-            url_vars={"repository": deployment["repository"]},
+            url_vars={"repository": deployment.repository},
             data={
-                "ref": deployment.get("headSha") or deployment["branchName"],
-                "environment": render.environment_name(deployment["prNumber"]),
-                "description": f"Preview of PR #{int(deployment['prNumber'])}",
+                "ref": deployment.head_sha or deployment.branch_name,
+                "environment": render.environment_name(deployment.key),
+                "description": f"Preview of PR #{deployment.pr_number}",
                 "transient_environment": True,
                 "production_environment": False,
                 "auto_merge": False,
                 "required_contexts": [],
-                "payload": {"previewbotDeploymentId": deployment["id"]},
+                "payload": {"previewbotDeploymentId": deployment.id},
             },
         )
         if "id" not in data:  # 202: GitHub is merging; nothing to attach statuses to
             return None
-        self.redis.hset(GH_DEPLOYMENTS, deployment["id"], str(data["id"]))
+        self.redis.hset(GH_DEPLOYMENTS, deployment.id, str(data["id"]))
         return int(data["id"])
 
-    def _github_deployment_id(self, deployment: dict) -> int | None:
-        raw = _text(self.redis.hget(GH_DEPLOYMENTS, deployment["id"]))
+    def _github_deployment_id(self, deployment: Deployment) -> int | None:
+        raw = _text(self.redis.hget(GH_DEPLOYMENTS, deployment.id))
         return int(raw) if raw else None
 
-    async def _github_deployments_of_pr(self, session: GitHubSession, deployment: dict) -> list[int]:
+    async def _github_deployments_of_pr(self, session: GitHubSession, deployment: Deployment) -> list[int]:
         ids = []
         async for item in session.getiter(
             "/repos/{+repository}/deployments{?environment,per_page}",
-            {"repository": deployment["repository"], "environment": render.environment_name(deployment["prNumber"]), "per_page": 100},
+            {"repository": deployment.repository, "environment": render.environment_name(deployment.key), "per_page": 100},
             limit=100,
         ):
             ids.append(int(item["id"]))
         return ids
 
-    async def _deployment_status(self, session: GitHubSession, deployment: dict, github_id: int, status: str) -> None:
+    async def _deployment_status(self, session: GitHubSession, deployment: Deployment, github_id: int, status: str) -> None:
         data = {"state": status, "description": _status_description(deployment, status)}
-        if status == "success" and deployment.get("previewUrl"):
-            data["environment_url"] = deployment["previewUrl"]
+        if status == "success" and deployment.preview_url:
+            data["environment_url"] = deployment.preview_url
         if status == "inactive":
             data["auto_inactive"] = False
         await session.call(
             "POST",
             "/repos/{+repository}/deployments/{id}/statuses",
-            url_vars={"repository": deployment["repository"], "id": github_id},
+            url_vars={"repository": deployment.repository, "id": github_id},
             data=data,
         )
 
 
-def _status_description(deployment: dict, status: str) -> str:
+def _status_description(deployment: Deployment, status: str) -> str:
     words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview destroyed"}
     if status == "failure":
-        return ("Failed: " + (deployment.get("error") or "unknown error"))[:140]
+        return ("Failed: " + (deployment.error or "unknown error"))[:140]
     return words.get(status, status)
 
 

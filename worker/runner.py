@@ -2,7 +2,7 @@
 
 RQ's worker loop ends when Redis disappears in the middle of a job (its own bookkeeping
 needs Redis). This process then waits for Redis and starts the loop again, so a Redis restart
-never takes the workers with it. The heartbeat, the inbox dispatcher and the reconcile
+never takes the workers with it. The heartbeat and the reconcile
 scheduler run beside it.
 """
 
@@ -18,9 +18,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from bot.queue import get_queue
+
 from . import context
-from .inbox import Dispatcher
-from .queue import get_queue
 from .reconcile import Heartbeat, ReconcileScheduler
 
 log = logging.getLogger("previewbot.worker")
@@ -37,8 +37,6 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
     heartbeat.start()
     scheduler = ReconcileScheduler(conn, settings)
     scheduler.start()
-    dispatcher = Dispatcher(conn)
-    dispatcher.start()
     try:
         while True:
             # Jobs run in this process (no fork per job): installation tokens stay cached
@@ -65,7 +63,6 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             _wait_for_redis(conn)
             _run_again(conn, interrupted)
     finally:
-        dispatcher.stop()
         scheduler.stop()
         heartbeat.stop()
 

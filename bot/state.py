@@ -1,4 +1,4 @@
-"""Shared state in Redis: branch locks, follow-up actions, each pull request's current
+"""Shared state in Redis: branch locks, follow-up actions, each environment's current
 deployment, and the event stream that carries every change to the web processes.
 
 Workers need only Redis, so everything a worker must know or tell lives here. The web process
@@ -8,39 +8,30 @@ records the events in SQLite (`bot.feed`); nothing in this module touches SQLite
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import redis
+
+from .model import ACTIVE_STATUSES, LIVE_STATUSES, Deployment, PreviewKey, new_deployment_id, utcnow
 
 PREFIX = "previewbot"
 EVENTS_STREAM = f"{PREFIX}:events"
 # Accepted webhook deliveries, for the web's recorder only (the broadcaster reads EVENTS_STREAM).
 DELIVERIES_STREAM = f"{PREFIX}:deliveries"
 # Hash: deployment id -> snapshot, for every deployment still `deploying`, current or not, so
-# the reconciler also finds one that a newer deployment of its pull request replaced.
+# the reconciler also finds one that a newer deployment of its environment replaced.
 ACTIVE = f"{PREFIX}:active-deployments"
 EVENTS_MAXLEN = 200_000
 
-ACTIVE_STATUSES = ("deploying",)
+
+def branch_key(repository: str, head_repository: str | None, branch: str, environment: str) -> str:
+    """One lock per (repository, head repository, branch, environment): a fork's `main` is not ours."""
+    return f"{repository}|{head_repository or repository}|{branch}|{environment}"
 
 
-def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_deployment_id() -> str:
-    return uuid.uuid4().hex
-
-
-def branch_key(repository: str, head_repository: str | None, branch: str) -> str:
-    """One lock per (repository, head repository, branch): a fork's `main` is not ours."""
-    return f"{repository}|{head_repository or repository}|{branch}"
-
-
-def pr_key(repository: str, pr_number: int | str) -> str:
-    return f"{PREFIX}:pr:{repository}#{int(pr_number)}"
+def env_key(key: PreviewKey) -> str:
+    """Where Redis keeps an environment's current deployment."""
+    return f"{PREFIX}:env:{key.repository}#{int(key.pr_number)}:{key.environment}"
 
 
 # KEYS[1] lock, KEYS[2] next action; ARGV[1] deployment id, ARGV[2] lease ms, ARGV[3] follow-up
@@ -135,32 +126,52 @@ class BranchLock:
         return json.loads(raw) if raw else None
 
 
-def lock_for(conn: redis.Redis, deployment: dict, *, lease_seconds: float) -> BranchLock:
-    key = branch_key(deployment["repository"], deployment.get("headRepository"), deployment["branchName"])
+def lock_for(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float) -> BranchLock:
+    key = branch_key(deployment.repository, deployment.head_repository, deployment.branch_name, deployment.environment)
     return BranchLock(conn, key, lease_seconds=lease_seconds)
 
 
-def publish(conn: redis.Redis, deployment: dict, *, message: str | None = None, make_current: bool = True) -> str:
-    """Make `deployment` the pull request's current state and announce it on the stream.
+def publish(conn: redis.Redis, deployment: Deployment, *, message: str | None = None, take_over: bool = False) -> Deployment:
+    """Record a change of `deployment` in Redis and announce it on the stream, in one transaction.
 
-    One transaction: the current state, the set of active deployments and the stream entry
-    never disagree. Returns the stream id, which orders events for the web's recorder.
+    With `take_over` (a new deployment starting) it becomes its environment's current
+    deployment, and the one it replaces, if live, is marked `superseded`. Otherwise it stays
+    current only if it still is; a deployment that finishes `deployed` after a newer one took
+    its environment is recorded `superseded`, so a record is never left `deployed` once replaced.
+    Returns the deployment as recorded.
     """
-    deployment = {**deployment, "updatedAt": deployment.get("updatedAt") or utcnow()}
-    payload = json.dumps(deployment, separators=(",", ":"))
-    key = pr_key(deployment["repository"], deployment["prNumber"])
-    pipe = conn.pipeline(transaction=True)
-    if make_current:
-        pipe.set(key, payload)
-    if deployment["status"] in ACTIVE_STATUSES:
-        pipe.hset(ACTIVE, deployment["id"], payload)
+    key = env_key(deployment.key)
+    with conn.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                previous = Deployment.from_json(raw) if raw else None
+                current = take_over or previous is None or previous.id == deployment.id
+                if not current and deployment.status == "deployed":
+                    deployment = deployment.changed(status="superseded")
+                pipe.multi()
+                if current:
+                    pipe.set(key, deployment.dumps())
+                if take_over and previous and previous.id != deployment.id and previous.status == "deployed":
+                    _announce(pipe, previous.changed(status="superseded"), f"superseded by {deployment.id}", current=False)
+                _announce(pipe, deployment, message, current=current)
+                pipe.execute()
+                return deployment
+            except redis.WatchError:
+                continue
+
+
+def _announce(pipe, deployment: Deployment, message: str | None, *, current: bool) -> None:
+    payload = deployment.dumps()
+    if deployment.status in ACTIVE_STATUSES:
+        pipe.hset(ACTIVE, deployment.id, payload)
     else:
-        pipe.hdel(ACTIVE, deployment["id"])
-    fields = {"kind": "deployment", "data": payload}
+        pipe.hdel(ACTIVE, deployment.id)
+    fields = {"kind": "deployment", "data": payload, "current": "1" if current else "0"}
     if message:
         fields["message"] = message
     pipe.xadd(EVENTS_STREAM, fields, maxlen=EVENTS_MAXLEN, approximate=True)
-    return _text(pipe.execute()[-1])
 
 
 def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
@@ -172,23 +183,23 @@ def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
     )
 
 
-def current(conn: redis.Redis, repository: str, pr_number: int | str) -> dict | None:
-    """The pull request's current deployment as last published, or None."""
-    raw = conn.get(pr_key(repository, pr_number))
-    return json.loads(raw) if raw else None
+def current(conn: redis.Redis, key: PreviewKey) -> Deployment | None:
+    """The environment's current deployment as last published, or None."""
+    raw = conn.get(env_key(key))
+    return Deployment.from_json(raw) if raw else None
 
 
-def active_deployments(conn: redis.Redis) -> list[dict]:
+def active_deployments(conn: redis.Redis) -> list[Deployment]:
     """Every deployment still `deploying`, oldest first."""
-    found = [json.loads(raw) for raw in conn.hvals(ACTIVE)]
-    return sorted(found, key=lambda d: d.get("createdAt") or "")
+    found = [Deployment.from_json(raw) for raw in conn.hvals(ACTIVE)]
+    return sorted(found, key=lambda d: d.created_at)
 
 
-def live_deployments(conn: redis.Redis) -> list[dict]:
-    """Every pull request's current deployment that still has (or may have) an environment."""
+def live_deployments(conn: redis.Redis) -> list[Deployment]:
+    """Every environment's current deployment that still has (or may have) an environment."""
     found = []
-    for keys in _batches(conn.scan_iter(match=f"{PREFIX}:pr:*", count=500), 500):
-        found += [d for raw in conn.mget(keys) if raw and (d := json.loads(raw))["status"] != "idle"]
+    for keys in _batches(conn.scan_iter(match=f"{PREFIX}:env:*", count=500), 500):
+        found += [d for raw in conn.mget(keys) if raw and (d := Deployment.from_json(raw)).status in LIVE_STATUSES]
     return found
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 
+from .model import Deployment, PreviewKey
+
 COMMENT_MARKER = "<!-- previewbot:status -->"
 CHECK_NAME = "Preview"
 
@@ -53,26 +55,26 @@ def text(value: object) -> str:
     return "".join(out)
 
 
-def render_status_comment(deployment: dict | None, *, note: str | None = None, show_help: bool = False) -> str:
+def render_status_comment(deployment: Deployment | None, *, note: str | None = None, show_help: bool = False) -> str:
     """The one bot comment per pull request, found again by its hidden marker."""
     lines = [COMMENT_MARKER, "### Preview environment", ""]
     if deployment is None:
         lines.append("No preview has been deployed for this pull request yet. Comment `/preview` to deploy one.")
     else:
-        status = deployment["status"]
+        status = deployment.state
         rows = [
-            ("Status", STATUS_WORDS.get(status, text(status))),
-            ("Branch", f"<code>{text(deployment['branchName'])}</code>"),
+            ("Status", STATUS_WORDS[status]),
+            ("Branch", f"<code>{text(deployment.branch_name)}</code>"),
         ]
-        if status == "deployed" and deployment.get("previewUrl"):
-            rows.append(("Preview", _link(deployment["previewUrl"])))
-        if deployment.get("headSha"):
-            rows.append(("Commit", f"<code>{text(deployment['headSha'][:12])}</code>"))
-        rows.append(("Updated", text(deployment.get("updatedAt") or "")))
-        if status == "failed" and deployment.get("error"):
-            rows.append(("Error", text(_shorten(deployment["error"], 1000))))
-        if status == "idle" and deployment.get("destroyedAt"):
-            rows.append(("Destroyed", text(deployment["destroyedAt"])))
+        if status == "deployed" and deployment.preview_url:
+            rows.append(("Preview", _link(deployment.preview_url)))
+        if deployment.head_sha:
+            rows.append(("Commit", f"<code>{text(deployment.head_sha[:12])}</code>"))
+        rows.append(("Updated", text(deployment.updated_at)))
+        if status == "failed" and deployment.error:
+            rows.append(("Error", text(_shorten(deployment.error, 1000))))
+        if status == "idle" and deployment.destroyed_at:
+            rows.append(("Destroyed", text(deployment.destroyed_at)))
         lines += ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows]
     if note:
         lines += ["", f"> {note}"]
@@ -82,10 +84,10 @@ def render_status_comment(deployment: dict | None, *, note: str | None = None, s
     return "\n".join(lines)
 
 
-def check_run_fields(deployment: dict | None) -> dict:
+def check_run_fields(deployment: Deployment | None) -> dict:
     """Status, conclusion, output and buttons of the Preview check run for a deployment."""
-    status = deployment["status"] if deployment else "idle"
-    branch = text(deployment["branchName"]) if deployment else ""
+    status = deployment.state if deployment else "idle"
+    branch = text(deployment.branch_name) if deployment else ""
     if status == "deploying":
         return {
             "status": "in_progress",
@@ -93,7 +95,7 @@ def check_run_fields(deployment: dict | None) -> dict:
             "actions": [],
         }
     if status == "deployed":
-        url = deployment.get("previewUrl") or ""
+        url = deployment.preview_url or ""
         return {
             "status": "completed",
             "conclusion": "success",
@@ -102,7 +104,7 @@ def check_run_fields(deployment: dict | None) -> dict:
             "actions": [ACTIONS["redeploy"], ACTIONS["destroy"]],
         }
     if status == "failed":
-        error = text(_shorten(deployment.get("error") or "unknown error", 2000))
+        error = text(_shorten(deployment.error or "unknown error", 2000))
         return {
             "status": "completed",
             "conclusion": "failure",
@@ -110,7 +112,7 @@ def check_run_fields(deployment: dict | None) -> dict:
             "actions": [ACTIONS["retry"]],
         }
     summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
-    if deployment and deployment.get("destroyedAt"):
+    if deployment and deployment.destroyed_at:
         summary = f"The preview was destroyed. {summary}"
     return {
         "status": "completed",
@@ -120,8 +122,9 @@ def check_run_fields(deployment: dict | None) -> dict:
     }
 
 
-def environment_name(pr_number: int) -> str:
-    return f"preview-pr-{int(pr_number)}"
+def environment_name(key: PreviewKey) -> str:
+    """The GitHub deployment's environment: `NAME-pr-N`."""
+    return f"{key.environment}-pr-{int(key.pr_number)}"
 
 
 def _link(url: str) -> str:

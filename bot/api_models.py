@@ -1,0 +1,183 @@
+"""The REST API's requests and answers as pydantic models: spectree validates requests with them
+and generates the OpenAPI document (GET /api/openapi.json) from them.
+
+Request fields are checked by `bot.validation`, so its rules stay the only ones. Answers about
+deployments are `bot.model.Deployment` as `to_json()` and `to_state_json()` shape it, plus what
+each route adds; they forbid other fields, so the document lists every field sent.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from . import validation
+from .model import Deployment, EnvironmentState, RecordStatus
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid")
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class DeployRequest(BaseModel):
+    """Other fields are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    branch_name: Annotated[str, BeforeValidator(validation.branch_name)] = Field(
+        description="The pull request's head branch: a name `git check-ref-format --branch` accepts (no "
+        "control characters, space, `~ ^ : ? * [ \\`, `..`, `@{` or `//`; not starting with `-`, `/` or `.`; "
+        "not ending with `/`, `.` or `.lock`). Shell metacharacters are allowed. With the GitHub App "
+        "configured it must be the pull request's current head branch.",
+        examples=["feature/login"],
+        json_schema_extra={"minLength": 1, "maxLength": validation.MAX_BRANCH_LENGTH},
+    )
+    head_sha: str | None = Field(
+        None,
+        description="The commit to deploy; defaults to the pull request's head commit.",
+        json_schema_extra={"pattern": f"^{validation.SHA.pattern}$"},
+    )
+    trigger: str | None = Field(
+        None, description="`dashboard` marks deploys started from the dashboard; anything else is recorded as `api`."
+    )
+
+    @field_validator("head_sha", mode="before")
+    @classmethod
+    def _commit(cls, value: object) -> object:
+        return value if value is None else validation.commit_sha(value)
+
+
+class HistoryQuery(BaseModel):
+    limit: Annotated[int, BeforeValidator(partial(validation.page_limit, default=PAGE_SIZE, most=MAX_PAGE_SIZE))] = Field(
+        PAGE_SIZE,
+        description="How many deployments to answer with at most.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_PAGE_SIZE},
+    )
+    before: str | None = Field(None, description="The `next` of the previous page: answer the deployments after it.")
+
+
+class PullRequestQuery(BaseModel):
+    repository: str | None = Field(None, description="Only this repository (`owner/repo`); an empty value means all.")
+    status: EnvironmentState | None = Field(
+        None, description="Only pull requests whose preview is in this state; an empty value means all."
+    )
+
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _repository(cls, value: object) -> object:
+        return validation.full_repository_name(value) if value else None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _every_state(cls, value: object) -> object:
+        return value or None
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+class ErrorBody(_Answer):
+    """Every error: a JSON object whose `error` says what went wrong."""
+
+    error: str = Field(min_length=1)
+
+
+class Conflict(ErrorBody):
+    deployment_id: str | None = Field(description="The deployment that holds the branch.")
+
+
+class NotFound(ErrorBody):
+    """`status` is `idle` when the pull request has no live deployment; a path no route
+    matches answers with `error` alone."""
+
+    status: Literal["idle"] | None = None
+
+
+class Health(_Answer):
+    status: Literal["ok", "unavailable"]
+    database: str = Field(description="`ok` or `down: <error type>`.")
+    redis: str = Field(description="`ok` or `down: <error type>`.")
+    github: bool = Field(description="Whether the GitHub App is configured.")
+
+
+class OpenApiDocument(BaseModel):
+    """This document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    info: dict
+    paths: dict
+
+
+class DeploymentRecord(Deployment):
+    """A deployment record (`Deployment.to_json()`)."""
+
+    # `to_json()` sends every field, so the document marks those with defaults required too.
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+    deployment_id: str = Field(description="The same as `id`.")
+
+
+class DeploymentState(DeploymentRecord):
+    """A deployment as its environment's latest record (`Deployment.to_state_json()`)."""
+
+    status: EnvironmentState = Field(description="The environment's state: `idle` once the record ended it.")
+    record_status: RecordStatus = Field(description="The record's own status.")
+
+
+class DestroyAccepted(DeploymentState):
+    destroy: Literal["started", "queued"] = Field(
+        description="`queued` when a job holds the branch: the teardown runs after it."
+    )
+
+
+class DeploymentPage(_Answer):
+    deployments: list[DeploymentRecord] = Field(max_length=MAX_PAGE_SIZE, description="Newest first.")
+    next: str | None = Field(description="The `before` of the next page; null on the last one.")
+
+
+class DeploymentEvent(_Answer):
+    # Events recorded before records had statuses of their own say `idle` for `destroyed`.
+    status: Literal[RecordStatus, "idle"]
+    message: str | None
+    at: str | None
+
+
+class LogLine(_Answer):
+    line: str
+    at: str | None
+
+
+class DeploymentDetail(DeploymentRecord):
+    """A deployment with its status changes and log lines."""
+
+    events: list[DeploymentEvent]
+    logs: list[LogLine] = Field(max_length=1000)
+
+
+class PullRequestCard(_Answer):
+    """An open pull request the bot has seen, with its latest deployment."""
+
+    repository: str
+    pr_number: int
+    title: str | None
+    branch_name: str | None
+    head_sha: str | None
+    author: str | None
+    created_at: str | None
+    status: EnvironmentState = Field(description="Its latest deployment's state, else `idle`.")
+    deployment: DeploymentState | None
+
+
+class PullRequestList(_Answer):
+    pull_requests: list[PullRequestCard]
