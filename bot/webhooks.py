@@ -1,6 +1,6 @@
 """The GitHub webhook receiver: verify, dedupe, enqueue, answer — in milliseconds.
 
-No GitHub call, no provisioning and no SQLite write happen here: one Redis transaction
+No GitHub call, no provisioning and no SQLite write happen here: one atomic Redis call
 remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and queues
 the RQ job that handles it, with the payload as GitHub sent it. Deliveries that need no work
 (comments that do not mention `/preview`, events the bot does not act on) are acknowledged
@@ -116,24 +116,50 @@ def receive(svc: Services, environ: dict) -> tuple[int, dict]:
     return 202, {"status": "queued"}
 
 
+# KEYS[1] the delivery id key; ARGV[1] how long to remember it, then the writes to make when
+# the id is new, each as its argument count followed by its arguments. 0 for a redelivery.
+_ACCEPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
 def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, payload: dict, record: dict, work: bool) -> bool:
     """Remember the delivery id, announce the delivery and (with work) queue its job, all or
-    nothing: one Redis transaction, so a delivery is never half accepted. False for a redelivery."""
-    key = f"{PREFIX}:delivery:{delivery_id}"
-    with conn.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(key)
-            if pipe.exists(key):
-                return False
-            pipe.multi()
-            pipe.set(key, "1", ex=DELIVERY_MEMORY_SECONDS)
-            pipe.xadd(DELIVERIES_STREAM, {"kind": "delivery", "data": orjson.dumps(record)}, maxlen=EVENTS_MAXLEN, approximate=True)
-            if work:
-                jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
-            pipe.execute()
-        except redis.WatchError:
-            return False  # the same delivery, accepted by another receiver meanwhile
-    return True
+    nothing, in one round trip. False for a redelivery.
+
+    RQ's own `enqueue_call` writes the job into a pipeline that is not sent; its commands run
+    inside one script, and only when the delivery id is new, so a delivery is never half
+    accepted and a redelivery never queues a second job."""
+    pipe = conn.pipeline()
+    pipe.multi()  # as RQ expects of a caller's pipeline; it is never executed
+    pipe.xadd(DELIVERIES_STREAM, {"kind": "delivery", "data": orjson.dumps(record)}, maxlen=EVENTS_MAXLEN, approximate=True)
+    if work:
+        jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
+    encode = conn.get_encoder().encode
+    writes: list = [DELIVERY_MEMORY_SECONDS]
+    for command, _options in pipe.command_stack:
+        writes += [len(command), *map(encode, command)]
+    return bool(_accept_script(conn)(keys=[f"{PREFIX}:delivery:{delivery_id}"], args=writes))
+
+
+_scripts: dict[int, object] = {}
+
+
+def _accept_script(conn: redis.Redis):
+    """The script registered once per client, so each call sends its SHA, not its text."""
+    script = _scripts.get(id(conn))
+    if script is None:
+        script = _scripts[id(conn)] = conn.register_script(_ACCEPT)
+    return script
 
 
 class BodyTooLarge(Exception):
