@@ -37,6 +37,7 @@ class Settings:
     command_env: tuple[str, ...] = ()
     command_timeout: float = 1800.0
     lease_seconds: float = 60.0
+    cancel_grace_seconds: float = 30.0
     reconcile_seconds: float = 60.0
     auto_deploy: bool = False
     rate_limit_per_minute: int = 60
@@ -93,6 +94,15 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | Non
     url_template = get("PREVIEW_URL_TEMPLATE") or Settings.url_template
     _check_url_template(url_template)
 
+    lease_seconds = _number("PREVIEW_LEASE_SECONDS", get("PREVIEW_LEASE_SECONDS"), 60.0, float, low=1)
+    cancel_grace_seconds = _number("PREVIEW_CANCEL_GRACE_SECONDS", get("PREVIEW_CANCEL_GRACE_SECONDS"), 30.0, float, low=0.1)
+    if lease_seconds < 2 * cancel_grace_seconds:
+        # A worker cut off from Redis stops its provisioner (SIGTERM, then SIGKILL after the
+        # grace) before its lease runs out; a shorter lease leaves it no time to.
+        raise ConfigError(
+            f"PREVIEW_LEASE_SECONDS ({lease_seconds:g}) must be at least twice PREVIEW_CANCEL_GRACE_SECONDS ({cancel_grace_seconds:g})"
+        )
+
     return Settings(
         app_id=app_id,
         private_key=private_key,
@@ -110,7 +120,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | Non
         destroy_command=get("PREVIEW_DESTROY_COMMAND"),
         command_env=_names("PREVIEW_COMMAND_ENV", get("PREVIEW_COMMAND_ENV")),
         command_timeout=_number("PREVIEW_COMMAND_TIMEOUT", get("PREVIEW_COMMAND_TIMEOUT"), 1800.0, float, low=1),
-        lease_seconds=_number("PREVIEW_LEASE_SECONDS", get("PREVIEW_LEASE_SECONDS"), 60.0, float, low=1),
+        lease_seconds=lease_seconds,
+        cancel_grace_seconds=cancel_grace_seconds,
         reconcile_seconds=_number("PREVIEW_RECONCILE_SECONDS", get("PREVIEW_RECONCILE_SECONDS"), 60.0, float, low=1),
         auto_deploy=_boolean("PREVIEW_AUTO_DEPLOY", get("PREVIEW_AUTO_DEPLOY")),
         rate_limit_per_minute=_number("PREVIEW_API_RATE_LIMIT", get("PREVIEW_API_RATE_LIMIT"), 60, int, low=1),

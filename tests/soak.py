@@ -91,6 +91,7 @@ def run_phase(name: str, *, persist: bool, seconds: float, rate: float, seed: in
                 "GITHUB_API_URL": fake.url,
                 "PREVIEW_SIMULATED_SECONDS": SIMULATED_SECONDS,
                 "PREVIEW_LEASE_SECONDS": str(LEASE_SECONDS),
+                "PREVIEW_CANCEL_GRACE_SECONDS": "1",
                 "PREVIEW_RECONCILE_SECONDS": str(RECONCILE_SECONDS),
                 # The REST API's per-token write limit is not under test here.
                 "PREVIEW_API_RATE_LIMIT": "100000",

@@ -324,7 +324,7 @@ def test_a_command_whose_worker_dies_is_taken_up_by_another_within_seconds(make_
 
     fake._handle = holding
     bot = make_bot({"APP_ID": str(APP_ID), "PRIVATE_KEY": private_key_pem, "WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake.url,
-                    "PREVIEW_LEASE_SECONDS": "2", "PREVIEW_RECONCILE_SECONDS": "1"})
+                    "PREVIEW_LEASE_SECONDS": "2", "PREVIEW_CANCEL_GRACE_SECONDS": "1", "PREVIEW_RECONCILE_SECONDS": "1"})
     bot.start_worker().start_web()
     victim = bot.workers[0]
     send(bot, "issue_comment", comment(fake))

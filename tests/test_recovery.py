@@ -26,6 +26,7 @@ def test_killed_worker_ends_failed_with_retry_and_frees_the_branch(make_bot, tmp
             "PREVIEW_PROVISIONER": "command",
             "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
             "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_CANCEL_GRACE_SECONDS": "1",
             "PREVIEW_RECONCILE_SECONDS": "2",
         }
     ).start(workers=2)
@@ -109,6 +110,7 @@ def test_deploy_lost_when_redis_restarts_without_data_ends_failed(tmp_path, make
             "PREVIEW_PROVISIONER": "command",
             "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
             "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_CANCEL_GRACE_SECONDS": "1",
             "PREVIEW_RECONCILE_SECONDS": "1",
         }
     ).start()
@@ -144,6 +146,7 @@ def _hanging_bot(make_bot, tmp_path, **env):
             "PREVIEW_PROVISIONER": "command",
             "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}",
             "PREVIEW_LEASE_SECONDS": "2",
+            "PREVIEW_CANCEL_GRACE_SECONDS": "1",
             "PREVIEW_RECONCILE_SECONDS": "2",
             **env,
         }
