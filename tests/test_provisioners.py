@@ -1,6 +1,10 @@
 """The provisioners, run for real: the command one starts real processes, never a shell."""
 
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -108,3 +112,129 @@ def test_destroy_gets_the_preview_url(tmp_path):
 def test_missing_command_is_a_clear_failure():
     with pytest.raises(ProvisionError, match="could not start"):
         CommandProvisioner("/nonexistent/deploy", None, timeout=30, url_template=TEMPLATE).deploy(request())
+
+
+# For the commands below: `write_pids` publishes pids at once (a rename), `daemon()` starts a
+# `sleep 60` the way daemonizing tools do (double fork, own session) and answers its pid.
+PROCESSES = """
+import signal, subprocess, time
+
+def write_pids(path, *pids):
+    with open(path + '.tmp', 'w') as f:
+        f.write(' '.join(map(str, pids)))
+    os.rename(path + '.tmp', path)
+
+def daemon():
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode())
+            os.execvp('sleep', ['sleep', '60'])
+        os._exit(0)
+    os.close(w)
+    os.wait()
+    return int(os.read(r, 20))
+"""
+
+
+def cancel_when_written(path, stopped):
+    """Cancel `stopped` (as a lost lock does) once the command wrote `path`; answers a list that
+    then holds the moment of the cancel."""
+    cancelled_at = []
+
+    def cancel():
+        wait_for(path.exists, message=f"the command to write {path}")
+        cancelled_at.append(time.monotonic())
+        stopped.cancelled.set()
+
+    threading.Thread(target=cancel, daemon=True).start()
+    return cancelled_at
+
+
+def pids_in(path):
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def assert_gone(pids):
+    try:
+        wait_for(lambda: not any(process_alive(pid) for pid in pids), timeout=5, message=f"processes {pids} to be gone")
+    finally:
+        for pid in pids:  # a failed run must not leave them to the next tests
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cancel_stops_background_and_daemonized_grandchildren(tmp_path):
+    pidfile = tmp_path / "pids"
+    command = script(tmp_path, PROCESSES + f"child = subprocess.Popen(['sleep', '60'])\nwrite_pids({str(pidfile)!r}, os.getpid(), child.pid, daemon())\ntime.sleep(60)\n")
+    stopped = request()
+    cancel_when_written(pidfile, stopped)
+    with pytest.raises(ProvisionError, match="lock was lost"):
+        CommandProvisioner(command, None, timeout=600, url_template=TEMPLATE, grace=1).deploy(stopped)
+    assert_gone(pids_in(pidfile))
+
+
+def test_a_cancelled_command_that_traps_sigterm_gets_to_clean_up(tmp_path):
+    pidfile, cleaned = tmp_path / "pids", tmp_path / "cleaned"
+    command = script(
+        tmp_path,
+        PROCESSES
+        + f"def clean_up(*_):\n    open({str(cleaned)!r}, 'w').write('cleaned up')\n    sys.exit(0)\n"
+        + f"signal.signal(signal.SIGTERM, clean_up)\nwrite_pids({str(pidfile)!r}, os.getpid())\ntime.sleep(60)\n",
+    )
+    stopped = request()
+    cancel_when_written(pidfile, stopped)
+    started = time.monotonic()
+    with pytest.raises(ProvisionError, match="lock was lost"):
+        CommandProvisioner(command, None, timeout=600, url_template=TEMPLATE, grace=10).deploy(stopped)
+    assert cleaned.read_text() == "cleaned up"
+    assert time.monotonic() - started < 10  # done when the command is: the grace is not waited out
+
+
+def test_a_cancelled_command_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    pidfile = tmp_path / "pids"
+    # The child inherits the ignored SIGTERM: SIGKILL must reach it too.
+    command = script(
+        tmp_path,
+        PROCESSES + f"signal.signal(signal.SIGTERM, signal.SIG_IGN)\nchild = subprocess.Popen(['sleep', '60'])\n"
+        f"write_pids({str(pidfile)!r}, os.getpid(), child.pid)\ntime.sleep(60)\n",
+    )
+    stopped = request()
+    cancelled_at = cancel_when_written(pidfile, stopped)
+    with pytest.raises(ProvisionError, match="lock was lost"):
+        CommandProvisioner(command, None, timeout=600, url_template=TEMPLATE, grace=1).deploy(stopped)
+    assert time.monotonic() - cancelled_at[0] >= 1
+    assert_gone(pids_in(pidfile))
+
+
+def test_a_timeout_sends_sigterm_then_sigkill_after_the_grace(tmp_path):
+    pidfile, termed = tmp_path / "pids", tmp_path / "termed"
+    # It notes the SIGTERM and carries on; its daemon must go too.
+    command = script(
+        tmp_path,
+        PROCESSES + f"signal.signal(signal.SIGTERM, lambda *_: open({str(termed)!r}, 'w').write('got SIGTERM'))\n"
+        f"write_pids({str(pidfile)!r}, os.getpid(), daemon())\ntime.sleep(60)\n",
+    )
+    started = time.monotonic()
+    with pytest.raises(ProvisionError, match="deploy command timed out after 1s"):
+        CommandProvisioner(command, None, timeout=1, url_template=TEMPLATE, grace=1).deploy(request())
+    assert termed.read_text() == "got SIGTERM"
+    assert time.monotonic() - started >= 2  # the timeout, then the grace
+    assert_gone(pids_in(pidfile))
+
+
+def test_processes_a_finished_command_leaves_behind_are_stopped(tmp_path):
+    pidfile = tmp_path / "pids"
+    command = script(
+        tmp_path,
+        PROCESSES + f"child = subprocess.Popen(['sleep', '60'])\nwrite_pids({str(pidfile)!r}, child.pid, daemon())\nprint('https://done.test')\n",
+    )
+    assert CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE, grace=1).deploy(request()) == "https://done.test"
+    assert_gone(pids_in(pidfile))
+
+
+def test_a_command_killed_by_a_signal_says_which(tmp_path):
+    command = script(tmp_path, "import signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    with pytest.raises(ProvisionError, match="exited with -15"):
+        CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE).deploy(request())

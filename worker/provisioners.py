@@ -18,8 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from bot.embedded_redis import die_with_parent
+from bot.config import Settings
 from bot.model import DEFAULT_ENVIRONMENT
+
+from . import reaper
 
 URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 
@@ -67,7 +69,11 @@ def branch_slug(branch: str) -> str:
 def render_url(template: str, request: ProvisionRequest) -> str:
     owner, _, repo = request.repository.partition("/")
     return template.format(
-        pr=request.pr_number, repo=branch_slug(repo), owner=branch_slug(owner), branch=branch_slug(request.branch)
+        environment=request.environment,
+        pr=request.pr_number,
+        repo=branch_slug(repo),
+        owner=branch_slug(owner),
+        branch=branch_slug(request.branch),
     )
 
 
@@ -98,7 +104,9 @@ class CommandProvisioner:
     """Runs the operator's deploy and destroy commands, split like a shell but never run by one.
 
     Branch names and other request data reach the command only as environment values, so a
-    branch called `feat/$(reboot)` is just text.
+    branch called `feat/$(reboot)` is just text. A command that is stopped (lost lock, timeout)
+    gets SIGTERM, with all of its processes, and SIGKILL `grace` seconds later; none of them
+    outlives the worker (see `worker.reaper`).
     """
 
     name = "command"
@@ -111,10 +119,12 @@ class CommandProvisioner:
         timeout: float,
         url_template: str,
         passthrough: tuple[str, ...] = (),
+        grace: float = Settings.cancel_grace_seconds,
     ):
         self.deploy_argv = shlex.split(deploy_command)
         self.destroy_argv = shlex.split(destroy_command) if destroy_command else None
         self.timeout = timeout
+        self.grace = grace
         self.url_template = url_template
         self.passthrough = passthrough
 
@@ -138,6 +148,7 @@ class CommandProvisioner:
             PREVIEW_BRANCH=request.branch,
             PREVIEW_SHA=request.sha or "",
             PREVIEW_DEPLOYMENT_ID=request.deployment_id,
+            PREVIEW_ENVIRONMENT=request.environment,
         )
         if action == "destroy" and request.preview_url:
             env["PREVIEW_URL"] = request.preview_url
@@ -145,16 +156,15 @@ class CommandProvisioner:
 
     def _run(self, argv: list[str], request: ProvisionRequest, *, action: str) -> list[str]:
         try:
-            process = subprocess.Popen(
+            process = reaper.spawn(
                 argv,
+                grace=self.grace,
                 env=self.environment(request, action),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                start_new_session=True,  # so a timeout can stop the command's children too
-                preexec_fn=die_with_parent,  # a killed worker does not leave its command running
             )
         except OSError as exc:
             raise ProvisionError(f"{action} command could not start: {exc.strerror or exc}") from None
@@ -168,14 +178,18 @@ class CommandProvisioner:
             reader.start()
         deadline = time.monotonic() + self.timeout
         try:
-            while (code := process.poll()) is None:
-                if request.cancelled.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
-                    _kill_group(process)
+            # Waiting on the process, not on the event: a quick command is done without a poll's delay.
+            while (code := _exit_code(process, min(0.1, max(0.0, deadline - time.monotonic())))) is None:
+                if request.cancelled.is_set():
+                    reaper.stop(process, self.grace)
                     raise ProvisionError(LOCK_LOST)
                 if time.monotonic() >= deadline:
-                    _kill_group(process)
+                    reaper.stop(process, self.grace)
                     raise ProvisionError(f"{action} command timed out after {self.timeout:g}s")
         finally:
+            if process.poll() is None:
+                # Left while it runs (RQ's cold shutdown or job timeout): its reaper stops it alone.
+                process.send_signal(signal.SIGTERM)
             for reader in readers:
                 reader.join(timeout=5)
         if code != 0:
@@ -191,12 +205,12 @@ def _pump(stream, keep: Callable[[str], None], log: Callable[[str], None]) -> No
         log(line)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _exit_code(process: subprocess.Popen, seconds: float) -> int | None:
+    """The process's exit code, or None if it still runs after `seconds`."""
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def make_provisioner(settings) -> Provisioner:
@@ -207,5 +221,6 @@ def make_provisioner(settings) -> Provisioner:
             timeout=settings.command_timeout,
             url_template=settings.url_template,
             passthrough=settings.command_env,
+            grace=settings.cancel_grace_seconds,
         )
     return SimulatedProvisioner(settings.simulated_seconds, settings.url_template)
