@@ -466,3 +466,129 @@ def test_next_public_api_url_is_the_api_and_websocket_base(make_bot, page):
     assert api_requests and all(url.startswith(f"{api_base}/api/pull-requests") for url in api_requests)
     assert not own_origin
     assert sockets and all(url.startswith(f"ws://localhost:{bot.port}/ws?token=") for url in sockets)
+
+
+def test_cancel_a_running_deploy_from_its_card(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "8"}).start()
+    seed(bot, "acme/shop", 40, "feat/slow-build", "A slow build", "octocat")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 40)
+    cancel = item.get_by_role("button", name="Cancel deploy")
+    expect(badge(page, "acme/shop", 40)).to_have_text("Idle")
+    expect(cancel).to_be_hidden()
+
+    # Deploying: Cancel is offered, reachable from the keyboard, and fits a phone's width.
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/slow-build").click()
+    expect(badge(page, "acme/shop", 40)).to_have_text("Deploying")
+    expect(cancel).to_be_visible()
+    expect(cancel).to_be_enabled()
+    page.screenshot(path=output_dir / "deploying-with-cancel.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    cancel.scroll_into_view_if_needed()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=output_dir / "deploying-with-cancel-phone-390.png")
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # The request is held back a moment so the page can be seen waiting for it: disabled.
+    def slow_cancel(route):
+        page.wait_for_timeout(700)
+        route.continue_()
+
+    page.route("**/deployment/cancel", slow_cancel)
+    cancel.focus()
+    page.keyboard.press("Enter")
+    cancelling = item.locator("button.cancel")
+    expect(cancelling).to_have_text("Cancelling…")
+    expect(cancelling).to_be_disabled()
+
+    # The worker stops the provisioner; the WebSocket says idle with the outcome "cancelled".
+    expect(badge(page, "acme/shop", 40)).to_have_text("Idle")
+    expect(item.locator(".outcome")).to_have_text("Cancelled")
+    expect(item.locator(".state-idle")).to_contain_text("cancelled")
+    expect(cancelling).to_be_hidden()
+    expect(item.locator(".spinner")).to_be_hidden()
+    deploy = item.get_by_role("button", name="Deploy Preview for feat/slow-build")
+    expect(deploy).to_be_visible()
+    expect(deploy).to_be_enabled()
+    expect(item.locator(".card-message")).to_be_hidden()
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #40: deploy cancelled")
+    # The keyboard focus stayed on the card.
+    expect(item.locator("button.preview-toggle")).to_be_focused()
+    page.screenshot(path=output_dir / "cancelled.png")
+
+    history = bot.client().get("/api/repos/acme/shop/pull-requests/40/deployments").json()["deployments"]
+    assert [d["status"] for d in history] == ["cancelled"]
+    assert history[0]["trigger"] == "dashboard"
+
+    # A reload still says why the environment is idle (from the list), and a new deploy clears it.
+    page.reload()
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(item.locator(".outcome")).to_have_text("Cancelled")
+    item.locator("button.preview-toggle").click()
+    page.unroute("**/deployment/cancel")
+    deploy.click()
+    expect(badge(page, "acme/shop", 40)).to_have_text("Deploying")
+    expect(item.locator(".outcome")).to_be_hidden()
+
+
+def test_cancel_is_offered_only_while_deploying(make_bot, page, tmp_path):
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        """
+case "$PREVIEW_BRANCH" in
+  *broken*) echo "build failed" >&2; exit 1 ;;
+esac
+echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+""",
+    ).start()
+    seed(bot, "acme/shop", 41, "feat/done", "Deployed", "octocat")
+    seed(bot, "acme/shop", 42, "fix/broken-build", "Failed", "octocat")
+    seed(bot, "acme/shop", 43, "docs/readme", "Idle", "octocat")
+    assert bot.deploy("acme/shop", 41, "feat/done").status_code == 202
+    assert bot.deploy("acme/shop", 42, "fix/broken-build").status_code == 202
+    bot.wait_status("acme/shop", 41, "deployed")
+    bot.wait_status("acme/shop", 42, "failed")
+
+    open_dashboard(page, bot)
+    expect(badge(page, "acme/shop", 41)).to_have_text("Deployed")
+    expect(badge(page, "acme/shop", 42)).to_have_text("Failed")
+    expect(badge(page, "acme/shop", 43)).to_have_text("Idle")
+    for number in (41, 42, 43):
+        item = card(page, "acme/shop", number)
+        toggle = item.locator("button.preview-toggle")
+        if toggle.is_visible():
+            toggle.click()  # nor in the open panel
+        expect(item.locator("button.cancel")).to_have_count(1)  # rendered, but not offered
+        expect(item.locator("button.cancel")).to_be_hidden()
+        expect(item.get_by_role("button", name=re.compile("Cancel"))).to_have_count(0)
+        expect(item.locator(".outcome")).to_be_hidden()  # these never were cancelled
+
+
+def test_cancel_when_nothing_is_running_shows_the_error_on_the_card(make_bot, page):
+    """The page still shows a deploy that already finished (its feed is silenced here): Cancel
+    gets 409 and the card says so, then catches up with the list."""
+    bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "2"}).start()
+    seed(bot, "acme/api", 44, "feat/quick", "Quick build", "octocat")
+
+    def silent_feed(ws):  # answers the page's ping, delivers nothing else
+        ws.on_message(lambda message: ws.send('{"type":"pong"}') if message == "ping" else None)
+
+    page.route_web_socket(re.compile(r"/ws\?"), silent_feed)
+    assert bot.deploy("acme/api", 44, "feat/quick").status_code == 202
+    open_dashboard(page, bot)
+    item = card(page, "acme/api", 44)
+    expect(badge(page, "acme/api", 44)).to_have_text("Deploying")
+    bot.wait_status("acme/api", 44, "deployed")
+
+    item.get_by_role("button", name="Cancel deploy").click()
+    message = item.locator(".card-message")
+    expect(message).to_have_text("Could not cancel the deploy: No deploy of this pull request is in progress")
+    expect(message).to_have_attribute("data-kind", "error")
+    expect(badge(page, "acme/api", 44)).to_have_text("Deployed")
+    expect(item.locator("button.cancel")).to_be_hidden()
+    expect(message).to_be_visible()
+    history = bot.client().get("/api/repos/acme/api/pull-requests/44/deployments").json()["deployments"]
+    assert [d["status"] for d in history] == ["deployed"]

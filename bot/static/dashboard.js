@@ -1,7 +1,7 @@
 /* previewbot dashboard: plain JavaScript, no build step, no dependencies.
  *
- * Data comes from the REST API (GET /api/pull-requests, POST .../deploy) and live updates from
- * the WebSocket at /ws. Everything taken from the API is written with textContent or
+ * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel)
+ * and live updates from the WebSocket at /ws. Everything taken from the API is written with textContent or
  * setAttribute, never innerHTML, so a branch called `<img src=x onerror=alert(1)>` is text.
  */
 (function () {
@@ -10,6 +10,14 @@
   var TOKEN_KEY = "previewbot.token";
   var STATUS_LABEL = { idle: "Idle", deploying: "Deploying", deployed: "Deployed", failed: "Failed" };
   var STATUS_ICON = { idle: "\u25CB", deploying: "\u21BB", deployed: "\u2713", failed: "\u2715" };
+  // Why an environment went back to idle (`outcome` on WebSocket messages, the record's status
+  // in the list): a note on the idle card.
+  var OUTCOME_LABEL = { cancelled: "Cancelled", destroyed: "Torn down", expired: "Expired" };
+  var OUTCOME_TEXT = {
+    cancelled: "The deploy was cancelled; no preview is running.",
+    destroyed: "The preview was torn down.",
+    expired: "The preview expired and was torn down.",
+  };
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 15000;
   var PING_EVERY_MS = 20000;
@@ -201,7 +209,7 @@
 
   function deploymentOf(pull) {
     var d = pull.deployment;
-    if (!d) return { deploymentId: null, status: pull.status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "" };
+    if (!d) return { deploymentId: null, status: pull.status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null };
     return {
       deploymentId: d.id || d.deploymentId || null,
       status: d.status || pull.status || "idle",
@@ -209,6 +217,8 @@
       error: d.error || null,
       startedAt: d.createdAt || null,
       updatedAt: d.updatedAt || d.createdAt || "",
+      // The list gives the record's own status beside the environment's state.
+      outcome: d.outcome || d.recordStatus || null,
     };
   }
 
@@ -230,6 +240,11 @@
     card.status = next.status in STATUS_LABEL ? next.status : "idle";
     card.previewUrl = card.status === "deployed" ? next.previewUrl || (sameDeployment ? card.previewUrl : null) : null;
     card.error = card.status === "failed" ? next.error || "The deploy failed without an error message." : null;
+    card.outcome = card.status === "idle" && Object.prototype.hasOwnProperty.call(OUTCOME_LABEL, next.outcome) ? next.outcome : null;
+    if (card.status !== "deploying") {
+      card.cancelPending = false;
+      card.cancelRequested = null;
+    }
     if (card.status === "deploying") {
       card.startedAt = next.startedAt || (sameDeployment && card.startedAt) || next.updatedAt || null;
     }
@@ -250,10 +265,14 @@
       status: "idle",
       previewUrl: null,
       error: null,
+      outcome: null,
       startedAt: null,
       updatedAt: "",
       expanded: false,
       pending: false,
+      cancelPending: false, // the cancel request is on its way
+      cancelRequested: null, // the deployment a cancel was accepted for, until it ends
+      keepFocus: false, // Cancel had the focus when clicked
       message: "",
       messageKind: "",
       nodes: null,
@@ -312,7 +331,11 @@
     article.appendChild(meta);
 
     var status = el("div", "card-state");
-    n.idle = el("p", "state state-idle", "No preview deployed yet.");
+    n.idle = el("p", "state state-idle");
+    n.outcome = el("span", "outcome");
+    n.idle.appendChild(n.outcome);
+    n.idleText = el("span", "idle-text");
+    n.idle.appendChild(n.idleText);
     n.deploying = el("p", "state state-deploying");
     var spinner = el("span", "spinner");
     spinner.setAttribute("aria-hidden", "true");
@@ -359,8 +382,12 @@
     n.retry = el("button", "button button-primary retry", "Retry");
     n.retry.type = "button";
     n.retry.addEventListener("click", function () { deploy(card); });
+    n.cancel = el("button", "button button-danger cancel", "Cancel deploy");
+    n.cancel.type = "button";
+    n.cancel.addEventListener("click", function () { cancel(card); });
     actions.appendChild(n.toggle);
     actions.appendChild(n.retry);
+    actions.appendChild(n.cancel);
     article.appendChild(actions);
 
     n.panel = el("div", "card-panel");
@@ -398,6 +425,10 @@
     n.openedRow.hidden = !card.createdAt;
 
     n.idle.hidden = status !== "idle";
+    n.outcome.textContent = card.outcome ? OUTCOME_LABEL[card.outcome] : "";
+    n.outcome.dataset.outcome = card.outcome || "";
+    n.outcome.hidden = !card.outcome;
+    n.idleText.textContent = card.outcome ? OUTCOME_TEXT[card.outcome] : "No preview deployed yet.";
     n.deploying.hidden = status !== "deploying";
     n.deployed.hidden = status !== "deployed";
     n.failed.hidden = status !== "failed";
@@ -429,13 +460,27 @@
     n.retry.disabled = card.pending;
     n.retry.textContent = card.pending && status === "failed" ? "Retrying\u2026" : "Retry";
 
+    var cancelling = card.cancelPending || (card.cancelRequested !== null && card.cancelRequested === card.deploymentId);
+    n.cancel.hidden = status !== "deploying";
+    n.cancel.disabled = cancelling;
+    n.cancel.textContent = cancelling ? "Cancelling\u2026" : "Cancel deploy";
+    if (card.keepFocus && (n.cancel.hidden || !cancelling)) {
+      // Disabling or hiding the focused Cancel button drops the keyboard focus to the page:
+      // give it back to this card (Cancel again after an error, else Preview or Retry).
+      card.keepFocus = false;
+      var active = document.activeElement;
+      if (!active || active === document.body || active === n.cancel) {
+        (!n.cancel.hidden ? n.cancel : n.toggle.hidden ? n.retry : n.toggle).focus();
+      }
+    }
+
     n.deploy.disabled = busy;
     if (card.pending) n.deploy.textContent = "Starting deploy\u2026";
     else if (status === "deploying") n.deploy.textContent = "Deploy in progress\u2026";
     else if (status === "deployed") n.deploy.textContent = "Redeploy Preview";
     else n.deploy.textContent = "Deploy Preview for " + (card.branchName || "this branch");
     n.panelNote.textContent =
-      status === "deploying" ? "A deploy of this branch is running; wait for it to finish." :
+      status === "deploying" ? "A deploy of this branch is running; wait for it to finish or cancel it." :
       status === "deployed" ? "Rebuilds the preview of " + (card.branchName || "this branch") + " at its latest commit." :
       "Builds an environment for this branch and links it here.";
   }
@@ -454,6 +499,7 @@
     if (card.status === "deploying") return name + ": deploying a preview of " + card.branchName + ".";
     if (card.status === "deployed") return name + ": preview deployed" + (card.previewUrl ? " at " + card.previewUrl : "") + ".";
     if (card.status === "failed") return name + ": deploy failed. " + (card.error || "");
+    if (card.outcome === "cancelled") return name + ": deploy cancelled.";
     return name + ": no preview.";
   }
 
@@ -587,6 +633,47 @@
     );
   }
 
+  /* Ask for the running (or queued) deploy to be cancelled. The 202 only says the request is
+   * taken: the card stays "deploying" (its button disabled) until the WebSocket, or the list,
+   * says the environment went back to idle with the outcome "cancelled". */
+  function cancel(card) {
+    if (card.cancelPending || card.status !== "deploying" || !state.token) return;
+    var generation = state.generation;
+    var deploymentId = card.deploymentId;
+    var parts = card.repository.split("/");
+    var path = "/api/repos/" + encodeURIComponent(parts[0]) + "/" + encodeURIComponent(parts[1] || "") +
+      "/pull-requests/" + encodeURIComponent(String(card.prNumber)) + "/deployment/cancel";
+    card.cancelPending = true;
+    card.keepFocus = document.activeElement === card.nodes.cancel;
+    card.message = "";
+    updateCard(card);
+    api(path, { method: "POST" }).then(
+      function (deployment) {
+        if (generation !== state.generation) return;
+        card.cancelPending = false;
+        if (card.status === "deploying") {
+          card.cancelRequested = (deployment && (deployment.id || deployment.deploymentId)) || deploymentId;
+          announce(card.repository + " #" + card.prNumber + ": cancelling the deploy.");
+        }
+        updateCard(card);
+      },
+      function (error) {
+        if (generation !== state.generation) return;
+        card.cancelPending = false;
+        if (error.status === 401) {
+          signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
+          return;
+        }
+        card.message = error.status === 429 ? error.message : "Could not cancel the deploy: " + error.message;
+        card.messageKind = "error";
+        // A 409 means nothing is running any more: the list tells what happened instead.
+        if (error.status === 409) scheduleRefetch();
+        updateCard(card);
+        announce(card.repository + " #" + card.prNumber + ": " + card.message);
+      }
+    );
+  }
+
   // -- live updates over the WebSocket ------------------------------------------------------
 
   function setConnection(next, detail) {
@@ -716,6 +803,7 @@
       error: message.error,
       startedAt: null,
       updatedAt: message.updatedAt,
+      outcome: message.outcome,
     });
     if (!changed) {
       // Another deployment finished while this card shows a newer one running: let the list,
