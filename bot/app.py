@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import api, dashboard, webhooks, ws
+from . import api, dashboard, state, webhooks, ws
 from .config import Settings, load_settings
 from .feed import FeedThreads, Hub
 from .github import WebGitHub
@@ -32,7 +31,7 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
 
     store = Store(settings.database_path)
     store.migrate()
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+    conn = state.connect(settings.redis_url)
     svc = Services(settings=settings, store=store, redis=conn, hub=Hub(), queue=get_queue(conn))
     if settings.github_enabled:
         svc.github = WebGitHub(settings, store)

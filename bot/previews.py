@@ -1,9 +1,10 @@
-"""The one door through which every surface starts and stops previews.
+"""The one door through which every surface starts, stops and changes previews.
 
-The REST API, `/preview` comments, check-run buttons, pushes, closes and the reconciler all
-come through here, so they all obey the one-deployment-per-branch rule alike: this module takes
-the branch lock, announces the new state and queues the job (by name: the web never imports
-the worker).
+The REST API, `/preview` comments, check-run buttons, pushes, closes, the reconciler and the
+jobs' follow-ups all come through here, so they all obey the same rules: one deploy at a time
+per branch (the lock), intents queued behind a busy branch in order, and every change of a
+record a compare-and-set (`state.publish`). Jobs are queued by name: the web never imports
+the worker.
 """
 
 from __future__ import annotations
@@ -15,51 +16,52 @@ import redis
 from . import queue, state
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey, new_deployment_id
 
+# A cancel request outlives the job it stops by far; it only needs to be seen once.
+CANCEL_FLAG_SECONDS = 24 * 3600
+
 
 @dataclass
 class Outcome:
     started: bool
     deployment: Deployment | None = None  # the deployment acted on
     holder: str | None = None  # the deployment id holding the branch, when not started
-    queued: bool = False  # a follow-up was queued behind the holder
+    queued: bool = False  # an intent was queued behind the holder
 
 
 def request_deploy(conn: redis.Redis, settings, deployment: Deployment, *, queue_if_busy: bool = False) -> Outcome:
-    """Deploy `deployment` (made with `Deployment.new`) unless its branch is busy.
+    """Deploy `deployment` (made with `Deployment.new`) unless its branch or environment is busy.
 
-    When busy and `queue_if_busy`, one follow-up deploy is remembered and runs at the newest
-    commit once the current job ends (a push during a deploy).
+    When busy and `queue_if_busy`, a deploy intent waits behind the running job and runs at
+    the newest commit once it ends (a push during a deploy).
     """
     lock = state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds)
-    follow_up = None
+    intent = None
     if queue_if_busy:
-        follow_up = {
-            "action": "deploy",
-            **_key_json(deployment.key),
-            "headSha": deployment.head_sha,
-            "trigger": deployment.trigger,
-            "requestedBy": deployment.requested_by,
-        }
-    acquired = lock.acquire(deployment.id, lease_ms=queued_lease_ms(settings), follow_up=follow_up)
+        intent = _intent("deploy", deployment.key, headSha=deployment.head_sha, trigger=deployment.trigger, requestedBy=deployment.requested_by)
+    acquired = lock.acquire(deployment.id, lease_ms=queued_lease_ms(settings), intent=intent)
     if not acquired.taken:
-        return Outcome(False, holder=acquired.holder, queued=follow_up is not None)
-    start_deploy(conn, settings, deployment, lock_id=deployment.id)
+        return Outcome(False, holder=acquired.holder, queued=intent is not None)
+    try:
+        start_deploy(conn, settings, deployment, lock_id=deployment.id)
+    except state.EnvironmentBusy as busy:
+        release(conn, settings, lock, deployment.id)
+        return Outcome(False, holder=busy.args[0])
     return Outcome(True, deployment=deployment)
 
 
 def start_deploy(conn: redis.Redis, settings, deployment: Deployment, *, lock_id: str) -> None:
     """Announce `deploying` and queue the job; the caller holds the branch lock as `lock_id`.
+    Raises `state.EnvironmentBusy` when a deploy of another branch holds the environment.
 
     The announcement comes first so the job's own updates can never be overtaken by it.
     """
-    state.publish(conn, deployment, take_over=True)
+    deployment = state.publish(conn, deployment, expect=state.ABSENT, take_over=True)
     try:
         queue.enqueue_deploy(conn, settings, deployment=deployment, lock_id=lock_id)
     except redis.RedisError:
-        failed = deployment.changed(status="failed", error="Could not queue the deploy; try again.")
         try:
-            state.publish(conn, failed)
-            state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds).release(lock_id)
+            state.publish(conn, deployment.changed(status="failed", error="Could not queue the deploy; try again."), expect="deploying")
+            release(conn, settings, state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds), lock_id)
         except redis.RedisError:
             pass  # Redis is gone; the reconciler repairs the state when it is back
         raise
@@ -68,31 +70,102 @@ def start_deploy(conn: redis.Redis, settings, deployment: Deployment, *, lock_id
 def request_destroy(conn: redis.Redis, settings, key: PreviewKey, *, reason: str) -> Outcome | None:
     """Tear down the environment `key`; None when it has no live deployment.
 
-    If a job holds the branch, the teardown is queued behind it and replaces any queued deploy.
+    If a job holds the branch, the teardown waits behind it (dropping deploys waiting there);
+    a deploy in progress is cancelled first.
     """
     deployment = state.current(conn, key)
     if deployment is None or deployment.state == "idle":
         return None
     lock = state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds)
     lock_id = new_deployment_id()
-    acquired = lock.acquire(
-        lock_id,
-        lease_ms=queued_lease_ms(settings),
-        follow_up={"action": "destroy", **_key_json(key), "reason": reason},
-    )
+    acquired = lock.acquire(lock_id, lease_ms=queued_lease_ms(settings), intent=_intent("destroy", key, reason=reason))
     if not acquired.taken:
+        if deployment.status == "deploying":
+            request_cancel(conn, settings, key, reason=reason)
         return Outcome(False, deployment=deployment, holder=acquired.holder, queued=True)
     queue.enqueue_destroy(conn, settings, deployment=deployment, lock_id=lock_id, reason=reason)
     return Outcome(True, deployment=deployment)
 
 
-def follow_up_key(follow: dict) -> PreviewKey:
-    """The environment a queued follow-up acts on."""
-    return PreviewKey(follow["repository"], int(follow["prNumber"]), follow.get("environment") or DEFAULT_ENVIRONMENT)
+def request_cancel(conn: redis.Redis, settings, key: PreviewKey, *, reason: str) -> Deployment | None:
+    """Cancel the deploy of environment `key` in progress; None when none is.
+
+    A queued deploy leaves the queue (RQ's own cancel) and ends `cancelled` here. A running
+    one learns of the request within a moment from its lease (see `worker.jobs`): it stops
+    its provisioner, tears down what was built and ends `cancelled` itself.
+    """
+    deployment = state.current(conn, key)
+    if deployment is None or deployment.status != "deploying":
+        return None
+    conn.set(cancel_key(deployment.id), reason, ex=CANCEL_FLAG_SECONDS)
+    if queue.cancel_queued_deploy(conn, deployment.id):
+        # The job may have been taken just before; it sees the flag and yields (see above),
+        # and whichever of the two writes `cancelled` first wins the compare-and-set.
+        cancelled = state.publish(conn, deployment.changed(status="cancelled"), expect="deploying", message=reason)
+        if cancelled:
+            state.give_back(conn, cancelled)
+            release(conn, settings, state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds), deployment.id)
+    return deployment
 
 
-def _key_json(key: PreviewKey) -> dict:
-    return {"repository": key.repository, "prNumber": key.pr_number, "environment": key.environment}
+def cancel_key(deployment_id: str) -> str:
+    return f"{state.PREFIX}:cancel:{deployment_id}"
+
+
+def release(conn: redis.Redis, settings, lock: state.BranchLock, lock_id: str) -> None:
+    """Release a branch lock held as `lock_id`; the intents waiting for it start in order."""
+    while handed := lock.release(lock_id):
+        lock_id, intent = handed
+        if _start_intent(conn, settings, lock_id, intent):
+            return
+
+
+def _start_intent(conn: redis.Redis, settings, lock_id: str, intent: dict) -> bool:
+    """Start what waited behind a job; the lock is already `lock_id`'s. False when there is
+    nothing to do any more (the lock is then released for the next intent)."""
+    key = intent_key(intent)
+    current = state.current(conn, key)
+    if intent["action"] == "destroy":
+        if current is None or current.state == "idle":
+            return False
+        queue.enqueue_destroy(conn, settings, deployment=current, lock_id=lock_id, reason=intent.get("reason") or "destroy")
+        return True
+    if current is None or (intent.get("trigger") == "push" and current.state == "idle"):
+        return False  # a push redeploys only a live preview
+    deployment = Deployment.new(
+        id=lock_id,
+        repository=key.repository,
+        pr_number=key.pr_number,
+        environment=key.environment,
+        branch_name=current.branch_name,
+        head_repository=current.head_repository,
+        head_sha=intent.get("headSha") or current.head_sha,
+        trigger=intent.get("trigger") or "push",
+        requested_by=intent.get("requestedBy"),
+        installation_id=current.installation_id,
+        provisioner=settings.for_environment(key.environment).provisioner,
+    )
+    try:
+        start_deploy(conn, settings, deployment, lock_id=lock_id)
+    except state.EnvironmentBusy:
+        return False  # another branch deploys to the environment now; the push is moot
+    return True
+
+
+def intent_key(intent: dict) -> PreviewKey:
+    """The environment an intent acts on."""
+    return PreviewKey(intent["repository"], int(intent["prNumber"]), intent.get("environment") or DEFAULT_ENVIRONMENT)
+
+
+def _intent(action: str, key: PreviewKey, **fields) -> dict:
+    return {
+        "action": action,
+        "target": str(key),
+        "repository": key.repository,
+        "prNumber": key.pr_number,
+        "environment": key.environment,
+        **fields,
+    }
 
 
 def queued_lease_ms(settings) -> int:

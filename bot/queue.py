@@ -8,6 +8,8 @@ from __future__ import annotations
 import redis
 from rq import Queue, Retry
 from rq.callbacks import Callback
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from .model import Deployment
@@ -78,3 +80,16 @@ def enqueue_report(conn: redis.Redis, *, deployment: Deployment) -> None:
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,
     )
+
+
+def cancel_queued_deploy(conn: redis.Redis, deployment_id: str) -> bool:
+    """Take a deploy job off the queue with RQ's own cancel; False when it is not waiting there
+    (already running, finished, or gone)."""
+    try:
+        job = Job.fetch(f"deploy-{deployment_id}", connection=conn, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return False
+    if job.get_status() != JobStatus.QUEUED:
+        return False
+    job.cancel()
+    return True

@@ -24,6 +24,12 @@ ACTIVE = f"{PREFIX}:active-deployments"
 EVENTS_MAXLEN = 200_000
 
 
+def connect(url: str, *, timeout: float = 10.0) -> redis.Redis:
+    """A Redis client whose calls never wait for ever: a worker cut off from Redis must learn
+    it in time to stop its provisioner before its lease runs out (see `worker.jobs.Lease`)."""
+    return redis.Redis.from_url(url, health_check_interval=30, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0))
+
+
 def branch_key(repository: str, head_repository: str | None, branch: str, environment: str) -> str:
     """One lock per (repository, head repository, branch, environment): a fork's `main` is not ours."""
     return f"{repository}|{head_repository or repository}|{branch}|{environment}"
@@ -34,40 +40,72 @@ def env_key(key: PreviewKey) -> str:
     return f"{PREFIX}:env:{key.repository}#{int(key.pr_number)}:{key.environment}"
 
 
-# KEYS[1] lock, KEYS[2] next action; ARGV[1] deployment id, ARGV[2] lease ms, ARGV[3] follow-up
-# JSON or "" (do not queue). Returns {1, id} when taken, {0, holder} when held by someone else.
+# KEYS[1] lock, KEYS[2] intents; ARGV[1] deployment id, ARGV[2] lease ms, ARGV[3] the intent to
+# queue when the lock is held, or "". Returns {1, id} when taken, {0, holder} when held.
+#
+# An intent is what a push, a command or a close asks of an environment while its branch is
+# busy. Intents wait in one list per branch lock, in order, coalesced per target environment
+# ("repo#pr:env"): a newer deploy replaces a waiting deploy (the newest commit wins), a destroy
+# drops the deploys waiting before it, a push after a destroy is dropped (a push only
+# redeploys a live preview), and a deploy by command after a destroy waits behind it. Two pull
+# requests sharing a head branch never overwrite each other's intents.
 _ACQUIRE = """
+local function queue_intent(key, raw)
+  local new = cjson.decode(raw)
+  local entries = redis.call('LRANGE', key, 0, -1)
+  for i, entry in ipairs(entries) do
+    local old = cjson.decode(entry)
+    if old.target == new.target then
+      if new.action == 'destroy' then
+        if old.action == 'destroy' then return end
+        redis.call('LREM', key, 1, entry)
+      elseif old.action == 'deploy' then
+        redis.call('LSET', key, i - 1, raw)
+        return
+      elseif new.trigger == 'push' then
+        return
+      end
+    end
+  end
+  redis.call('RPUSH', key, raw)
+end
+
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, ARGV[1]}
 end
 if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[3])
+  queue_intent(KEYS[2], ARGV[3])
 end
 return {0, redis.call('GET', KEYS[1])}
 """
 
-# KEYS[1] lock; ARGV[1] deployment id, ARGV[2] lease ms. 1 when still ours and extended.
+# KEYS[1] lock, KEYS[2] (optional) a cancel flag; ARGV[1] deployment id, ARGV[2] lease ms.
+# Returns {1 when still ours and extended else 0, the cancel flag's value or false}.
 _RENEW = """
+local held = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  held = redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0
+local cancel = false
+if #KEYS > 1 then
+  cancel = redis.call('GET', KEYS[2])
+end
+return {held, cancel}
 """
 
-# KEYS[1] lock, KEYS[2] next action; ARGV[1] the holder's id, ARGV[2] id for a follow-up,
-# ARGV[3] lease. The holder's lock (held or already expired) goes straight to the queued
-# follow-up if there is one, so nothing can slip in between, else is dropped. A lock someone
-# else took meanwhile is left alone.
+# KEYS[1] lock, KEYS[2] intents; ARGV[1] the holder's id, ARGV[2] id for the next intent,
+# ARGV[3] lease. The holder's lock (held or already expired) goes straight to the first
+# waiting intent, so nothing can slip in between, else is dropped. A lock someone else took
+# meanwhile is left alone.
 _RELEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   return false
 end
-local follow = redis.call('GET', KEYS[2])
-if follow then
-  redis.call('DEL', KEYS[2])
+local intent = redis.call('LPOP', KEYS[2])
+if intent then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return follow
+  return intent
 end
 if holder then
   redis.call('DEL', KEYS[1])
@@ -83,7 +121,8 @@ class Acquired:
 
 
 class BranchLock:
-    """The one-active-deployment-per-branch rule, as an expiring lease in Redis.
+    """The one-active-deployment-per-branch rule, as an expiring lease in Redis, with the
+    intents waiting for it.
 
     The lease is renewed while a job runs; a dead worker's lease simply runs out.
     """
@@ -91,18 +130,15 @@ class BranchLock:
     def __init__(self, conn: redis.Redis, key: str, *, lease_seconds: float):
         self.conn = conn
         self.key = key
-        self.lock_key = f"{PREFIX}:lock:{key}"
-        self.next_key = f"{PREFIX}:next:{key}"
+        self.lock_key = f"{PREFIX}:lock:{key}"  # see lock_key()
+        self.intents_key = f"{PREFIX}:intents:{key}"
         self.lease_ms = int(lease_seconds * 1000)
 
-    def acquire(self, deployment_id: str, *, lease_ms: int | None = None, follow_up: dict | None = None) -> Acquired:
-        """Take the lock for `deployment_id`; if it is held, optionally queue `follow_up`.
-
-        A queued follow-up replaces an earlier one: only the newest request matters.
-        """
-        taken, holder = self.conn.eval(
-            _ACQUIRE, 2, self.lock_key, self.next_key, deployment_id, lease_ms or self.lease_ms,
-            json.dumps(follow_up) if follow_up else "",
+    def acquire(self, deployment_id: str, *, lease_ms: int | None = None, intent: dict | None = None) -> Acquired:
+        """Take the lock for `deployment_id`; if it is held, queue `intent` behind it."""
+        taken, holder = script(self.conn, _ACQUIRE)(
+            keys=[self.lock_key, self.intents_key],
+            args=[deployment_id, lease_ms or self.lease_ms, json.dumps(intent) if intent else ""],
         )
         return Acquired(bool(int(taken)), _text(holder))
 
@@ -110,20 +146,39 @@ class BranchLock:
         return _text(self.conn.get(self.lock_key))
 
     def renew(self, deployment_id: str) -> bool:
-        return bool(self.conn.eval(_RENEW, 1, self.lock_key, deployment_id, self.lease_ms))
+        return self.renew_and_check(deployment_id)[0]
+
+    def renew_and_check(self, deployment_id: str, flag_key: str | None = None) -> tuple[bool, str | None]:
+        """Extend the lease if it is still ours and read `flag_key` (a cancel request), in one
+        call: (still ours, the flag's value)."""
+        keys = [self.lock_key] + ([flag_key] if flag_key else [])
+        held, flag = script(self.conn, _RENEW)(keys=keys, args=[deployment_id, self.lease_ms])
+        return bool(int(held)), _text(flag) if flag else None
 
     def release(self, deployment_id: str) -> tuple[str, dict] | None:
-        """Release the lock; if a follow-up was queued, hand the lock to it and return it
-        as (new deployment id, follow-up)."""
-        follow_id = new_deployment_id()
-        follow = self.conn.eval(_RELEASE, 2, self.lock_key, self.next_key, deployment_id, follow_id, self.lease_ms)
-        if not follow:
+        """Release the lock; if an intent waits, hand the lock to it and return it as
+        (new deployment id, intent)."""
+        next_id = new_deployment_id()
+        intent = script(self.conn, _RELEASE)(keys=[self.lock_key, self.intents_key], args=[deployment_id, next_id, self.lease_ms])
+        if not intent:
             return None
-        return follow_id, json.loads(follow)
+        return next_id, json.loads(intent)
 
-    def pending_follow_up(self) -> dict | None:
-        raw = self.conn.get(self.next_key)
-        return json.loads(raw) if raw else None
+    def waiting(self) -> list[dict]:
+        """The intents waiting for this lock, in order."""
+        return [json.loads(raw) for raw in self.conn.lrange(self.intents_key, 0, -1)]
+
+
+_scripts: dict[tuple[int, str], object] = {}
+
+
+def script(conn: redis.Redis, source: str):
+    """A Lua script registered once per client, so each call sends its SHA, not its text."""
+    key = (id(conn), source)
+    script = _scripts.get(key)
+    if script is None:
+        script = _scripts[key] = conn.register_script(source)
+    return script
 
 
 def lock_for(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float) -> BranchLock:
@@ -131,55 +186,183 @@ def lock_for(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float)
     return BranchLock(conn, key, lease_seconds=lease_seconds)
 
 
-def publish(conn: redis.Redis, deployment: Deployment, *, message: str | None = None, take_over: bool = False) -> Deployment:
-    """Record a change of `deployment` in Redis and announce it on the stream, in one transaction.
+def lock_key(deployment: Deployment) -> str:
+    """The Redis key of the branch lock `deployment` takes."""
+    return f"{PREFIX}:lock:{branch_key(deployment.repository, deployment.head_repository, deployment.branch_name, deployment.environment)}"
+
+
+class EnvironmentBusy(Exception):
+    """Another deploy of the environment is in progress; `args[0]` is its deployment id."""
+
+
+class Absent:
+    """`expect=ABSENT`: the writer saw no record of the deployment in Redis."""
+
+
+ABSENT = Absent()
+# Records of deployments that ended stay this long, for late writers to compare against.
+ENDED_RECORD_SECONDS = 7 * 24 * 3600
+
+
+def record_key(deployment_id: str) -> str:
+    """Where Redis keeps a deployment's record as last published: what a compare-and-set reads."""
+    return f"{PREFIX}:deployment:{deployment_id}"
+
+
+def publish(conn: redis.Redis, deployment: Deployment, *, expect: str | Absent, message: str | None = None, take_over: bool = False) -> Deployment | None:
+    """Change a deployment's record in Redis and announce it, as a compare-and-set.
+
+    The change applies only if the record's status is still `expect` (the status the writer
+    saw), or Redis holds no record of it; `ABSENT` matches only the latter. A stale writer — a worker whose outcome
+    comes after a cancel, the reconciler looking at a snapshot, a repair racing a worker —
+    changes nothing, and None is returned. Otherwise returns the deployment as recorded.
 
     With `take_over` (a new deployment starting) it becomes its environment's current
-    deployment, and the one it replaces, if live, is marked `superseded`. Otherwise it stays
+    deployment and names the live one it replaces (`replaces`); `EnvironmentBusy` when another
+    deploy of the environment is in progress (a deploy of another branch). Otherwise it stays
     current only if it still is; a deployment that finishes `deployed` after a newer one took
     its environment is recorded `superseded`, so a record is never left `deployed` once replaced.
-    Returns the deployment as recorded.
+    The record, the environment's current state, the set of active deployments and the stream
+    entry change in one transaction.
     """
-    key = env_key(deployment.key)
+    env = env_key(deployment.key)
     with conn.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(key)
-                raw = pipe.get(key)
+                pipe.watch(env, record_key(deployment.id))
+                # A deployment started before records were kept is known by its active entry.
+                seen = record(pipe, deployment.id) or _active(pipe, deployment.id)
+                # A record Redis lost (a restart without persistence) leaves the writer's view
+                # as the best there is; only `ABSENT` insists that there be none.
+                if seen is not None and seen.status != expect:
+                    pipe.unwatch()
+                    return None
+                raw = pipe.get(env)
                 previous = Deployment.from_json(raw) if raw else None
                 current = take_over or previous is None or previous.id == deployment.id
                 if not current and deployment.status == "deployed":
                     deployment = deployment.changed(status="superseded")
+                replaced = None
+                if take_over and previous and previous.id != deployment.id:
+                    pipe.watch(record_key(previous.id))
+                    replaced = record(pipe, previous.id)
+                    # One deploy per environment at a time, for as long as its lease lives: a
+                    # dead deploy's environment is free as soon as its branch lock ran out.
+                    if replaced and replaced.status == "deploying" and _text(pipe.get(lock_key(replaced))) == replaced.id:
+                        pipe.unwatch()
+                        raise EnvironmentBusy(replaced.id)
+                    if replaced and replaced.status in ("deployed", "failed"):
+                        # The replaced one is superseded when the new job starts (`supersede`);
+                        # until then a cancel in the queue gives it its environment back.
+                        deployment = deployment.changed(replaces=replaced.id)
                 pipe.multi()
                 if current:
-                    pipe.set(key, deployment.dumps())
-                if take_over and previous and previous.id != deployment.id and previous.status == "deployed":
-                    _announce(pipe, previous.changed(status="superseded"), f"superseded by {deployment.id}", current=False)
-                _announce(pipe, deployment, message, current=current)
+                    pipe.set(env, deployment.dumps())
+                    pipe.sadd(_environments_key(deployment.repository, deployment.pr_number), deployment.environment)
+                _record(pipe, deployment, message, current=current)
                 pipe.execute()
                 return deployment
             except redis.WatchError:
                 continue
 
 
-def _announce(pipe, deployment: Deployment, message: str | None, *, current: bool) -> None:
+def supersede(conn: redis.Redis, deployment: Deployment) -> None:
+    """The deployment's job starts: the one whose environment it takes over is superseded
+    (a compare-and-set: only while it is still `deployed`)."""
+    replaced = record(conn, deployment.replaces) if deployment.replaces else None
+    if replaced is not None and replaced.status == "deployed":
+        publish(conn, replaced.changed(status="superseded"), expect="deployed", message=f"superseded by {deployment.id}")
+
+
+def give_back(conn: redis.Redis, deployment: Deployment) -> None:
+    """A deploy that ended before its job built anything (cancelled in the queue) gives its
+    environment back to the deployment it was to replace, which still runs."""
+    if not deployment.replaces:
+        return
+    env = env_key(deployment.key)
+    with conn.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(env, record_key(deployment.replaces))
+                raw = pipe.get(env)
+                replaced = record(pipe, deployment.replaces)
+                if not raw or Deployment.from_json(raw).id != deployment.id or replaced is None or replaced.state == "idle":
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.set(env, replaced.dumps())
+                _record(pipe, replaced, f"the deploy {deployment.id} that was to replace it ended first", current=True)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
+def record(conn: redis.Redis, deployment_id: str) -> Deployment | None:
+    """A deployment's record as last published, while Redis holds it."""
+    raw = conn.get(record_key(deployment_id))
+    return Deployment.from_json(raw) if raw else None
+
+
+def _active(conn, deployment_id: str) -> Deployment | None:
+    raw = conn.hget(ACTIVE, deployment_id)
+    return Deployment.from_json(raw) if raw else None
+
+
+def _record(pipe, deployment: Deployment, message: str | None, *, current: bool) -> None:
     payload = deployment.dumps()
     if deployment.status in ACTIVE_STATUSES:
         pipe.hset(ACTIVE, deployment.id, payload)
     else:
         pipe.hdel(ACTIVE, deployment.id)
+    ended = deployment.status not in LIVE_STATUSES
+    pipe.set(record_key(deployment.id), payload, ex=ENDED_RECORD_SECONDS if ended else None)
     fields = {"kind": "deployment", "data": payload, "current": "1" if current else "0"}
     if message:
         fields["message"] = message
     pipe.xadd(EVENTS_STREAM, fields, maxlen=EVENTS_MAXLEN, approximate=True)
 
 
+# Each deployment's log lines have a stream of their own, so that a chatty build never trims
+# the event stream: `previewbot:logs:{id}` keeps the deployment's newest LOG_STREAM_MAXLEN lines
+# (the web process records them in SQLite as they come), numbered from 1 by the counter
+# `previewbot:log-seq:{id}`. Both go away LOG_TTL_SECONDS after the deployment's last line,
+# unless the web process keeps a live deployment's counter (`bot.feed.keep_log_counters`).
+LOG_STREAM = PREFIX + ":logs:{}"
+LOG_SEQ = PREFIX + ":log-seq:{}"
+# Sorted set: deployment id -> when it last logged (ms, Redis's clock); the streams the web
+# process records.
+LOG_STREAMS = f"{PREFIX}:log-streams"
+LOG_STREAM_MAXLEN = 10_000
+LOG_LINE_MAX_CHARS = 4000
+LOG_TTL_SECONDS = 7 * 24 * 3600
+
+# KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS; ARGV[1] deployment id, ARGV[2] at,
+# ARGV[3] line, ARGV[4] max length, ARGV[5] TTL. An entry's id is `{seq}-0`, so a reader asks
+# for the lines after a seq directly. A counter lost while its stream stayed (evicted, or
+# restored from SQLite behind lines not yet recorded) carries on after the stream's last line.
+_PUBLISH_LOG = """
+local seq = redis.call('INCR', KEYS[1])
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+local top = last and tonumber(string.match(last[1], '^%d+')) or 0
+if top >= seq then
+  seq = top + 1
+  redis.call('SET', KEYS[1], seq)
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'seq', seq, 'at', ARGV[2], 'line', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
+return seq
+"""
+
+
 def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
-    conn.xadd(
-        EVENTS_STREAM,
-        {"kind": "log", "data": json.dumps({"deploymentId": deployment_id, "line": line[:4000], "at": utcnow()})},
-        maxlen=EVENTS_MAXLEN,
-        approximate=True,
+    """Append a line to its deployment's log, numbered after the deployment's previous line."""
+    script(conn, _PUBLISH_LOG)(
+        keys=[LOG_SEQ.format(deployment_id), LOG_STREAM.format(deployment_id), LOG_STREAMS],
+        args=[deployment_id, utcnow(), line[:LOG_LINE_MAX_CHARS], LOG_STREAM_MAXLEN, LOG_TTL_SECONDS],
     )
 
 
@@ -187,6 +370,17 @@ def current(conn: redis.Redis, key: PreviewKey) -> Deployment | None:
     """The environment's current deployment as last published, or None."""
     raw = conn.get(env_key(key))
     return Deployment.from_json(raw) if raw else None
+
+
+def _environments_key(repository: str, pr_number: int) -> str:
+    return f"{PREFIX}:pr-environments:{repository}#{int(pr_number)}"
+
+
+def environments_of(conn: redis.Redis, repository: str, pr_number: int) -> dict[str, Deployment]:
+    """Each environment of a pull request that has had a deployment, with its current one."""
+    names = sorted(_text(n) for n in conn.smembers(_environments_key(repository, pr_number)))
+    raws = conn.mget([env_key(PreviewKey(repository, pr_number, name)) for name in names]) if names else []
+    return {name: Deployment.from_json(raw) for name, raw in zip(names, raws) if raw}
 
 
 def active_deployments(conn: redis.Redis) -> list[Deployment]:

@@ -125,7 +125,7 @@ def test_deploy_lost_when_redis_restarts_without_data_ends_failed(tmp_path, make
         server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False).start()  # empty
         failed = bot.wait_status("octo/app", 31, "failed", timeout=40)
         assert failed["id"] == started["id"] and "Retry" in failed["error"]
-        expected = "lock was lost" if worker_survives else "Redis restarted without"
+        expected = "branch lease" if worker_survives else "Redis restarted without"
         assert expected in failed["error"]
         if not worker_survives:
             assert any((e["message"] or "").startswith("repair:") for e in bot.store.deployment_events(started["id"]))

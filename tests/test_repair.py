@@ -20,7 +20,7 @@ def test_a_deploying_row_redis_forgot_is_failed_without_touching_the_newer_curre
     store.migrate()
     store.record_deployment(deployment("old", "deploying", "2026-01-01T00:00:00.000Z"), None)
     # Redis restarted empty, then a newer deployment of the same pull request was published.
-    state.publish(redis_conn, deployment("new", "deployed", "2026-01-01T00:01:00.000Z"))
+    state.publish(redis_conn, deployment("new", "deployed", "2026-01-01T00:01:00.000Z"), expect=state.ABSENT)
     _record_last(store, redis_conn)
     redis_conn.xgroup_create(state.EVENTS_STREAM, "recorders", id="$")  # everything recorded
 
@@ -39,8 +39,21 @@ def test_nothing_is_repaired_while_the_recorder_has_a_backlog(tmp_path, redis_co
     store.migrate()
     store.record_deployment(deployment("old", "deploying", "2026-01-01T00:00:00.000Z"), None)
     redis_conn.xgroup_create(state.EVENTS_STREAM, "recorders", id="$", mkstream=True)
-    state.publish(redis_conn, deployment("old", "deployed", "2026-01-01T00:00:05.000Z"))  # not yet recorded
+    state.publish(redis_conn, deployment("old", "deployed", "2026-01-01T00:00:05.000Z"), expect=state.ABSENT)  # not yet recorded
     assert repair_lost_deployments(redis_conn, store) == []
+
+
+def test_a_repair_racing_a_workers_outcome_changes_nothing(tmp_path, redis_conn):
+    store = Store(str(tmp_path / "r.db"))
+    store.migrate()
+    store.record_deployment(deployment("raced", "deploying", "2026-01-01T00:00:00.000Z"), None)
+    redis_conn.xgroup_create(state.EVENTS_STREAM, "recorders", id="$", mkstream=True)
+    # The worker's outcome reaches Redis after the repair's look at SQLite but before its write:
+    # recorded and acknowledged, the repair sees a caught-up recorder and an inactive deployment.
+    state.publish(redis_conn, deployment("raced", "deployed", "2026-01-01T00:00:05.000Z"), expect=state.ABSENT)
+    redis_conn.xgroup_setid(state.EVENTS_STREAM, "recorders", id="$")
+    assert repair_lost_deployments(redis_conn, store) == []
+    assert state.record(redis_conn, "raced").status == "deployed"
 
 
 def test_live_previews_redis_forgot_are_given_back(tmp_path, redis_conn):

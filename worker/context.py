@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
+from bot import state
 from bot.config import Settings, load_settings
 from bot.model import Deployment
 
@@ -32,22 +33,29 @@ class NullReporter:
 class WorkerContext:
     settings: Settings
     redis: redis.Redis
-    provisioner: Provisioner
     reporter: object
+    provisioners: dict[str, Provisioner] = field(default_factory=dict)
+
+    def provisioner_for(self, environment: str) -> Provisioner:
+        """The provisioner of a named environment, made from its settings the first time."""
+        if environment not in self.provisioners:
+            self.provisioners[environment] = make_provisioner(self.settings.for_environment(environment))
+        return self.provisioners[environment]
 
 
 _context: WorkerContext | None = None
 
 
 def build_context(settings: Settings) -> WorkerContext:
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    # A call that hangs must fail well before the lease needs renewing again.
+    conn = state.connect(settings.redis_url, timeout=min(5.0, settings.lease_seconds / 4))
     if settings.github_enabled:
         from .reporting import GitHubReporter
 
         reporter = GitHubReporter(settings, conn)
     else:
         reporter = NullReporter()
-    return WorkerContext(settings, conn, make_provisioner(settings), reporter)
+    return WorkerContext(settings, conn, reporter)
 
 
 def set_context(context: WorkerContext | None) -> None:

@@ -1,5 +1,9 @@
 """RQ jobs. Each is an importable function with keyword-only, JSON-safe arguments, and each
 builds what it needs (settings, Redis, provisioner, GitHub client) from the worker's context.
+
+A provisioning job holds its branch lock for as long as it runs (`held_lease`): the lease is
+renewed, a cancel request is noticed, and a job that cannot reach Redis stops its provisioner
+by its own clock before the lease can run out, so a branch never has two provisioners.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from contextlib import contextmanager
 
 import redis
 
-from bot import previews, queue, state
+from bot import previews, state
 from bot.model import Deployment, utcnow
 
 from .context import WorkerContext, get_context
@@ -19,52 +23,67 @@ from .provisioners import ProvisionError, ProvisionRequest
 
 log = logging.getLogger("previewbot.worker")
 
+LOST_WHILE_QUEUED = "Superseded: the branch lock was lost while the deploy waited in the queue."
+LEASE_LOST = "Stopped: this worker could not renew the branch lease in time. Retry to deploy again."
+
 
 def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
     """Provision `deployment` and report the outcome everywhere."""
     ctx = get_context()
     deployment = Deployment.from_json(deployment)
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
-    with held_lease(ctx, lock, lock_id) as lost:
-        if lost is None:
-            return _superseded(ctx, deployment)
+    with held_lease(ctx, lock, lock_id, cancel_key=previews.cancel_key(deployment.id)) as lease:
+        if lease is None or lease.reason == "cancelled":
+            # Nothing was built: the environment goes back to what it was to replace.
+            if lease is None:
+                log.info("deployment %s lost its branch lock while queued; not running it", deployment.id)
+            ended = finish(ctx, deployment, status="cancelled", message=lease.cancel_reason) if lease else finish(ctx, deployment, status="failed", error=LOST_WHILE_QUEUED)
+            if ended is not None:
+                state.give_back(ctx.redis, ended)
+            return _report(ctx, ended)
+        state.supersede(ctx.redis, deployment)
         ctx.reporter.deploy_started(deployment)
-        request = _provision_request(ctx, deployment, lost)
-        try:
-            url = ctx.provisioner.deploy(request)
-        except ProvisionError as exc:
-            result = finish(ctx, deployment, status="failed", error=str(exc))
-        except Exception as exc:  # a provisioner bug must still end the deployment
-            log.exception("provisioner crashed for deployment %s", deployment.id)
-            result = finish(ctx, deployment, status="failed", error=f"Provisioner error: {type(exc).__name__}")
+        if deployment.replaces:
+            _tear_down_replaced(ctx, deployment)
+        url, error = _provision(ctx, deployment, lease)
+        if lease.reason == "cancelled":
+            # Whatever the provisioner built before it stopped is torn down.
+            _destroy_quietly(ctx, deployment)
+            result = finish(ctx, deployment, status="cancelled", message=lease.cancel_reason)
+        elif lease.reason == "lost":
+            result = finish(ctx, deployment, status="failed", error=LEASE_LOST)
+        elif error:
+            result = finish(ctx, deployment, status="failed", error=error)
         else:
             result = finish(ctx, deployment, status="deployed", preview_url=url)
-        ctx.reporter.deploy_finished(result)
-        return result.to_json()
+        return _report(ctx, result)
 
 
-def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict:
-    """Tear down the branch's environment; the deployment record stays, as history, `destroyed`."""
+def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict | None:
+    """Tear down the branch's environment; the deployment record stays, as history, `destroyed`.
+    A teardown that fails leaves the record as it was, with `teardownError`: the reconciler
+    tries again."""
     ctx = get_context()
     deployment = Deployment.from_json(deployment)
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
-    with held_lease(ctx, lock, lock_id) as lost:
-        if lost is None:
-            return deployment.to_json()
+    with held_lease(ctx, lock, lock_id) as lease:
+        if lease is None:
+            return None
         # The caller's snapshot may be older than a deploy that finished meanwhile.
         latest = state.current(ctx.redis, deployment.key) or deployment
-        if latest.id != deployment.id and latest.branch_name == deployment.branch_name:
+        if latest.branch_name == deployment.branch_name:
             deployment = latest
-        request = _provision_request(ctx, deployment, lost)
+        if deployment.state == "idle":
+            return None  # cancelled or destroyed meanwhile: nothing is left to tear down
         try:
-            ctx.provisioner.destroy(request)
+            ctx.provisioner_for(deployment.environment).destroy(_provision_request(ctx, deployment, lease.stop))
         except ProvisionError as exc:
-            result = finish(ctx, deployment, status="failed", error=f"Destroy failed: {exc}")
-            ctx.reporter.deploy_finished(result)
-            return result.to_json()
-        result = finish(ctx, deployment, status="destroyed", destroyed_at=utcnow(), message=reason)
-        ctx.reporter.destroyed(result, reason=reason)
-        return result.to_json()
+            result = finish(ctx, deployment, status=deployment.status, teardown_error=f"Destroy failed: {exc}", message=reason)
+            return _report(ctx, result)
+        result = finish(ctx, deployment, status="destroyed", destroyed_at=utcnow(), teardown_error=None, message=reason)
+        if result is not None:
+            ctx.reporter.destroyed(result, reason=reason)
+        return result.to_json() if result else None
 
 
 def report_deployment(*, deployment: dict) -> None:
@@ -79,88 +98,136 @@ def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
     if not kwargs.get("deployment"):
         return
     deployment = Deployment.from_json(kwargs["deployment"])
-    current = state.current(ctx.redis, deployment.key)
-    if current and current.id == deployment.id and current.status == "deploying":
+    if deployment.status == "deploying":
         error = "The deploy timed out." if exc_type and exc_type.__name__ == "JobTimeoutException" else "The deploy job crashed."
-        result = finish(ctx, current, status="failed", error=error)
-        ctx.reporter.deploy_finished(result)
-    _release(ctx, state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds), kwargs.get("lock_id"))
+        _report(ctx, finish(ctx, deployment, status="failed", error=error))
+    lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+    previews.release(ctx.redis, ctx.settings, lock, kwargs["lock_id"])
+
+
+def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: str | None = None, **changes) -> Deployment | None:
+    """Change `deployment` from the status this job saw to `status`, waiting through a short
+    Redis outage. Returns it as recorded (`superseded` when a newer deployment took its
+    environment meanwhile), or None when someone else changed it first (a cancel, the
+    reconciler): a stale outcome changes nothing."""
+    result = deployment.changed(status=status, **changes)
+    recorded = _while_redis_returns(lambda: state.publish(ctx.redis, result, expect=deployment.status, message=message))
+    if recorded is None:
+        log.info("deployment %s changed meanwhile; not recording it %s", deployment.id, status)
+    return recorded
+
+
+class Lease:
+    """A branch lock as held by a running job.
+
+    Every tick it renews the lease and looks for a cancel request, in one Redis call. `stop`
+    tells the provisioner to stop; `reason` says why: `cancelled` (someone asked) or `lost`
+    (the lock is someone else's, or this worker could not renew it for so long that the lease
+    would run out before a provisioner given its grace is surely stopped).
+    """
+
+    def __init__(self, ctx: WorkerContext, lock: state.BranchLock, lock_id: str, cancel_key: str | None):
+        self.lock = lock
+        self.lock_id = lock_id
+        self.cancel_key = cancel_key
+        settings = ctx.settings
+        self.tick = min(0.5, settings.lease_seconds / 10)
+        # Counted from the moment the last successful renewal was sent, by this process's clock.
+        self.give_up_after = settings.lease_seconds - settings.cancel_grace_seconds - min(1.0, settings.lease_seconds / 10)
+        self.stop = threading.Event()
+        self.reason: str | None = None
+        self.cancel_reason: str | None = None
+        self._done = threading.Event()
+        self._renewed_at = time.monotonic()
+        self._thread = threading.Thread(target=self._hold, name="previewbot-lease", daemon=True)
+
+    def take(self) -> bool:
+        """Shorten the queued lease to the running one; False when the lock is not ours."""
+        sent = time.monotonic()
+        held, cancel = self.lock.renew_and_check(self.lock_id, self.cancel_key)
+        if not held:
+            return False
+        self._renewed_at = sent
+        if cancel:
+            self._give_up("cancelled", cancel)
+        self._thread.start()
+        return True
+
+    def release(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _hold(self) -> None:
+        while not self._done.wait(self.tick):
+            sent = time.monotonic()
+            try:
+                held, cancel = self.lock.renew_and_check(self.lock_id, self.cancel_key)
+            except redis.RedisError as exc:
+                log.warning("could not renew the branch lock %s: %s", self.lock.key, type(exc).__name__)
+            else:
+                if not held:
+                    self._give_up("lost")
+                    continue
+                self._renewed_at = sent
+                if cancel:
+                    self._give_up("cancelled", cancel)
+            if time.monotonic() - self._renewed_at > self.give_up_after:
+                self._give_up("lost")
+
+    def _give_up(self, reason: str, cancel_reason: str | None = None) -> None:
+        if self.reason is None:
+            log.warning("branch lock %s: %s; stopping the provisioner", self.lock.key, reason)
+            self.reason, self.cancel_reason = reason, cancel_reason
+        self.stop.set()
 
 
 @contextmanager
-def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str):
-    """Hold the branch lock for the job: shorten the queued lease to the running lease, renew
-    it in the background, and on the way out release it or hand it to a queued follow-up.
-
-    Yields None when the lock is not ours, else an event set if the lock is lost meanwhile
-    (its lease ran out, or Redis restarted empty): the provisioner then stops, so that a branch
-    never has two deploys running."""
-    if not lock.renew(lock_id):
+def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str, *, cancel_key: str | None = None):
+    """Hold the branch lock for the job, and on the way out release it to the intents waiting
+    for it. Yields None when the lock is not ours (it was lost while the job waited)."""
+    lease = Lease(ctx, lock, lock_id, cancel_key)
+    if not lease.take():
         yield None
         return
-    stop, lost = threading.Event(), threading.Event()
-    renewer = threading.Thread(target=_renew_until, args=(lock, lock_id, stop, lost, ctx.settings.lease_seconds / 3), daemon=True)
-    renewer.start()
     try:
-        yield lost
+        yield lease
     finally:
-        stop.set()
-        renewer.join()
-        _while_redis_returns(lambda: _release(ctx, lock, lock_id))
+        lease.release()
+        _while_redis_returns(lambda: previews.release(ctx.redis, ctx.settings, lock, lock_id))
 
 
-def _renew_until(lock: state.BranchLock, lock_id: str, stop: threading.Event, lost: threading.Event, every: float) -> None:
-    while not stop.wait(every):
-        try:
-            if not lock.renew(lock_id):
-                log.warning("lost the branch lock %s; stopping the provisioner", lock.key)
-                lost.set()
-                return
-        except redis.RedisError:
-            log.warning("could not renew the branch lock %s; retrying", lock.key)
+def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tuple[str | None, str | None]:
+    """Run the provisioner's deploy: (url, None) or (None, error)."""
+    try:
+        return ctx.provisioner_for(deployment.environment).deploy(_provision_request(ctx, deployment, lease.stop)), None
+    except ProvisionError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a provisioner bug must still end the deployment
+        log.exception("provisioner crashed for deployment %s", deployment.id)
+        return None, f"Provisioner error: {type(exc).__name__}"
 
 
-def _release(ctx: WorkerContext, lock: state.BranchLock, lock_id: str | None) -> None:
-    """Release the lock; if a push or a close queued work behind us, start it now."""
-    if not lock_id:
-        return
-    handed = lock.release(lock_id)
-    if handed is None:
-        return
-    follow_id, follow = handed
-    start_follow_up(ctx, lock, follow_id, follow)
+def _tear_down_replaced(ctx: WorkerContext, deployment: Deployment) -> None:
+    """A deployment of another branch to the same environment replaces the old branch's
+    environment: it is torn down first, so no environment outlives its deployment."""
+    replaced = state.record(ctx.redis, deployment.replaces)
+    if replaced is not None and (replaced.head_repository, replaced.branch_name) != (deployment.head_repository, deployment.branch_name):
+        _destroy_quietly(ctx, replaced)
 
 
-def start_follow_up(ctx: WorkerContext, lock: state.BranchLock, follow_id: str, follow: dict) -> None:
-    """Run what a push or a close queued behind a job; the lock is already `follow_id`'s."""
-    current = state.current(ctx.redis, previews.follow_up_key(follow))
-    if current is None:  # Redis lost the environment's state: nothing to follow up on
-        _release(ctx, lock, follow_id)
-        return
-    if follow["action"] == "destroy":
-        queue.enqueue_destroy(ctx.redis, ctx.settings, deployment=current, lock_id=follow_id, reason=follow.get("reason") or "destroy")
-        return
-    deployment = Deployment.new(
-        id=follow_id,
-        repository=current.repository,
-        pr_number=current.pr_number,
-        environment=current.environment,
-        branch_name=current.branch_name,
-        head_repository=current.head_repository,
-        head_sha=follow.get("headSha") or current.head_sha,
-        trigger=follow.get("trigger") or "push",
-        requested_by=follow.get("requestedBy"),
-        installation_id=current.installation_id,
-        provisioner=ctx.provisioner.name,
-    )
-    previews.start_deploy(ctx.redis, ctx.settings, deployment, lock_id=follow_id)
+def _destroy_quietly(ctx: WorkerContext, deployment: Deployment) -> None:
+    """Tear down what `deployment` built, as part of another outcome; a failure is logged."""
+    try:
+        ctx.provisioner_for(deployment.environment).destroy(_provision_request(ctx, deployment, threading.Event()))
+    except ProvisionError as exc:
+        log.error("could not tear down deployment %s: %s", deployment.id, exc)
 
 
-def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: str | None = None, **changes) -> Deployment:
-    """End (or change) `deployment` and announce it, waiting through a short Redis outage.
-    Returns it as recorded: `superseded` when a newer deployment took its environment meanwhile."""
-    result = deployment.changed(status=status, **changes)
-    return _while_redis_returns(lambda: state.publish(ctx.redis, result, message=message))
+def _report(ctx: WorkerContext, result: Deployment | None) -> dict | None:
+    if result is None:
+        return None
+    ctx.reporter.deploy_finished(result)
+    return result.to_json()
 
 
 # How long a finished job waits for Redis to come back before giving its outcome up (the
@@ -168,24 +235,19 @@ def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: 
 OUTCOME_PATIENCE_SECONDS = 60
 
 
-def _while_redis_returns(action) -> None:
+def _while_redis_returns(action):
     """Run `action`, retrying through a short Redis outage: an outcome is worth waiting for."""
     deadline = time.monotonic() + OUTCOME_PATIENCE_SECONDS
     delay = 0.2
     while True:
         try:
             return action()
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             if time.monotonic() > deadline:
                 raise
             log.warning("Redis unreachable; retrying in %.1fs to record the outcome", delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _superseded(ctx: WorkerContext, deployment: Deployment) -> dict:
-    log.info("deployment %s lost its branch lock while queued; not running it", deployment.id)
-    return finish(ctx, deployment, status="failed", error="Superseded by a newer deployment of this branch.").to_json()
 
 
 def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
@@ -196,7 +258,7 @@ def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
         pass
 
 
-def _provision_request(ctx: WorkerContext, deployment: Deployment, cancelled: threading.Event) -> ProvisionRequest:
+def _provision_request(ctx: WorkerContext, deployment: Deployment, stop: threading.Event) -> ProvisionRequest:
     return ProvisionRequest(
         repository=deployment.repository,
         pr_number=deployment.pr_number,
@@ -206,5 +268,5 @@ def _provision_request(ctx: WorkerContext, deployment: Deployment, cancelled: th
         deployment_id=deployment.id,
         preview_url=deployment.preview_url,
         log=lambda line: _log_line(ctx, deployment.id, line),
-        cancelled=cancelled,
+        cancelled=stop,
     )

@@ -28,7 +28,7 @@ from bot.model import Deployment
 from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
 
 from .context import get_context
-from .jobs import finish, start_follow_up
+from .jobs import finish
 from .on_comment import fetch_pull
 from .reporting import REPORT_ERRORS
 
@@ -50,19 +50,46 @@ def reconcile() -> list[Deployment]:
         problem = diagnose(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         if problem is None:
             continue
-        log.warning("reconcile: deployment %s (%s): %s", deployment.id, deployment.key, problem)
-        lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+        # A compare-and-set against the snapshot: a deploy that finished since it was taken
+        # keeps its outcome.
         result = finish(ctx, deployment, status="failed", error=problem, message=f"reconcile: {problem}")
+        if result is None:
+            continue
+        log.warning("reconcile: deployment %s (%s): %s", deployment.id, deployment.key, problem)
         ctx.reporter.deploy_finished(result)
         repaired.append(result)
-        # A push or a close queued behind the dead job still happens.
-        handed = lock.release(deployment.id)  # also when its lease already ran out
-        if handed:
-            start_follow_up(ctx, lock, *handed)
+        # What waited behind the dead job (a push, a close) still happens.
+        lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
+        previews.release(ctx.redis, ctx.settings, lock, deployment.id)  # also when its lease already ran out
+    retry_failed_teardowns(ctx)
     if ctx.settings.github_enabled:
         requeue_github_jobs_of_dead_workers(ctx.redis)
         repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
     return repaired
+
+
+# Teardowns that failed are tried again after 2, 4, 8… reconcile periods, at most hourly.
+MAX_TEARDOWN_BACKOFF_SECONDS = 3600
+
+
+def retry_failed_teardowns(ctx) -> list[Deployment]:
+    """A teardown that failed is not forgotten: it is tried again, with backoff, until it
+    succeeds (the record keeps `teardownError` meanwhile, shown on GitHub and the dashboard)."""
+    retried = []
+    for deployment in state.live_deployments(ctx.redis):
+        if not deployment.teardown_error:
+            continue
+        waiting = f"{state.PREFIX}:teardown-retry:{deployment.id}"
+        if ctx.redis.exists(waiting):
+            continue
+        attempts = ctx.redis.incr(f"{state.PREFIX}:teardown-attempts:{deployment.id}")
+        ctx.redis.expire(f"{state.PREFIX}:teardown-attempts:{deployment.id}", 7 * 24 * 3600)
+        wait = min(MAX_TEARDOWN_BACKOFF_SECONDS, ctx.settings.reconcile_seconds * 2 ** min(attempts, 12))
+        ctx.redis.set(waiting, "1", ex=max(1, int(wait)))
+        log.warning("reconcile: trying again to tear down %s (%s): %s", deployment.id, deployment.key, deployment.teardown_error)
+        if previews.request_destroy(ctx.redis, ctx.settings, deployment.key, reason="reconcile: teardown retried"):
+            retried.append(deployment)
+    return retried
 
 
 # The jobs that talk to GitHub only (webhook handling, reports), safe to run again.

@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from bot import state
 from bot.queue import get_queue
 
 from . import context
@@ -31,7 +32,10 @@ MAINTENANCE_SECONDS = 60
 def run_worker_process(settings, *, burst: bool = False) -> int:
     ctx = context.build_context(settings)
     context.set_context(ctx)
-    conn = redis.Redis.from_url(settings.redis_url)
+    # The heartbeat and the reconciler must learn of a lost Redis within a lease; RQ's loop
+    # blocks on the queue and sets its own, longer timeout on the connection it is given.
+    conn = state.connect(settings.redis_url, timeout=min(5.0, settings.lease_seconds / 4))
+    rq_conn = redis.Redis.from_url(settings.redis_url)
     name = f"previewbot-{os.uname().nodename}-{os.getpid()}"
     heartbeat = Heartbeat(conn, name, settings.lease_seconds)
     heartbeat.start()
@@ -43,8 +47,8 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             # between jobs and a job starts in well under a millisecond. A job that dies takes
             # the process with it; the branch lease and the reconciler recover its deployment.
             worker = PreviewWorker(
-                [get_queue(conn)],
-                connection=conn,
+                [get_queue(rq_conn)],
+                connection=rq_conn,
                 serializer=JSONSerializer,
                 name=name,
                 # Abandoned jobs (their worker died) are retried or failed by RQ's registry
