@@ -1,12 +1,17 @@
 """From the event stream to SQLite and to WebSocket clients.
 
-Two loops per web process, both reading the Redis stream the workers write to:
+Loops per web process, reading the Redis streams the workers write to:
 
 - the recorder reads through a consumer group shared by all web processes, so each event is
   written to SQLite once, and acknowledges it only after the write: an event published while
-  no web process runs waits in Redis and is recorded when one starts;
-- the broadcaster reads the stream on its own, so every web process sees every event and
-  passes it to its own WebSocket clients.
+  no web process runs waits in Redis and is recorded when one starts. Every few seconds it
+  also claims the entries a dead consumer (a restarted gunicorn worker) read and never
+  acknowledged;
+- the log recorder copies each deployment's log stream to SQLite. Its cursor is the last seq
+  SQLite holds, so a line is recorded when a web process next runs, as long as Redis still
+  keeps it; a short lock per stream keeps two web processes from doing the same work;
+- the broadcaster reads the event stream on its own, so every web process sees every event
+  and passes it to its own WebSocket clients.
 """
 
 from __future__ import annotations
@@ -26,16 +31,48 @@ import redis
 
 from . import queue as job_queue
 from .model import Deployment
-from .state import ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, PREFIX, env_key, publish
+from .state import (
+    ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX, env_key,
+    publish, script,
+)
 from .store import Store
 
 log = logging.getLogger("previewbot.feed")
 
 RECORDER_GROUP = "recorders"
-# Deployment events and logs from workers; accepted webhook deliveries from the receivers.
+# Deployment events from workers (and log lines, from workers older than the log streams);
+# accepted webhook deliveries from the receivers.
 RECORDED_STREAMS = (EVENTS_STREAM, DELIVERIES_STREAM)
 # A pending entry idle this long belonged to a web process that died before acknowledging it.
 CLAIM_IDLE_MS = 30_000
+# How often a recorder takes over what a dead one left: pending entries idle CLAIM_IDLE_MS,
+# log lines behind a lock that ran out.
+RECLAIM_SECONDS = 5.0
+
+# Held (SET NX PX) by the web process writing a batch of a deployment's log; a dead one's runs out.
+LOG_LOCK = PREFIX + ":log-lock:{}"
+LOG_LOCK_MS = 10_000
+LOG_BATCH = 1000
+# A log stream fully recorded and quiet this long leaves LOG_STREAMS; its next line brings it back.
+LOG_IDLE_MS = 60_000
+
+# KEYS[1] LOG_STREAMS, KEYS[2] the stream; ARGV[1] deployment id, ARGV[2] the last seq recorded.
+# In one step with publish_log's, so a line written meanwhile keeps its stream listed.
+_FORGET_LOG = """
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last and tonumber(string.match(last[1], '^%d+')) > tonumber(ARGV[2]) then
+  return 0
+end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+# KEYS[1] a lock; ARGV[1] its holder. Frees it only if still held by that holder.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 @dataclass(eq=False)
@@ -44,6 +81,7 @@ class Subscriber:
 
     repository: str | None = None
     pr_number: str | None = None
+    environment: str | None = None
     allowed: list[str] | None = None  # None: every repository
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
@@ -53,6 +91,8 @@ class Subscriber:
         if self.allowed is not None and repository not in self.allowed:
             return False
         if self.repository and repository != self.repository:
+            return False
+        if self.environment and message.get("environment") != self.environment:
             return False
         return not self.pr_number or message["prNumber"] == self.pr_number
 
@@ -103,6 +143,28 @@ def record(store: Store, event_id: str, fields: dict) -> None:
         remember(store, data["event"], data.get("memo") or {})
 
 
+def _deployments_in(items) -> set[str]:
+    """The deployments that the deployment events among stream entries are about."""
+    found = set()
+    for _entry_id, fields in items:
+        fields = _decode(fields)
+        if fields.get("kind") == "deployment":
+            try:
+                found.add(json.loads(fields["data"])["id"])
+            except (KeyError, ValueError, TypeError):
+                pass  # recorded (and reported) as malformed with the rest of the batch
+    return found
+
+
+def _log_lines(items) -> list[tuple[int, str, str]]:
+    """Log stream entries as (seq, at, line); an entry's id is `{seq}-0`."""
+    lines = []
+    for entry_id, fields in items:
+        fields = _decode(fields)
+        lines.append((int(_text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
+    return lines
+
+
 def stream_time(event_id: str) -> str:
     """When Redis added a stream entry (its id starts with Redis's clock in ms), as utcnow()."""
     ms = int(event_id.partition("-")[0])
@@ -133,7 +195,10 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
     for deployment in store.deployments_with_status("deploying"):
         if _epoch(deployment.updated_at) > cutoff or conn.hexists(ACTIVE, deployment.id):
             continue  # Redis knows it is deploying: the worker side (reconcile) is in charge
-        failed = publish(conn, deployment.changed(status="failed", error=LOST_IN_REDIS), message=f"repair: {LOST_IN_REDIS}")
+        # A compare-and-set on "Redis holds no record": a worker's outcome that lands first wins.
+        failed = publish(conn, deployment.changed(status="failed", error=LOST_IN_REDIS), expect=ABSENT, message=f"repair: {LOST_IN_REDIS}")
+        if failed is None:
+            continue
         job_queue.enqueue_report(conn, deployment=failed)
         log.warning("repaired deployment %s (%s): lost in Redis", deployment.id, deployment.key)
         repaired.append(failed)
@@ -169,6 +234,23 @@ def restore_current_state(conn: redis.Redis, store: Store) -> int:
     return restored
 
 
+def keep_log_counters(conn: redis.Redis, store: Store) -> None:
+    """Keep the log counter of each live deployment, restoring it from SQLite if Redis lost it.
+
+    A preview deployed weeks ago logs its destroy under the same id: its numbering must go on
+    after the lines SQLite holds, not start again at 1 (those would be taken for repeats).
+    Counters of other deployments go away with their streams (LOG_TTL_SECONDS)."""
+    live = [deployment.id for deployment in store.live_deployments()]
+    last = store.last_log_seqs(live)
+    with conn.pipeline(transaction=False) as pipe:
+        for deployment_id in live:
+            key = LOG_SEQ.format(deployment_id)
+            if last.get(deployment_id):
+                pipe.set(key, last[deployment_id], nx=True)
+            pipe.expire(key, LOG_TTL_SECONDS)
+        pipe.execute()
+
+
 def _epoch(timestamp: str | None) -> float:
     if not timestamp:
         return 0.0
@@ -176,7 +258,7 @@ def _epoch(timestamp: str | None) -> float:
 
 
 class FeedThreads:
-    """The recorder, broadcaster and repair loops of one web process."""
+    """The recorder, log recorder, broadcaster and repair loops of one web process."""
 
     def __init__(self, conn: redis.Redis, store: Store, hub: Hub, *, repair_seconds: float = 60.0):
         self.conn = conn
@@ -188,7 +270,7 @@ class FeedThreads:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target in (self._record_loop, self._broadcast_loop, self._repair_loop):
+        for target in (self._record_loop, self._log_loop, self._broadcast_loop, self._repair_loop):
             thread = threading.Thread(target=target, name=f"previewbot-{target.__name__.strip('_')}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -202,6 +284,7 @@ class FeedThreads:
 
     def _record_loop(self) -> None:
         backlog = True  # first our own unacknowledged entries, then claimed ones, then new ones
+        claim_at = 0.0
         while not self.stop.is_set():
             try:
                 self._ensure_groups()
@@ -209,6 +292,12 @@ class FeedThreads:
                     for stream in RECORDED_STREAMS:
                         self._record_pending(stream)
                     backlog = False
+                if time.monotonic() >= claim_at:
+                    # Consumers die while others run (a gunicorn worker restarted): not only
+                    # a starting recorder must look for what they left.
+                    for stream in RECORDED_STREAMS:
+                        self._claim_abandoned(stream)
+                    claim_at = time.monotonic() + RECLAIM_SECONDS
                 entries = self.conn.xreadgroup(
                     RECORDER_GROUP, self.consumer, {stream: ">" for stream in RECORDED_STREAMS}, count=200, block=1000
                 )
@@ -216,7 +305,7 @@ class FeedThreads:
                     self._record_entries(_text(stream), items)
             except (redis.RedisError, sqlite3.Error, OSError) as exc:
                 log.warning("event recorder paused: %s", exc)
-                backlog = True
+                backlog, claim_at = True, 0.0
                 self.stop.wait(1.0)
 
     def _ensure_groups(self) -> None:
@@ -234,6 +323,8 @@ class FeedThreads:
             if not items:
                 break
             self._record_entries(stream, items)
+
+    def _claim_abandoned(self, stream: str) -> None:
         start = "0-0"
         while True:
             start, items, *_ = self.conn.xautoclaim(
@@ -245,6 +336,10 @@ class FeedThreads:
 
     def _record_entries(self, stream: str, items) -> None:
         """Write a batch in one transaction (one commit, not one per entry), then acknowledge it."""
+        for deployment_id in _deployments_in(items):
+            # Lines are recorded before the status they led to, so that a reader who sees a
+            # deployment `failed` also finds the lines that tell why.
+            self._record_log_backlog(deployment_id)
         done = []
         with self.store.write():
             for entry_id, fields in items:
@@ -257,6 +352,82 @@ class FeedThreads:
                 done.append(entry_id)
         if done:
             self.conn.xack(stream, RECORDER_GROUP, *done)
+
+    # -- log recorder ------------------------------------------------------------------------
+
+    def _log_loop(self) -> None:
+        cursors: dict[str, int] = {}  # deployment id -> the last seq recorded, as last seen here
+        reread_at = keep_at = 0.0
+        while not self.stop.is_set():
+            try:
+                if time.monotonic() >= keep_at:
+                    keep_log_counters(self.conn, self.store)
+                    keep_at = time.monotonic() + self.repair_seconds
+                if time.monotonic() >= reread_at:
+                    # From SQLite again: lines skipped here for another recorder's lock, which
+                    # died before writing them, are read again.
+                    self._forget_recorded_logs()
+                    cursors = {}
+                    reread_at = time.monotonic() + RECLAIM_SECONDS
+                listed = [_text(i) for i in self.conn.zrange(LOG_STREAMS, 0, -1)]
+                cursors = {i: cursors[i] for i in listed if i in cursors}
+                unknown = [i for i in listed if i not in cursors]
+                cursors.update(dict.fromkeys(unknown, 0) | self.store.last_log_seqs(unknown))
+                if not cursors:
+                    self.stop.wait(0.5)
+                    continue
+                streams = {LOG_STREAM.format(i): i for i in cursors}
+                # Entry ids are `{seq}-0`: each stream is read after the last seq recorded.
+                entries = self.conn.xread({key: f"{cursors[i]}-0" for key, i in streams.items()}, count=LOG_BATCH, block=500)
+                for stream, items in entries or []:
+                    deployment_id = streams[_text(stream)]
+                    cursors[deployment_id] = self._record_log_entries(deployment_id, items)
+            except (redis.RedisError, sqlite3.Error, OSError) as exc:
+                log.warning("log recorder paused: %s", exc)
+                reread_at = 0.0
+                self.stop.wait(1.0)
+
+    def _record_log_entries(self, deployment_id: str, items) -> int:
+        """Write a batch of a deployment's log lines unless another recorder is writing that log;
+        returns the seq to read after."""
+        lines = _log_lines(items)
+        lock = LOG_LOCK.format(deployment_id)
+        if not self.conn.set(lock, self.consumer, nx=True, px=LOG_LOCK_MS):
+            return lines[-1][0]
+        try:
+            after = self.store.log_counts(deployment_id)["last_seq"]
+            if lines[0][0] > after + 1:
+                # This process skipped lines while another held the lock, and that one has not
+                # recorded them (yet, or ever): a gap is recorded only when Redis lost the lines.
+                lines = _log_lines(self.conn.xrange(LOG_STREAM.format(deployment_id), min=f"({after}-0", count=LOG_BATCH)) or lines
+            return self.store.record_logs(deployment_id, lines)
+        finally:
+            script(self.conn, _UNLOCK)(keys=[lock], args=[self.consumer])
+
+    def _record_log_backlog(self, deployment_id: str) -> None:
+        """Record the lines of the deployment's log stream, up to its last one now, not yet in
+        SQLite, lock or not (another recorder's writes and ours are harmless repeats)."""
+        key = LOG_STREAM.format(deployment_id)
+        newest = self.conn.xrevrange(key, count=1)
+        if not newest:
+            return
+        top = _text(newest[0][0])
+        after = self.store.log_counts(deployment_id)["last_seq"]
+        while after < int(top.partition("-")[0]):
+            items = self.conn.xrange(key, min=f"({after}-0", max=top, count=LOG_BATCH)
+            if not items:
+                return
+            after = self.store.record_logs(deployment_id, _log_lines(items))
+
+    def _forget_recorded_logs(self) -> None:
+        """Unlist the log streams fully recorded and quiet for LOG_IDLE_MS."""
+        seconds, micros = self.conn.time()
+        quiet = [_text(i) for i in self.conn.zrangebyscore(LOG_STREAMS, "-inf", seconds * 1000 + micros // 1000 - LOG_IDLE_MS)]
+        recorded = self.store.last_log_seqs(quiet)
+        for deployment_id in quiet:
+            script(self.conn, _FORGET_LOG)(
+                keys=[LOG_STREAMS, LOG_STREAM.format(deployment_id)], args=[deployment_id, recorded.get(deployment_id, 0)]
+            )
 
     # -- repair ------------------------------------------------------------------------------
 

@@ -108,9 +108,55 @@ def m002_environments_and_record_statuses(db: sqlite_utils.Database) -> None:
     db["deployments"].create_index(["repository", "pr_id", "environment", "created_at"])
 
 
+@migrations()
+def m003_log_sequence_numbers(db: sqlite_utils.Database) -> None:
+    """Log lines are numbered per deployment: `seq`, from 1, unique with the deployment id, so
+    that recording a line again changes nothing and a reader can ask for the lines after one.
+    Lines recorded before are numbered in the order of their stream ids (their `id`), the order
+    they were produced in. `id` stays the key: a line that came on the event stream keeps its
+    stream entry id, one from its deployment's own log stream is `{deployment id}:{seq}`.
+
+    `deployment_log_counts` keeps, per deployment, the last seq recorded, how many lines are
+    stored and how many were dropped: past the cap (`Store.max_log_lines`), or trimmed from
+    Redis before the web process read them."""
+    db["deployment_logs"].add_column("seq", int)
+    db.execute(
+        """UPDATE deployment_logs SET seq = numbered.seq FROM (
+               SELECT rowid AS row, row_number() OVER (
+                   PARTITION BY deployment_id
+                   ORDER BY CAST(substr(id, 1, instr(id, '-') - 1) AS INTEGER),
+                            CAST(substr(id, instr(id, '-') + 1) AS INTEGER), rowid) AS seq
+               FROM deployment_logs) AS numbered
+           WHERE deployment_logs.rowid = numbered.row"""
+    )
+    db.execute("DROP INDEX IF EXISTS idx_deployment_logs_deployment_id")  # the unique index below leads with it
+    db["deployment_logs"].create_index(["deployment_id", "seq"], unique=True)
+    db["deployment_log_counts"].create(
+        {"deployment_id": str, "last_seq": int, "stored": int, "dropped": int}, pk="deployment_id"
+    )
+    db.execute(
+        """INSERT INTO deployment_log_counts (deployment_id, last_seq, stored, dropped)
+           SELECT deployment_id, max(seq), count(*), 0 FROM deployment_logs
+           WHERE deployment_id IS NOT NULL GROUP BY deployment_id"""
+    )
+
+
+@migrations()
+def m004_replaced_and_teardown_errors(db: sqlite_utils.Database) -> None:
+    """What a deployment took its environment over from (`replaces`), and why its teardown
+    failed (`teardown_error`, cleared when a retry succeeds)."""
+    db["deployments"].add_column("replaces", str)
+    db["deployments"].add_column("teardown_error", str)
+
+
 PULL_REQUEST_FIELDS = (
     "repository", "number", "title", "branch_name", "head_repository", "head_sha", "author", "state", "installation_id",
 )
+
+
+# Lines kept in SQLite per deployment: the first ones; later ones are counted as dropped. At
+# the 4,000 characters a line may have, that is at most 400 MB for one deployment.
+MAX_LOG_LINES = 100_000
 
 
 def stream_id_key(event_id: str | None) -> tuple[int, int]:
@@ -124,8 +170,9 @@ def stream_id_key(event_id: str | None) -> tuple[int, int]:
 class Store:
     """One SQLite file; one connection per thread (sqlite3 connections are not shared)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, max_log_lines: int = MAX_LOG_LINES):
         self.path = path
+        self.max_log_lines = max_log_lines
         self._local = threading.local()
         self._known_repositories: dict[str, int] = {}
         self._write_lock = threading.Lock()
@@ -210,12 +257,6 @@ class Store:
                 )
         return True
 
-    def record_log(self, event_id: str, deployment_id: str, line: str, at: str) -> None:
-        with self.write() as db:
-            db["deployment_logs"].insert(
-                {"id": event_id, "deployment_id": deployment_id, "line": line, "created_at": at}, ignore=True
-            )
-
     def get_deployment(self, deployment_id: str) -> dict | None:
         rows = list(self.db["deployments"].rows_where("id = ?", [deployment_id]))
         return rows[0] if rows else None
@@ -231,6 +272,17 @@ class Store:
             )
         )
         return Deployment.from_row(rows[0]) if rows else None
+
+    def latest_deployments(self, repository: str, pr_number: int) -> list[Deployment]:
+        """The latest deployment of each environment of a pull request."""
+        sql = """
+            SELECT * FROM deployments d
+            WHERE d.repository = ? AND d.pr_id = ? AND d.id = (
+                SELECT id FROM deployments
+                WHERE repository = d.repository AND pr_id = d.pr_id AND environment = d.environment
+                ORDER BY created_at DESC, rowid DESC LIMIT 1)
+        """
+        return [Deployment.from_row(row) for row in self.db.query(sql, [repository, pr_number])]
 
     def live_deployments(self) -> list[Deployment]:
         """Each environment's latest deployment where it is deployed or failed (an environment
@@ -266,9 +318,70 @@ class Store:
     def deployment_events(self, deployment_id: str) -> list[dict]:
         return list(self.db["deployment_events"].rows_where("deployment_id = ?", [deployment_id], order_by="id"))
 
-    def deployment_logs(self, deployment_id: str, limit: int = 1000) -> list[dict]:
+    # -- log lines ---------------------------------------------------------------------------
+
+    def record_logs(self, deployment_id: str, lines: list[tuple[int, str, str]]) -> int:
+        """Keep a deployment's log lines, given as (seq, at, line), up to `max_log_lines`.
+
+        Safe to repeat: a line at or below the last seq recorded is skipped. Lines past the cap
+        and seqs never seen (trimmed from Redis before they were read) count as dropped.
+        Returns the last seq recorded."""
+        with self.write():
+            counts = self.log_counts(deployment_id)
+            new = sorted(entry for entry in lines if entry[0] > counts["last_seq"])
+            if not new:
+                return counts["last_seq"]
+            self._append_logs(deployment_id, counts, [(f"{deployment_id}:{seq}", seq, at, line) for seq, at, line in new])
+        return new[-1][0]
+
+    def record_log(self, event_id: str, deployment_id: str, line: str, at: str) -> None:
+        """A line that came on the event stream (where workers put lines before they had
+        streams of their own): numbered after the deployment's last line, once per `event_id`."""
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM deployment_logs WHERE id = ?", [event_id]).fetchone():
+                return
+            counts = self.log_counts(deployment_id)
+            self._append_logs(deployment_id, counts, [(event_id, counts["last_seq"] + 1, at, line)])
+
+    def _append_logs(self, deployment_id: str, counts: dict, rows: list[tuple[str, int, str, str]]) -> None:
+        """Rows (id, seq, at, line) in seq order, all after `counts["last_seq"]`."""
+        kept = rows[: max(0, self.max_log_lines - counts["stored"])]
+        cursor = self.db.conn.executemany(
+            "INSERT OR IGNORE INTO deployment_logs (id, deployment_id, seq, line, created_at) VALUES (?, ?, ?, ?, ?)",
+            [(id_, deployment_id, seq, line, at) for id_, seq, at, line in kept],
+        )
+        last_seq = rows[-1][1]
+        self.db.execute(
+            """INSERT INTO deployment_log_counts (deployment_id, last_seq, stored, dropped) VALUES (?, ?, ?, ?)
+               ON CONFLICT (deployment_id) DO UPDATE SET
+                   last_seq = excluded.last_seq, stored = excluded.stored, dropped = excluded.dropped""",
+            [deployment_id, last_seq, counts["stored"] + max(cursor.rowcount, 0), counts["dropped"] + last_seq - counts["last_seq"] - len(kept)],
+        )
+
+    def log_counts(self, deployment_id: str) -> dict:
+        """The last seq recorded of a deployment's log, and how many lines were stored and dropped."""
+        row = self.db.execute(
+            "SELECT last_seq, stored, dropped FROM deployment_log_counts WHERE deployment_id = ?", [deployment_id]
+        ).fetchone()
+        return dict(zip(("last_seq", "stored", "dropped"), row or (0, 0, 0)))
+
+    def last_log_seqs(self, deployment_ids: list[str]) -> dict[str, int]:
+        """The last seq recorded of each deployment's log that has one."""
+        found = {}
+        for start in range(0, len(deployment_ids), 500):
+            batch = deployment_ids[start : start + 500]
+            found.update(self.db.execute(
+                f"SELECT deployment_id, last_seq FROM deployment_log_counts WHERE deployment_id IN ({','.join('?' * len(batch))})",
+                batch,
+            ).fetchall())
+        return found
+
+    def deployment_logs(self, deployment_id: str, after: int | None = None, limit: int = 1000) -> list[dict]:
+        """A deployment's log lines in seq order, from the one after `after`."""
         return list(
-            self.db["deployment_logs"].rows_where("deployment_id = ?", [deployment_id], order_by="id", limit=limit)
+            self.db["deployment_logs"].rows_where(
+                "deployment_id = ? AND seq > ?", [deployment_id, after or 0], order_by="seq", limit=limit
+            )
         )
 
     # -- pull requests -----------------------------------------------------------------------
@@ -294,30 +407,29 @@ class Store:
         return rows[0] if rows else None
 
     def list_pull_requests(self, *, repositories: list[str] | None = None, state: str = "open") -> list[dict]:
-        """Pull requests with their latest deployment, newest first."""
-        sql = """
-            SELECT p.*, d.id AS d_id FROM pull_requests p
-            LEFT JOIN deployments d ON d.id = (
-                SELECT id FROM deployments
-                WHERE repository = p.repository AND pr_id = p.number AND environment = 'preview'
-                ORDER BY created_at DESC, rowid DESC LIMIT 1)
-            WHERE p.state = ?
-        """
-        params: list = [state]
+        """Pull requests, newest first, each with the latest deployment of every environment it
+        has had (`environments`: name -> Deployment)."""
+        where, params = "p.state = ?", [state]
         if repositories is not None:
-            sql += f" AND p.repository IN ({','.join('?' * len(repositories))})"
+            where += f" AND p.repository IN ({','.join('?' * len(repositories))})"
             params += repositories
-        sql += " ORDER BY p.created_at DESC, p.number DESC"
-        cursor = self.db.execute(sql, params)
-        columns = [c[0] for c in cursor.description]
-        rows = cursor.fetchall()
-        result = []
-        for values in rows:
-            pull = dict(zip(columns, values))
-            deployment_id = pull.pop("d_id")
-            pull["deployment"] = Deployment.from_row(self.get_deployment(deployment_id)) if deployment_id else None
-            result.append(pull)
-        return result
+        pulls = [dict(row) for row in self.db.query(f"SELECT p.* FROM pull_requests p WHERE {where} ORDER BY p.created_at DESC, p.number DESC", params)]
+        latest = self.db.query(
+            f"""SELECT * FROM (
+                    SELECT d.*, row_number() OVER (
+                        PARTITION BY d.repository, d.pr_id, d.environment ORDER BY d.created_at DESC, d.rowid DESC) AS newest
+                    FROM deployments d JOIN pull_requests p ON p.repository = d.repository AND p.number = d.pr_id
+                    WHERE {where})
+                WHERE newest = 1""",
+            params,
+        )
+        environments: dict[tuple[str, int], dict[str, Deployment]] = {}
+        for row in latest:
+            deployment = Deployment.from_row(row)
+            environments.setdefault((deployment.repository, deployment.pr_number), {})[deployment.environment] = deployment
+        for pull in pulls:
+            pull["environments"] = environments.get((pull["repository"], pull["number"]), {})
+        return pulls
 
     # -- webhook deliveries ------------------------------------------------------------------
 
