@@ -20,7 +20,7 @@ from gidgethub import ValidationFailure, sansio
 from . import queue as jobs
 from .commands import mentions_command
 from .services import Services
-from .state import DELIVERIES_STREAM, EVENTS_MAXLEN, PREFIX
+from .state import DELIVERIES_STREAM, EVENTS_MAXLEN, PREFIX, script
 
 log = logging.getLogger("previewbot.webhooks")
 
@@ -148,18 +148,7 @@ def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, p
     writes: list = [DELIVERY_MEMORY_SECONDS]
     for command, _options in pipe.command_stack:
         writes += [len(command), *map(encode, command)]
-    return bool(_accept_script(conn)(keys=[f"{PREFIX}:delivery:{delivery_id}"], args=writes))
-
-
-_scripts: dict[int, object] = {}
-
-
-def _accept_script(conn: redis.Redis):
-    """The script registered once per client, so each call sends its SHA, not its text."""
-    script = _scripts.get(id(conn))
-    if script is None:
-        script = _scripts[id(conn)] = conn.register_script(_ACCEPT)
-    return script
+    return bool(script(conn, _ACCEPT)(keys=[f"{PREFIX}:delivery:{delivery_id}"], args=writes))
 
 
 class BodyTooLarge(Exception):
@@ -291,7 +280,21 @@ def needs_work(event: str, payload: dict, *, app_id: str | None) -> bool:
         _get(head, "sha", str)
         _common(payload)
         return True
+    # Uninstalls destroy the previews of the repositories the App loses.
+    if event == "installation" and action == "deleted":
+        _get(_get(payload, "installation", dict), "id", int)
+        if payload.get("repositories") is not None:  # optional: previews are also found by installation id
+            _repository_names(payload, "repositories")
+        return True
+    if event == "installation_repositories" and action == "removed":
+        _get(_get(payload, "installation", dict), "id", int)
+        return bool(_repository_names(payload, "repositories_removed"))
     return False
+
+
+def _repository_names(payload: dict, key: str) -> list[str]:
+    repositories = _get(payload, key, list)
+    return [_get(r, "full_name", str) for r in repositories]
 
 
 def remember(store, event: str, payload: dict) -> None:

@@ -40,9 +40,11 @@ class Call(NamedTuple):
     data: Any = None
 
 
-def http_error(status: int) -> gidgethub.BadRequest:
-    """An answer to put in a table: the request fails with this 4xx status."""
-    return gidgethub.BadRequest(http.HTTPStatus(status))
+def http_error(status: int) -> gidgethub.GitHubException:
+    """An answer to put in a table: the request fails with this status, raised as gidgethub
+    raises it (BadRequest for 4xx, GitHubBroken for 5xx)."""
+    kind = gidgethub.GitHubBroken if status >= 500 else gidgethub.BadRequest
+    return kind(http.HTTPStatus(status))
 
 
 def expand(url: str, url_vars: dict | None) -> str:
@@ -58,6 +60,7 @@ class FakeGH:
         self.listings: dict[str, list] = {}  # path -> items, for getiter
         self.calls: list[Call] = []
         self.unexpected: list[Call] = []
+        self.failing_writes: int | None = None
         self._ids = itertools.count(9000)
 
     # -- the tables --------------------------------------------------------------------------
@@ -70,6 +73,11 @@ class FakeGH:
         """The items of the paginated listing at `path` (without its query string)."""
         self.listings[path] = items
 
+    def fail_writes(self, status: int = 502) -> None:
+        """From now on every POST and PATCH fails with `status`, as in a GitHub outage that
+        still serves reads (after the real client's retries)."""
+        self.failing_writes = status
+
     # -- GitHubSession's interface -----------------------------------------------------------
 
     async def call(self, method: str, url: str, *, url_vars: dict | None = None, data: Any = b"") -> Any:
@@ -77,6 +85,8 @@ class FakeGH:
         call = Call(method, path, None if data == b"" else data)
         self.calls.append(call)
         bare = path.split("?", 1)[0]
+        if self.failing_writes and method in ("POST", "PATCH"):
+            raise http_error(self.failing_writes)
         for key in ((method, path), (method, bare)):
             if key in self.answers:
                 value = self.answers[key]

@@ -25,6 +25,7 @@ APP_ID = 4242
 INSTALLATION = 77
 SECRET = "webhook-secret-for-tests"
 REPO = "octo/app"
+OTHER = "octo/docs"
 SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
 
 
@@ -243,7 +244,7 @@ def bot_follow_up_queued(bot) -> bool:
     import redis
 
     conn = redis.Redis.from_url(bot.env["REDIS_URL"])
-    return bool(conn.keys("previewbot:next:*"))
+    return bool(conn.keys("previewbot:intents:*"))
 
 
 def test_close_destroys_and_marks_inactive(start_bot, fake):
@@ -414,6 +415,80 @@ def test_github_outage_never_leaves_a_deployment_deploying(start_bot, fake, tmp_
     fake.down = False
 
 
+def test_a_command_deploys_while_github_fails_every_write(start_bot, fake):
+    """Reactions, the bot comment and the check run only inform people: a `/preview` that
+    comes while GitHub answers 502 to every write (reads still work) deploys all the same."""
+    bot = start_bot(workers=2)
+    outage = [fake.fail(method, r"/repos/.+", 502, times=10**6) for method in ("POST", "PATCH")]
+    payload = comment(fake)
+    assert send(bot, "issue_comment", payload).status_code == 202
+    deployed = bot.wait_status(REPO, 1, "deployed", timeout=45)
+    assert (deployed["headSha"], deployed["trigger"], deployed["requestedBy"]) == (SHA1, "comment", "alice")
+    assert fake.calls_to("POST", rf"/repos/octo/app/issues/comments/{payload['comment']['id']}/reactions")  # tried
+    assert fake.reactions == {} and bot_comments(fake) == [] and deployments(fake) == []
+    assert "could not react on GitHub: GitHub answered 502" in bot.log_text()
+
+    with fake.lock:  # GitHub recovers: the next command is answered as usual
+        for fault in outage:
+            fault.remaining = 0
+    status = comment(fake, "/preview status")
+    send(bot, "issue_comment", status)
+    fake.wait_for(lambda: "eyes" in fake.reactions.get(status["comment"]["id"], []), timeout=20, message="eyes reaction")
+    fake.wait_for(lambda: bot_comments(fake) and "Deployed" in bot_comments(fake)[0]["body"], timeout=20, message="status comment")
+    assert len(bot_comments(fake)) == 1
+
+
+def uninstall(fake, installation_id=INSTALLATION):
+    """What GitHub does on an uninstall: it forgets the installation and refuses its tokens,
+    the one the bot holds too (the fake answers 401 to it, and 404 to a request for a new one)."""
+    with fake.lock:
+        del fake.installations[installation_id]
+    fake.expire_tokens()
+
+
+def test_uninstalling_the_app_destroys_its_previews_though_github_refuses_its_token(start_bot, fake):
+    bot = start_bot()
+    send(bot, "issue_comment", comment(fake))
+    fake.wait_for(lambda: deployed_on_github(fake), message="deployed")
+    live = bot.wait_status(REPO, 1, "deployed")
+    uninstall(fake)
+    token_requests = len(fake.calls_to("POST", rf"/app/installations/{INSTALLATION}/access_tokens"))
+
+    assert send(bot, "installation", webhooks.installation("deleted", INSTALLATION, repos=[REPO])).status_code == 202
+    wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="destroyed")
+    assert bot.deployment(REPO, 1).json()["status"] == "idle"
+    record = wait_for(lambda: (d := bot.store.latest_deployment(PreviewKey(REPO, 1))).status == "destroyed" and d, message="recorded")
+    assert record.id == live["id"] and record.destroyed_at
+    # The destroy job's reports asked GitHub for a token, were refused, and ended there.
+    fake.wait_for(lambda: [c for c in fake.calls_to("POST", rf"/app/installations/{INSTALLATION}/access_tokens")[token_requests:] if c.status == 404],
+                  message="a refused token request")
+    wait_for(lambda: "could not report deployment" in bot.log_text(), message="the refusal logged")
+
+
+def test_removing_a_repository_from_the_app_destroys_only_its_previews(start_bot, fake, redis_conn):
+    from rq.registry import StartedJobRegistry
+
+    fake.add_repo(OTHER, INSTALLATION)
+    fake.add_pull(OTHER, 1, "feat/docs", SHA2)
+    fake.set_permission(OTHER, "alice", "write")
+    bot = start_bot()
+    send(bot, "issue_comment", comment(fake))
+    seeded = fake.add_comment(OTHER, 1, "/preview", user="alice")
+    send(bot, "issue_comment", webhooks.issue_comment(OTHER, 1, body="/preview", user="alice", comment_id=seeded["id"], installation_id=INSTALLATION))
+    kept = bot.wait_status(REPO, 1, "deployed")
+    removed = bot.wait_status(OTHER, 1, "deployed")
+
+    delivery = webhooks.installation_repositories("removed", INSTALLATION, removed=[OTHER])
+    assert send(bot, "installation_repositories", delivery).status_code == 202
+    wait_for(lambda: bot.deployment(OTHER, 1).status_code == 404, message="the removed repository's preview destroyed")
+    record = wait_for(lambda: (d := bot.store.latest_deployment(PreviewKey(OTHER, 1))).status == "destroyed" and d, message="recorded")
+    assert record.id == removed["id"]
+    started = StartedJobRegistry("previewbot", connection=redis_conn)
+    wait_for(lambda: redis_conn.llen("rq:queue:previewbot") == 0 and started.count == 0, message="every job done")
+    current = bot.deployment(REPO, 1).json()
+    assert (current["id"], current["status"]) == (kept["id"], "deployed")
+
+
 def test_fork_pull_requests_deploy_only_on_a_maintainers_command(start_bot, fake):
     fake.add_pull(REPO, 2, "main", SHA2, head_repo="eve/app")
     bot = start_bot({"PREVIEW_AUTO_DEPLOY": "true"})
@@ -448,3 +523,48 @@ def test_reconcile_destroys_the_preview_of_a_pull_request_closed_without_a_webho
     wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="destroyed")
     events = bot.store.deployment_events(bot.store.latest_deployment(PreviewKey(REPO, 1)).id)
     assert any("reconcile: pull request closed" in (e["message"] or "") for e in events)
+
+
+def named_check_run(fake, name, sha=SHA1):
+    with fake.lock:
+        runs = [dict(r) for r in fake.check_runs.values() if r["head_sha"] == sha and r["name"] == name]
+    return runs[-1] if runs else None
+
+
+def test_two_environments_on_every_github_surface(start_bot, fake):
+    bot = start_bot({"PREVIEW_ENVIRONMENTS": "preview,staging"})
+    send(bot, "pull_request", webhooks.pull_request("opened", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
+    fake.wait_for(lambda: named_check_run(fake, "Preview") and named_check_run(fake, "Preview (staging)"), message="a check run per environment")
+    assert named_check_run(fake, "Preview (staging)")["external_id"] == "1:staging"
+
+    send(bot, "issue_comment", comment(fake, "/preview"))
+    send(bot, "issue_comment", comment(fake, "/preview staging"))
+    for environment in ("preview", "staging"):
+        wait_for(lambda e=environment: bot.deployment(REPO, 1).status_code == 200 and _state(bot, e) == "deployed", message=f"{environment} deployed")
+    fake.wait_for(lambda: all((named_check_run(fake, n) or {}).get("conclusion") == "success" for n in ("Preview", "Preview (staging)")))
+    assert sorted(d["environment"] for d in deployments(fake)) == ["preview-pr-1", "staging-pr-1"]
+    [status_comment] = bot_comments(fake)  # one comment, a section per environment
+    fake.wait_for(lambda: bot_comments(fake)[0]["body"].count("🟢 Deployed") == 2, message="both sections deployed")
+    assert "#### preview" in bot_comments(fake)[0]["body"] and "#### staging" in bot_comments(fake)[0]["body"]
+
+    # The staging check run's Destroy button tears down staging only.
+    staging_run = named_check_run(fake, "Preview (staging)")
+    destroy = webhooks.check_run("requested_action", REPO, SHA1, staging_run["id"], app_id=APP_ID, identifier="destroy", name="Preview (staging)",
+                                 external_id="1:staging", pr_number=1, head_ref="feat/login", installation_id=INSTALLATION)
+    send(bot, "check_run", destroy)
+    wait_for(lambda: _state(bot, "staging") == "idle", message="staging destroyed")
+    by_environment = {d["environment"]: d for d in deployments(fake)}
+    fake.wait_for(lambda: {d["environment"]: d for d in deployments(fake)}["staging-pr-1"]["statuses"][-1]["state"] == "inactive")
+    assert by_environment["preview-pr-1"]["statuses"][-1]["state"] == "success"
+    assert _state(bot, "preview") == "deployed"
+
+    # Closing the pull request tears down every environment still live.
+    fake.update_pull(REPO, 1, state="closed")
+    send(bot, "pull_request", webhooks.pull_request("closed", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
+    wait_for(lambda: _state(bot, "preview") == "idle", message="preview destroyed on close")
+    assert len(bot_comments(fake)) == 1
+
+
+def _state(bot, environment: str) -> str:
+    with bot.client() as c:
+        return c.get(f"/api/repos/{REPO}/pull-requests/1/deployment", params={"environment": environment}).json()["status"]

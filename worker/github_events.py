@@ -11,12 +11,12 @@ from gidgethub import routing, sansio
 
 from bot.github import GitHubSession, github_session
 
-from . import on_check_run, on_comment, on_pull_request
+from . import on_check_run, on_comment, on_installation, on_pull_request
 from .context import WorkerContext, get_context
 
 log = logging.getLogger("previewbot.webhooks")
 
-router = routing.Router(on_comment.router, on_check_run.router, on_pull_request.router)
+router = routing.Router(on_comment.router, on_check_run.router, on_pull_request.router, on_installation.router)
 
 
 @dataclass
@@ -36,6 +36,8 @@ def handle_webhook(*, event: str, delivery_id: str, payload: dict) -> None:
         return
 
     async def go():
+        # The session asks GitHub for a token only at its first call, so a handler that needs
+        # no GitHub (an uninstall, whose token GitHub refuses) runs without one.
         async with github_session(ctx.settings, installation_id) as session:
             await router.dispatch(sansio.Event(payload, event=event, delivery_id=delivery_id), Handling(ctx, session))
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from gidgethub import routing
 
-from bot import previews, state
+from bot import previews
 from bot.github import may_deploy
 from bot.model import PreviewKey
-from bot.render import CHECK_NAME
+from bot.render import check_run_environment
 
-from .on_comment import fetch_pull, start_deploy_from_github
+from .on_comment import fetch_pull, not_an_environment, start_deploy_from_github
 
 router = routing.Router()
 
@@ -30,23 +30,27 @@ async def rerun_requested(event, handling) -> None:
 async def run_action(data: dict, handling, identifier: str | None) -> None:
     ctx, session = handling.ctx, handling.session
     check_run = data["check_run"]
-    if str((check_run.get("app") or {}).get("id")) != str(ctx.settings.app_id) or check_run.get("name") != CHECK_NAME:
+    if str((check_run.get("app") or {}).get("id")) != str(ctx.settings.app_id):
         return  # only our own check runs
-    if identifier not in DEPLOY_ACTIONS | {"destroy"}:
-        return
+    environment = check_run_environment(check_run.get("name"), check_run.get("external_id"))
     pr_number = pull_request_number(check_run)
-    if pr_number is None:
+    if environment is None or pr_number is None or identifier not in DEPLOY_ACTIONS | {"destroy", "cancel"}:
         return
-    key = PreviewKey(data["repository"]["full_name"], pr_number)
+    key = PreviewKey(data["repository"]["full_name"], pr_number, environment)
     login = data["sender"]["login"]
     if not await may_deploy(session, key.repository, login):
         await ctx.reporter.update_comment(
-            session, state.current(ctx.redis, key), key=key,
-            note=f"@{login}: only people with write access to this repository can {identifier} previews.",
+            session, None, key=key, note=f"@{login}: only people with write access to this repository can {identifier} previews."
         )
         return
     if identifier == "destroy":
         previews.request_destroy(ctx.redis, ctx.settings, key, reason=f"destroyed by @{login}")
+        return
+    if identifier == "cancel":
+        previews.request_cancel(ctx.redis, ctx.settings, key, reason=f"cancelled by @{login}")
+        return
+    if environment not in ctx.settings.environments:
+        await ctx.reporter.update_comment(session, None, key=key, note=not_an_environment(ctx.settings, environment))
         return
     pull = await fetch_pull(session, key.repository, key.pr_number)
     if pull is None or pull["state"] != "open":
@@ -56,9 +60,9 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
 
 def pull_request_number(check_run: dict) -> int | None:
     """GitHub lists the pull requests of a check run, except those from forks; for those, the
-    bot wrote the number into the check run's external_id when it created it."""
+    bot wrote the number into the check run's external_id (`"<pr>:<environment>"`)."""
     pulls = check_run.get("pull_requests") or []
     if pulls:
         return int(pulls[0]["number"])
-    external = str(check_run.get("external_id") or "")
+    external = str(check_run.get("external_id") or "").partition(":")[0]
     return int(external) if external.isdigit() else None

@@ -7,7 +7,7 @@ import logging
 import gidgethub
 from gidgethub import routing
 
-from bot import previews, state
+from bot import previews
 from bot.commands import parse_command
 from bot.github import may_deploy
 from bot.model import Deployment, PreviewKey
@@ -26,35 +26,48 @@ async def preview_command(event, handling) -> None:
         return
     ctx, session = handling.ctx, handling.session
     reporter = ctx.reporter
-    key = PreviewKey(data["repository"]["full_name"], int(data["issue"]["number"]))
+    key = PreviewKey(data["repository"]["full_name"], int(data["issue"]["number"]), command.environment)
     comment_id = data["comment"]["id"]
     login = data["comment"]["user"]["login"]
     await reporter.react(session, key.repository, comment_id, "eyes")
-    current = state.current(ctx.redis, key)
 
     if command.action in ("help", "status"):
         note = f"`/preview {text(command.unknown)}` is not a command I know." if command.unknown else None
-        await reporter.update_comment(session, current, key=key, note=note, show_help=command.action == "help")
+        await reporter.update_comment(session, None, key=key, note=note, show_help=command.action == "help")
         return
 
     if not await may_deploy(session, key.repository, login):
         await reporter.react(session, key.repository, comment_id, "confused")
         await reporter.update_comment(
-            session, current, key=key, note=f"@{login}: only people with write access to this repository can {command.action} previews."
+            session, None, key=key, note=f"@{login}: only people with write access to this repository can {command.action} previews."
         )
-        return
-
-    pull = await fetch_pull(session, key.repository, key.pr_number)
-    if pull is None or pull["state"] != "open":
-        await reporter.update_comment(session, current, key=key, note="This pull request is closed, so it gets no preview.")
         return
 
     if command.action == "destroy":
         if previews.request_destroy(ctx.redis, ctx.settings, key, reason=f"destroyed by @{login}") is None:
-            await reporter.update_comment(session, current, key=key, note="No preview is running.")
+            await reporter.update_comment(session, None, key=key, note=f"No preview is running in {text(key.environment)}.")
+        return
+
+    if command.action == "cancel":
+        if previews.request_cancel(ctx.redis, ctx.settings, key, reason=f"cancelled by @{login}") is None:
+            await reporter.update_comment(session, None, key=key, note=f"No deploy of {text(key.environment)} is in progress.")
+        return
+
+    if key.environment not in ctx.settings.environments:
+        await reporter.react(session, key.repository, comment_id, "confused")
+        await reporter.update_comment(session, None, key=key, note=not_an_environment(ctx.settings, key.environment), show_help=True)
+        return
+
+    pull = await fetch_pull(session, key.repository, key.pr_number)
+    if pull is None or pull["state"] != "open":
+        await reporter.update_comment(session, None, key=key, note="This pull request is closed, so it gets no preview.")
         return
 
     await start_deploy_from_github(handling, pull, key=key, trigger="comment", requested_by=login, comment_id=comment_id)
+
+
+def not_an_environment(settings, name: str) -> str:
+    return f"`{text(name)}` is not an environment of this installation: {', '.join(f'`{n}`' for n in settings.environments)}."
 
 
 async def start_deploy_from_github(handling, pull: dict, *, key: PreviewKey, trigger: str, requested_by: str, comment_id: int | None = None, queue_if_busy: bool = False) -> bool:
@@ -72,14 +85,13 @@ async def start_deploy_from_github(handling, pull: dict, *, key: PreviewKey, tri
         trigger=trigger,
         requested_by=requested_by,
         installation_id=session.installation_id,
-        provisioner=ctx.provisioner.name,
+        provisioner=ctx.settings.for_environment(key.environment).provisioner,
         comment_id=comment_id,
     )
     outcome = previews.request_deploy(ctx.redis, ctx.settings, deployment, queue_if_busy=queue_if_busy)
     if not outcome.started and not outcome.queued:
         await ctx.reporter.update_comment(
-            session, state.current(ctx.redis, key), key=key,
-            note=f"@{requested_by}: a deploy of this branch is already in progress; it was not started twice.",
+            session, None, key=key, note=f"@{requested_by}: a deploy of this branch is already in progress; it was not started twice."
         )
         if comment_id:
             await ctx.reporter.react(session, key.repository, comment_id, "confused")

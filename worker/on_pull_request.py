@@ -15,37 +15,44 @@ router = routing.Router()
 @router.register("pull_request", action="opened")
 @router.register("pull_request", action="reopened")
 async def opened(event, handling) -> None:
+    """Every environment's check run appears with its Deploy button; environments the operator
+    set to deploy automatically deploy (never a fork's code)."""
     ctx, session = handling.ctx, handling.session
-    pull, key = event.data["pull_request"], _key(event.data)
-    if ctx.settings.auto_deploy and not is_fork(pull, key.repository):
-        if await start_deploy_from_github(handling, pull, key=key, trigger="auto", requested_by=pull["user"]["login"]):
-            return
-    await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
+    pull = event.data["pull_request"]
+    for environment in ctx.settings.environments:
+        key = _key(event.data, environment)
+        if ctx.settings.for_environment(environment).auto_deploy and not is_fork(pull, key.repository):
+            if await start_deploy_from_github(handling, pull, key=key, trigger="auto", requested_by=pull["user"]["login"]):
+                continue
+        await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
 
 
 @router.register("pull_request", action="synchronize")
 async def pushed(event, handling) -> None:
-    """A push redeploys a live preview at the new commit; during a deploy, one follow-up is
-    queued at the newest commit. A fork's push is never deployed without a new command."""
+    """A push redeploys every live environment of the pull request at the new commit; during a
+    deploy, one follow-up is queued at the newest commit. A fork's push is never deployed
+    without a new command."""
     ctx, session = handling.ctx, handling.session
-    pull, key = event.data["pull_request"], _key(event.data)
-    current = state.current(ctx.redis, key)
-    live = current is not None and current.status in ("deploying", "deployed") and current.branch_name == pull["head"]["ref"]
-    if live and not is_fork(pull, key.repository):
-        started = await start_deploy_from_github(
-            handling, pull, key=key, trigger="push", requested_by=event.data["sender"]["login"], queue_if_busy=True
-        )
-        if started:
-            return
-    await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
+    pull = event.data["pull_request"]
+    live = state.environments_of(ctx.redis, event.data["repository"]["full_name"], int(pull["number"]))
+    for environment in dict.fromkeys([*ctx.settings.environments, *live]):
+        key = _key(event.data, environment)
+        current = live.get(environment)
+        if current is not None and current.status in ("deploying", "deployed") and current.branch_name == pull["head"]["ref"] and not is_fork(pull, key.repository):
+            if await start_deploy_from_github(handling, pull, key=key, trigger="push", requested_by=event.data["sender"]["login"], queue_if_busy=True):
+                continue
+        if environment in ctx.settings.environments:
+            await ctx.reporter.update_check_run(session, None, key=key, head_sha=pull["head"]["sha"])
 
 
 @router.register("pull_request", action="closed")
 async def closed(event, handling) -> None:
-    pull = event.data["pull_request"]
+    """Every environment of the pull request is torn down."""
+    ctx, pull = handling.ctx, event.data["pull_request"]
     reason = "pull request merged" if pull.get("merged") else "pull request closed"
-    previews.request_destroy(handling.ctx.redis, handling.ctx.settings, _key(event.data), reason=reason)
+    for environment in state.environments_of(ctx.redis, event.data["repository"]["full_name"], int(pull["number"])):
+        previews.request_destroy(ctx.redis, ctx.settings, _key(event.data, environment), reason=reason)
 
 
-def _key(data: dict) -> PreviewKey:
-    return PreviewKey(data["repository"]["full_name"], int(data["pull_request"]["number"]))
+def _key(data: dict, environment: str) -> PreviewKey:
+    return PreviewKey(data["repository"]["full_name"], int(data["pull_request"]["number"]), environment)

@@ -1,13 +1,19 @@
 """Reporting deployments on GitHub: the Preview check run, the one PR comment, the GitHub
 deployment and its statuses, and reactions on the command comment.
 
-A GitHub failure here is logged and swallowed after the client's retries: GitHub being down
-must never leave a deployment stuck, and the next change reports the whole state again.
+Everything here only informs people, so a failure (after the client's retries) is logged and
+swallowed: GitHub being down must never leave a deployment stuck nor drop a command, and the
+next change reports the whole state again. A job's report (`deploy_started`, ...) is one
+attempt that ends at its first failure; the writes handlers make (`react`, `update_comment`,
+`update_check_run`) are each attempted on their own, so the handler goes on to act. What a
+command decides on (the permission check, the pull request) is read outside the reporter,
+and a failure there fails the handler's job for RQ to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import gidgethub
@@ -24,6 +30,19 @@ CHECK_RUNS = f"{state.PREFIX}:check-runs"  # "repo@sha" -> check run id
 COMMENTS = f"{state.PREFIX}:comments"  # "repo#pr" -> comment id
 GH_DEPLOYMENTS = f"{state.PREFIX}:gh-deployments"  # deployment id -> GitHub deployment id
 REPORT_ERRORS = (gidgethub.GitHubException, httpx.HTTPError, redis.RedisError, KeyError, ValueError)
+
+
+def best_effort(write):
+    """A write that only informs people: on failure, log it and let the caller go on."""
+
+    @functools.wraps(write)
+    async def attempt(*args, **kwargs) -> None:
+        try:
+            await write(*args, **kwargs)
+        except REPORT_ERRORS as exc:
+            log.error("could not %s on GitHub: %s", write.__name__.strip("_").replace("_", " "), _describe(exc))
+
+    return attempt
 
 
 class GitHubReporter:
@@ -57,14 +76,14 @@ class GitHubReporter:
     # -- the reports -------------------------------------------------------------------------
 
     async def report_started(self, session: GitHubSession, deployment: Deployment) -> None:
-        await self.update_check_run(session, deployment)
+        await self._update_check_run(session, deployment)
         github_id = await self._create_github_deployment(session, deployment)
         if github_id:
             await self._deployment_status(session, deployment, github_id, "in_progress")
-        await self.update_comment(session, deployment)
+        await self._update_comment(session, deployment)
 
     async def report_finished(self, session: GitHubSession, deployment: Deployment) -> None:
-        await self.update_check_run(session, deployment)
+        await self._update_check_run(session, deployment)
         github_id = self._github_deployment_id(deployment)
         if github_id is None and deployment.status == "deployed":
             github_id = await self._create_github_deployment(session, deployment)
@@ -72,20 +91,20 @@ class GitHubReporter:
             await self._deployment_status(
                 session, deployment, github_id, "success" if deployment.status == "deployed" else "failure"
             )
-        await self.update_comment(session, deployment)
+        await self._update_comment(session, deployment)
         if deployment.comment_id:
-            await self.react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
+            await self._react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
 
     async def report_destroyed(self, session: GitHubSession, deployment: Deployment) -> None:
-        await self.update_check_run(session, deployment)
+        await self._update_check_run(session, deployment)
         for github_id in await self._github_deployments_of_pr(session, deployment):
             await self._deployment_status(session, deployment, github_id, "inactive")
-        await self.update_comment(session, deployment)
+        await self._update_comment(session, deployment)
 
     # -- check runs --------------------------------------------------------------------------
 
-    async def update_check_run(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, head_sha: str | None = None) -> None:
-        """Create or update the Preview check run on the head commit."""
+    async def _update_check_run(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, head_sha: str | None = None) -> None:
+        """Create or update the environment's Preview check run on the head commit."""
         key = key or deployment.key
         repository, pr_number = key.repository, key.pr_number
         head_sha = head_sha or (deployment.head_sha if deployment else None)
@@ -94,8 +113,9 @@ class GitHubReporter:
         fields = {k: v for k, v in render.check_run_fields(deployment).items() if v is not None}
         if fields["status"] == "completed":
             fields["completed_at"] = utcnow()
-        cache_key = f"{repository}@{head_sha}"
-        check_run_id = _text(self.redis.hget(CHECK_RUNS, cache_key)) or await self._find_check_run(session, repository, head_sha)
+        name = render.check_name(key.environment)
+        cache_key = f"{repository}@{head_sha}#{key.environment}"
+        check_run_id = _text(self.redis.hget(CHECK_RUNS, cache_key)) or await self._find_check_run(session, repository, head_sha, name)
         if check_run_id:
             await session.call(
                 "PATCH", "/repos/{+repository}/check-runs/{id}", url_vars={"repository": repository, "id": check_run_id}, data=fields
@@ -105,27 +125,29 @@ class GitHubReporter:
                 "POST",
                 "/repos/{+repository}/check-runs",
                 url_vars={"repository": repository},
-                data={"name": render.CHECK_NAME, "head_sha": head_sha, "external_id": str(pr_number or ""), **fields},
+                # The external id tells a button's handler which pull request and environment it
+                # acts on (GitHub lists no pull requests on check runs of forks).
+                data={"name": name, "head_sha": head_sha, "external_id": f"{pr_number}:{key.environment}", **fields},
             )
             check_run_id = str(created["id"])
         self.redis.hset(CHECK_RUNS, cache_key, check_run_id)
 
-    async def _find_check_run(self, session: GitHubSession, repository: str, head_sha: str) -> str | None:
+    async def _find_check_run(self, session: GitHubSession, repository: str, head_sha: str, name: str) -> str | None:
         data = await session.call(
             "GET",
             "/repos/{+repository}/commits/{ref}/check-runs{?check_name,app_id}",
-            url_vars={"repository": repository, "ref": head_sha, "check_name": render.CHECK_NAME, "app_id": self.settings.app_id},
+            url_vars={"repository": repository, "ref": head_sha, "check_name": name, "app_id": self.settings.app_id},
         )
         runs = [r for r in data.get("check_runs", []) if str((r.get("app") or {}).get("id")) == str(self.settings.app_id)]
         return str(runs[0]["id"]) if runs else None
 
     # -- the PR comment ----------------------------------------------------------------------
 
-    async def update_comment(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, note: str | None = None, show_help: bool = False) -> None:
+    async def _update_comment(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, note: str | None = None, show_help: bool = False) -> None:
         """Edit the bot's one comment on the pull request, creating it the first time."""
         key = key or deployment.key
         repository, pr_number = key.repository, key.pr_number
-        body = render.render_status_comment(deployment, note=note, show_help=show_help)
+        body = render.render_status_comment(self._environments(key), note=note, show_help=show_help)
         cache_key = f"{repository}#{pr_number}"
         # One writer per pull request at a time, so two jobs never both create the comment.
         guard = self.redis.lock(f"{state.PREFIX}:comment-lock:{cache_key}", timeout=60, blocking_timeout=30)
@@ -153,6 +175,13 @@ class GitHubReporter:
             except redis.exceptions.LockError:
                 pass
 
+    def _environments(self, key: PreviewKey) -> dict:
+        """The pull request's environments for its comment: the operator's, in order, then any
+        other that has had a deployment."""
+        known = state.environments_of(self.redis, key.repository, key.pr_number)
+        names = list(self.settings.environments) + sorted(set(known) - set(self.settings.environments))
+        return {name: known.get(name) for name in names}
+
     async def _find_comment(self, session: GitHubSession, repository: str, pr_number: int) -> str | None:
         async for comment in session.getiter(
             "/repos/{+repository}/issues/{number}/comments{?per_page}", {"repository": repository, "number": pr_number, "per_page": 100}
@@ -163,7 +192,7 @@ class GitHubReporter:
 
     # -- reactions ---------------------------------------------------------------------------
 
-    async def react(self, session: GitHubSession, repository: str, comment_id: int, content: str) -> None:
+    async def _react(self, session: GitHubSession, repository: str, comment_id: int, content: str) -> None:
         await session.call(
             "POST",
             "/repos/{+repository}/issues/comments/{id}/reactions",
@@ -221,6 +250,12 @@ class GitHubReporter:
             data=data,
         )
 
+    # -- what handlers report, each write on its own -----------------------------------------
+
+    update_check_run = best_effort(_update_check_run)
+    update_comment = best_effort(_update_comment)
+    react = best_effort(_react)
+
 
 def _status_description(deployment: Deployment, status: str) -> str:
     words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview destroyed"}
@@ -230,8 +265,9 @@ def _status_description(deployment: Deployment, status: str) -> str:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, gidgethub.BadRequest):
-        return f"GitHub answered {exc.status_code}"
+    """What went wrong, without the request or the answer (a token could be in either)."""
+    if isinstance(exc, gidgethub.HTTPException):
+        return f"GitHub answered {int(exc.status_code)}"
     return type(exc).__name__
 
 
