@@ -31,6 +31,8 @@ from .api_models import (
     DeploymentRecord,
     DeploymentState,
     DestroyAccepted,
+    EnvironmentList,
+    EnvironmentQuery,
     ErrorBody,
     Health,
     HistoryQuery,
@@ -39,7 +41,7 @@ from .api_models import (
     PullRequestList,
     PullRequestQuery,
 )
-from .model import Deployment, PreviewKey
+from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 from .services import services
 
 log = logging.getLogger("previewbot.api")
@@ -48,6 +50,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_ENDPOINTS = {"api.health", "api.openapi"}
+JSON_BODY_ENDPOINTS = {"api.deploy"}
 
 
 def _refuse_invalid(req, resp, error: pydantic.ValidationError | None, instance, model_adapter) -> None:
@@ -155,7 +158,7 @@ def read_json_body():
     cached for spectree to validate: a body that is not a JSON object, or nests too deep to
     parse, is a clear 400 instead of spectree validating `{}`. spectree reads form content
     types as forms, so those are refused too."""
-    if request.method != "POST":
+    if request.endpoint not in JSON_BODY_ENDPOINTS:
         return None
     try:
         body = request.get_json(force=True, silent=True)
@@ -247,7 +250,7 @@ def health():
     resp=Response(
         HTTP_202=(DeploymentRecord, "The deploy is queued; the deployment is `deploying`."),
         **PULL_REQUEST_ERRORS,
-        HTTP_409=(Conflict, "A deployment of this branch is already in progress."),
+        HTTP_409=(Conflict, "A deploy of this branch, or of this environment, is already in progress."),
         HTTP_413=(ErrorBody, "The request body is over 1 MiB."),
         HTTP_422=(
             ErrorBody,
@@ -267,8 +270,12 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
     branch runs at a time: while one runs, the answer is 409.
     """
     repository, pr_number = _pull_request(owner, repo, prNumber)
-    _rate_limit()
     svc = services()
+    if json.environment not in svc.settings.environments:
+        raise validation.InvalidInput(
+            f"environment {json.environment!r} is not one of this installation's: {', '.join(svc.settings.environments)}"
+        )
+    _rate_limit()
     branch, sha = json.branch_name, json.head_sha
     head_repository, installation_id, title, author = repository, None, None, None
     if svc.github is not None:
@@ -282,13 +289,14 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
     deployment = Deployment.new(
         repository=repository,
         pr_number=pr_number,
+        environment=json.environment,
         branch_name=branch,
         head_repository=head_repository,
         head_sha=sha,
         trigger="dashboard" if json.trigger == "dashboard" else "api",
         requested_by=f"token:{g.token['name']}",
         installation_id=installation_id,
-        provisioner=svc.settings.provisioner,
+        provisioner=svc.settings.for_environment(json.environment).provisioner,
     )
     # One SQLite transaction around the start: if SQLite is unavailable the request fails (503)
     # before anything starts, and a refused deploy leaves no trace (no dashboard card).
@@ -308,13 +316,14 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
         )
         outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
         if not outcome.started:
-            raise ApiError(409, "A deployment of this branch is already in progress", deploymentId=outcome.holder)
+            raise ApiError(409, "A deploy of this branch, or of this environment, is already in progress", deploymentId=outcome.holder)
         svc.store.record_deployment(deployment, None)
     return jsonify(deployment.to_json()), 202
 
 
 @bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment")
 @spec.validate(
+    query=EnvironmentQuery,
     resp=Response(
         HTTP_200=(DeploymentState, "The latest deployment, whatever its state but idle."),
         **{**PULL_REQUEST_ERRORS, "HTTP_404": NO_LIVE_DEPLOYMENT},
@@ -323,9 +332,9 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
     tags=["deployments"],
     operation_id="getDeployment",
 )
-def get_deployment(owner: str, repo: str, prNumber: str):
+def get_deployment(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     """The pull request's latest deployment"""
-    key = PreviewKey(*_pull_request(owner, repo, prNumber))
+    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
     deployment = services().store.latest_deployment(key)
     if deployment is None or deployment.state == "idle":
         return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
@@ -334,6 +343,7 @@ def get_deployment(owner: str, repo: str, prNumber: str):
 
 @bp.delete("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment")
 @spec.validate(
+    query=EnvironmentQuery,
     resp=Response(
         HTTP_202=(DestroyAccepted, "The teardown of the current deployment is started or queued."),
         **{**PULL_REQUEST_ERRORS, "HTTP_404": NO_LIVE_DEPLOYMENT},
@@ -343,15 +353,61 @@ def get_deployment(owner: str, repo: str, prNumber: str):
     tags=["deployments"],
     operation_id="destroyDeployment",
 )
-def destroy(owner: str, repo: str, prNumber: str):
+def destroy(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     """Tear the pull request's preview down"""
-    key = PreviewKey(*_pull_request(owner, repo, prNumber))
+    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
     _rate_limit()
     svc = services()
     outcome = previews.request_destroy(svc.redis, svc.settings, key, reason=f"destroyed by token:{g.token['name']}")
     if outcome is None:
         return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
     return jsonify({**outcome.deployment.to_state_json(), "destroy": "started" if outcome.started else "queued"}), 202
+
+
+@bp.post("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment/cancel")
+@spec.validate(
+    query=EnvironmentQuery,
+    resp=Response(
+        HTTP_202=(DeploymentState, "The deploy in progress is being cancelled: a queued one leaves the queue, a "
+                  "running provisioner is stopped and what it built torn down; the record ends `cancelled`."),
+        HTTP_409=(ErrorBody, "No deploy of this pull request is queued or running."),
+        **PULL_REQUEST_ERRORS,
+        HTTP_429=RATE_LIMITED,
+    ),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="cancelDeployment",
+)
+def cancel(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
+    """Cancel the pull request's deploy in progress"""
+    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
+    _rate_limit()
+    svc = services()
+    deployment = previews.request_cancel(svc.redis, svc.settings, key, reason=f"cancelled by token:{g.token['name']}")
+    if deployment is None:
+        raise ApiError(409, "No deploy of this pull request is in progress")
+    return jsonify(deployment.to_state_json()), 202
+
+
+@bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/environments")
+@spec.validate(
+    resp=Response(HTTP_200=(EnvironmentList, "Every environment of the pull request with its state."), **PULL_REQUEST_ERRORS),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="listEnvironments",
+)
+def environments(owner: str, repo: str, prNumber: str):
+    """The pull request's environments: those the operator lists, and any other with a record"""
+    repository, pr_number = _pull_request(owner, repo, prNumber)
+    svc = services()
+    latest = {d.environment: d for d in svc.store.latest_deployments(repository, pr_number)}
+    names = list(svc.settings.environments) + sorted(set(latest) - set(svc.settings.environments))
+    return jsonify({"environments": [_environment_json(name, latest.get(name)) for name in names]})
+
+
+def _environment_json(name: str, deployment: Deployment | None) -> dict:
+    state = deployment.state if deployment else "idle"
+    return {"environment": name, "status": state, "deployment": deployment.to_state_json() if deployment else None}
 
 
 @bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployments")
@@ -363,7 +419,7 @@ def destroy(owner: str, repo: str, prNumber: str):
 )
 def history(owner: str, repo: str, prNumber: str, query: HistoryQuery):
     """The pull request's deployments, newest first, a page at a time"""
-    key = PreviewKey(*_pull_request(owner, repo, prNumber))
+    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
     before = query.before[:64] if query.before else None
     page, cursor = services().store.deployment_history(key, limit=query.limit, before=before)
     return jsonify({"deployments": [d.to_json() for d in page], "next": cursor})
@@ -394,7 +450,7 @@ def deployment_detail(deploymentId: str):
                 {"status": e["status"], "message": e["message"], "at": e["created_at"]}
                 for e in store.deployment_events(row["id"])
             ],
-            "logs": [{"line": r["line"], "at": r["created_at"]} for r in store.deployment_logs(row["id"])],
+            "logs": [{"seq": r["seq"], "line": r["line"], "at": r["created_at"]} for r in store.deployment_logs(row["id"])],
         }
     )
 
@@ -417,8 +473,11 @@ def pull_requests(query: PullRequestQuery):
     if wanted and allowed is not None and wanted not in allowed:
         repositories = []
     items = []
+    listed = services().settings.environments
     for pull in services().store.list_pull_requests(repositories=repositories):
-        deployment = pull["deployment"]
+        latest = pull["environments"]
+        deployment = latest.get(DEFAULT_ENVIRONMENT)
+        names = list(listed) + sorted(set(latest) - set(listed))
         card = {
             "repository": pull["repository"],
             "prNumber": pull["number"],
@@ -429,6 +488,7 @@ def pull_requests(query: PullRequestQuery):
             "createdAt": pull["created_at"],
             "status": deployment.state if deployment else "idle",
             "deployment": deployment.to_state_json() if deployment else None,
+            "environments": [_environment_json(name, latest.get(name)) for name in names],
         }
         if query.status is None or card["status"] == query.status:
             items.append(card)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic.alias_generators import to_camel
 
 from . import validation
-from .model import Deployment, EnvironmentState, RecordStatus
+from .model import DEFAULT_ENVIRONMENT, Deployment, EnvironmentState, RecordStatus
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -49,6 +49,11 @@ class DeployRequest(BaseModel):
     trigger: str | None = Field(
         None, description="`dashboard` marks deploys started from the dashboard; anything else is recorded as `api`."
     )
+    environment: Annotated[str, BeforeValidator(validation.environment_name)] = Field(
+        DEFAULT_ENVIRONMENT,
+        description="The environment to deploy to; one of those the operator lists in PREVIEW_ENVIRONMENTS.",
+        json_schema_extra={"pattern": validation.ENVIRONMENT_NAME.pattern},
+    )
 
     @field_validator("head_sha", mode="before")
     @classmethod
@@ -56,7 +61,16 @@ class DeployRequest(BaseModel):
         return value if value is None else validation.commit_sha(value)
 
 
-class HistoryQuery(BaseModel):
+class EnvironmentQuery(BaseModel):
+    environment: Annotated[str, BeforeValidator(validation.environment_name)] = Field(
+        DEFAULT_ENVIRONMENT,
+        description="The pull request's environment; any name with a record (a name the operator no longer "
+        "lists included).",
+        json_schema_extra={"pattern": validation.ENVIRONMENT_NAME.pattern},
+    )
+
+
+class HistoryQuery(EnvironmentQuery):
     limit: Annotated[int, BeforeValidator(partial(validation.page_limit, default=PAGE_SIZE, most=MAX_PAGE_SIZE))] = Field(
         PAGE_SIZE,
         description="How many deployments to answer with at most.",
@@ -141,6 +155,18 @@ class DestroyAccepted(DeploymentState):
     )
 
 
+class EnvironmentOfPullRequest(_Answer):
+    environment: str = Field(description="The environment's name.")
+    status: EnvironmentState = Field(description="The environment's state.")
+    deployment: DeploymentState | None = Field(description="Its latest deployment; null when it never had one.")
+
+
+class EnvironmentList(_Answer):
+    environments: list[EnvironmentOfPullRequest] = Field(
+        description="The environments the operator lists, in that order, then any other with a record."
+    )
+
+
 class DeploymentPage(_Answer):
     deployments: list[DeploymentRecord] = Field(max_length=MAX_PAGE_SIZE, description="Newest first.")
     next: str | None = Field(description="The `before` of the next page; null on the last one.")
@@ -154,6 +180,7 @@ class DeploymentEvent(_Answer):
 
 
 class LogLine(_Answer):
+    seq: int = Field(ge=1, description="The line's number in its deployment's log, from 1.")
     line: str
     at: str | None
 
@@ -175,8 +202,11 @@ class PullRequestCard(_Answer):
     head_sha: str | None
     author: str | None
     created_at: str | None
-    status: EnvironmentState = Field(description="Its latest deployment's state, else `idle`.")
-    deployment: DeploymentState | None
+    status: EnvironmentState = Field(description="The default environment's state (`preview`).")
+    deployment: DeploymentState | None = Field(description="The default environment's latest deployment.")
+    environments: list[EnvironmentOfPullRequest] = Field(
+        description="Every environment: those the operator lists, in that order, then any other with a record."
+    )
 
 
 class PullRequestList(_Answer):

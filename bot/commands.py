@@ -5,15 +5,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SUBCOMMANDS = ("deploy", "destroy", "status", "help")
+from .model import DEFAULT_ENVIRONMENT, ENVIRONMENT_NAME, RESERVED_NAMES
+
+SUBCOMMANDS = ("deploy", "destroy", "cancel", "status", "help")
 COMMAND_LINE = re.compile(r"^[ \t]{0,3}/preview(?![\w-])[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 
 
+ALIASES = {"redeploy": "deploy", "up": "deploy", "down": "destroy", "stop": "destroy"}
+# These act on one environment, named after them (the default one when none is).
+ENVIRONMENT_ACTIONS = ("deploy", "destroy", "cancel")
+
+
 @dataclass(frozen=True)
 class Command:
-    action: str  # deploy, destroy, status or help
-    unknown: str | None = None  # the subcommand we did not understand (the help is the answer)
+    action: str  # deploy, destroy, cancel, status or help
+    environment: str = DEFAULT_ENVIRONMENT
+    unknown: str | None = None  # the words we did not understand (the help is the answer)
 
 
 def mentions_command(body: object) -> bool:
@@ -26,8 +34,9 @@ def parse_command(body: str | None) -> Command | None:
     """The first `/preview` command in a comment, or None.
 
     A command counts only at the start of a line, outside code blocks, inline code and quotes;
-    case and spacing are forgiven. `/preview` alone deploys (or redeploys); an unknown
-    subcommand asks for help.
+    case and spacing are forgiven. `/preview` alone deploys (or redeploys) the default
+    environment, `/preview NAME` another; anything else asks for help. Whether NAME is an
+    environment of this installation is the handler's question.
     """
     if not body or not isinstance(body, str):
         return None
@@ -41,15 +50,21 @@ def parse_command(body: str | None) -> Command | None:
         match = COMMAND_LINE.match(line)
         if not match:
             continue
-        words = match.group("rest").split()
-        if not words:
-            return Command("deploy")
-        word = words[0].lower()
-        if word in ("redeploy", "up"):
-            word = "deploy"
-        if word in ("down", "stop"):
-            word = "destroy"
-        if word in SUBCOMMANDS:
-            return Command(word)
-        return Command("help", unknown=words[0][:50])
+        return _command([word.lower() for word in match.group("rest").split()[:3]], match.group("rest"))
     return None
+
+
+def _command(words: list[str], rest: str) -> Command:
+    """`/preview [ENV]`, `/preview destroy|cancel [ENV]`, `/preview status|help`."""
+    if not words:
+        return Command("deploy")
+    action = ALIASES.get(words[0], words[0])
+    if action in SUBCOMMANDS:
+        names = words[1:]
+    else:
+        action, names = "deploy", words  # `/preview staging`
+    if action not in ENVIRONMENT_ACTIONS and names or len(names) > 1:
+        return Command("help", unknown=rest.strip()[:50])
+    if names and (not ENVIRONMENT_NAME.match(names[0]) or names[0] in RESERVED_NAMES):
+        return Command("help", unknown=rest.strip()[:50])
+    return Command(action, names[0] if names else DEFAULT_ENVIRONMENT)

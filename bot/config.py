@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from .model import ENVIRONMENT_NAME, RESERVED_NAMES
+
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -31,7 +33,7 @@ class Settings:
     port: int = 3001
     provisioner: str = "simulated"
     simulated_seconds: tuple[float, float] = (5.0, 10.0)
-    url_template: str = "https://preview-{pr}.{repo}.example.com"
+    url_template: str = "https://{environment}-{pr}.{repo}.example.com"
     deploy_command: str | None = None
     destroy_command: str | None = None
     command_env: tuple[str, ...] = ()
@@ -42,6 +44,14 @@ class Settings:
     auto_deploy: bool = False
     rate_limit_per_minute: int = 60
     public_api_url: str | None = None
+    environments: tuple[str, ...] = ("preview",)
+    # Each named environment's settings where the operator set PREVIEW_ENV_<NAME>_* values.
+    overrides: Mapping[str, "Settings"] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def for_environment(self, name: str) -> "Settings":
+        """The settings of environment `name`: its PREVIEW_ENV_<NAME>_* values over the plain
+        PREVIEW_* ones (an environment no longer listed keeps the plain ones)."""
+        return self.overrides.get(name, self)
 
     @property
     def github_enabled(self) -> bool:
@@ -63,7 +73,44 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | Non
         env.update(os.environ)
     else:
         env = dict(environ)
+    settings = _load(env)
+    environments = _environments(env.get("PREVIEW_ENVIRONMENTS"))
+    overrides = {name: _load_environment(env, name) for name in environments if any(k.startswith(_prefix(name)) for k in env)}
+    return dataclasses.replace(settings, environments=environments, overrides=overrides)
 
+
+def _prefix(name: str) -> str:
+    return f"PREVIEW_ENV_{name.upper().replace('-', '_')}_"
+
+
+def _load_environment(env: dict, name: str) -> Settings:
+    """One environment's settings: its prefixed values stand in for the plain ones, and an
+    error names the variable the operator wrote."""
+    prefix = _prefix(name)
+    given = {"PREVIEW_" + key[len(prefix):]: key for key in env if key.startswith(prefix)}
+    try:
+        return _load({**env, **{plain: env[key] for plain, key in given.items()}})
+    except ConfigError as exc:
+        message = str(exc)
+        for plain, key in given.items():
+            message = re.sub(rf"\b{plain}\b", key, message)
+        raise ConfigError(message) from None
+
+
+def _environments(raw: str | None) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in (raw or "preview").split(",") if n.strip())
+    for name in names:
+        if not ENVIRONMENT_NAME.match(name) or name in RESERVED_NAMES:
+            raise ConfigError(
+                f"PREVIEW_ENVIRONMENTS: {name!r} is not an environment name (a-z, 0-9 and '-', at most 20, "
+                "starting with a letter, not a /preview subcommand)"
+            )
+    if not names:
+        raise ConfigError("PREVIEW_ENVIRONMENTS must name at least one environment")
+    return tuple(dict.fromkeys(names))
+
+
+def _load(env: dict) -> Settings:
     def get(name: str) -> str | None:
         value = env.get(name)
         return value.strip() if value is not None and value.strip() != "" else None
@@ -234,8 +281,8 @@ def _check_command(name: str, raw: str | None) -> None:
 
 def _check_url_template(template: str) -> None:
     try:
-        template.format(pr="1", repo="r", owner="o", branch="b")
+        template.format(environment="preview", pr="1", repo="r", owner="o", branch="b")
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(
-            f"PREVIEW_URL_TEMPLATE may use only {{pr}}, {{repo}}, {{owner}}, {{branch}}: {exc!r}"
+            f"PREVIEW_URL_TEMPLATE may use only {{environment}}, {{pr}}, {{repo}}, {{owner}}, {{branch}}: {exc!r}"
         ) from None

@@ -8,6 +8,7 @@ the seed's four values and is derived from its latest record.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Literal, NamedTuple, get_args
@@ -16,6 +17,10 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 DEFAULT_ENVIRONMENT = "preview"
+# Environment names: short slugs, never a subcommand word or alias (`/preview destroy` must not
+# deploy an environment called "destroy").
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+RESERVED_NAMES = frozenset({"deploy", "redeploy", "destroy", "cancel", "status", "help", "extend", "up", "down", "stop"})
 
 # The status of a deployment record (its history).
 RecordStatus = Literal["deploying", "deployed", "failed", "cancelled", "superseded", "destroyed"]
@@ -97,6 +102,11 @@ class Deployment(BaseModel):
     updated_at: str
     destroyed_at: str | None = None
     """When the preview was torn down."""
+    replaces: str | None = None
+    """The deployment whose environment this one took over; its job tears that down first when
+    it was another branch."""
+    teardown_error: str | None = None
+    """Why tearing the environment down failed; the reconciler retries until it succeeds."""
 
     @classmethod
     def new(cls, *, repository: str, pr_number: int, branch_name: str, environment: str = DEFAULT_ENVIRONMENT, id: str | None = None, **fields) -> Deployment:
@@ -173,6 +183,8 @@ class Deployment(BaseModel):
             "requested_by": self.requested_by,
             "installation_id": self.installation_id,
             "destroyed_at": self.destroyed_at,
+            "replaces": self.replaces,
+            "teardown_error": self.teardown_error,
         }
 
     @classmethod
@@ -195,6 +207,8 @@ class Deployment(BaseModel):
             requested_by=row.get("requested_by"),
             installation_id=row.get("installation_id"),
             destroyed_at=row.get("destroyed_at"),
+            replaces=row.get("replaces"),
+            teardown_error=row.get("teardown_error"),
         )
 
     def ws_message(self) -> dict:

@@ -4,8 +4,10 @@ check run and the deployment status."""
 from __future__ import annotations
 
 import html
+import re
+from typing import Mapping
 
-from .model import Deployment, PreviewKey
+from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 
 COMMENT_MARKER = "<!-- previewbot:status -->"
 CHECK_NAME = "Preview"
@@ -16,6 +18,7 @@ ACTIONS = {
     "redeploy": {"label": "Redeploy", "description": "Deploy this commit again", "identifier": "redeploy"},
     "destroy": {"label": "Destroy", "description": "Tear the preview down", "identifier": "destroy"},
     "retry": {"label": "Retry", "description": "Try the deploy again", "identifier": "retry"},
+    "cancel": {"label": "Cancel", "description": "Stop this deploy and clean up", "identifier": "cancel"},
 }
 
 HELP = """\
@@ -24,12 +27,14 @@ HELP = """\
 | command | what it does |
 | --- | --- |
 | `/preview` | deploy this branch to its preview, or redeploy it |
-| `/preview destroy` | tear the preview down |
-| `/preview status` | refresh this comment with the preview's state |
+| `/preview ENV` | the same in environment ENV (e.g. `staging`) |
+| `/preview destroy [ENV]` | tear the preview down |
+| `/preview cancel [ENV]` | stop the deploy in progress and tear down what it built |
+| `/preview status` | refresh this comment with every environment's state |
 | `/preview help` | show this help |
 
-Deploying needs write, maintain or admin permission on the repository. The **Preview** check \
-run has the same actions as buttons."""
+Deploying needs write, maintain or admin permission on the repository. Each environment's \
+**Preview** check run has the same actions as buttons."""
 
 STATUS_WORDS = {
     "idle": "⚪ No preview running",
@@ -55,33 +60,62 @@ def text(value: object) -> str:
     return "".join(out)
 
 
-def render_status_comment(deployment: Deployment | None, *, note: str | None = None, show_help: bool = False) -> str:
-    """The one bot comment per pull request, found again by its hidden marker."""
-    lines = [COMMENT_MARKER, "### Preview environment", ""]
-    if deployment is None:
-        lines.append("No preview has been deployed for this pull request yet. Comment `/preview` to deploy one.")
-    else:
-        status = deployment.state
-        rows = [
-            ("Status", STATUS_WORDS[status]),
-            ("Branch", f"<code>{text(deployment.branch_name)}</code>"),
-        ]
-        if status == "deployed" and deployment.preview_url:
-            rows.append(("Preview", _link(deployment.preview_url)))
-        if deployment.head_sha:
-            rows.append(("Commit", f"<code>{text(deployment.head_sha[:12])}</code>"))
-        rows.append(("Updated", text(deployment.updated_at)))
-        if status == "failed" and deployment.error:
-            rows.append(("Error", text(_shorten(deployment.error, 1000))))
-        if status == "idle" and deployment.destroyed_at:
-            rows.append(("Destroyed", text(deployment.destroyed_at)))
-        lines += ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows]
+def render_status_comment(environments: Mapping[str, Deployment | None], *, note: str | None = None, show_help: bool = False) -> str:
+    """The one bot comment per pull request, found again by its hidden marker: a section per
+    environment (name -> its current deployment, None when it never had one), in order."""
+    lines = [COMMENT_MARKER, "### Preview environment" if list(environments) == [DEFAULT_ENVIRONMENT] else "### Preview environments", ""]
+    for name, deployment in environments.items():
+        if len(environments) > 1:
+            lines += [f"#### {text(name)}", ""]
+        lines += _environment_section(name, deployment) + [""]
     if note:
-        lines += ["", f"> {note}"]
+        lines += [f"> {note}", ""]
     if show_help:
-        lines += ["", HELP]
-    lines += ["", "<sub>Commands: `/preview`, `/preview destroy`, `/preview status`, `/preview help`</sub>"]
+        lines += [HELP, ""]
+    lines += ["<sub>Commands: `/preview [ENV]`, `/preview destroy [ENV]`, `/preview cancel [ENV]`, `/preview status`, `/preview help`</sub>"]
     return "\n".join(lines)
+
+
+def _environment_section(name: str, deployment: Deployment | None) -> list[str]:
+    if deployment is None:
+        command = "/preview" if name == DEFAULT_ENVIRONMENT else f"/preview {name}"
+        return [f"No preview has been deployed here yet. Comment `{command}` to deploy one."]
+    status = deployment.state
+    rows = [
+        ("Status", STATUS_WORDS[status]),
+        ("Branch", f"<code>{text(deployment.branch_name)}</code>"),
+    ]
+    if status == "deployed" and deployment.preview_url:
+        rows.append(("Preview", _link(deployment.preview_url)))
+    if deployment.head_sha:
+        rows.append(("Commit", f"<code>{text(deployment.head_sha[:12])}</code>"))
+    rows.append(("Updated", text(deployment.updated_at)))
+    if status == "failed" and deployment.error:
+        rows.append(("Error", text(_shorten(deployment.error, 1000))))
+    if status == "idle" and deployment.status == "cancelled":
+        rows.append(("Cancelled", text(deployment.updated_at)))
+    if status == "idle" and deployment.destroyed_at:
+        rows.append(("Destroyed", text(deployment.destroyed_at)))
+    if deployment.teardown_error:
+        rows.append(("Teardown", f"failed, retrying: {text(_shorten(deployment.teardown_error, 500))}"))
+    return ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows]
+
+
+def check_name(environment: str) -> str:
+    """The check run of an environment: `Preview`, or `Preview (NAME)` for the others."""
+    return CHECK_NAME if environment == DEFAULT_ENVIRONMENT else f"{CHECK_NAME} ({environment})"
+
+
+def check_run_environment(name: str | None, external_id: str | None) -> str | None:
+    """The environment a check run of ours is for: from its external id (`"<pr>:<env>"`), else
+    from its name; None when it is not one of ours."""
+    _pr, _, environment = str(external_id or "").partition(":")
+    if environment and name == check_name(environment):
+        return environment
+    if name == CHECK_NAME:
+        return DEFAULT_ENVIRONMENT
+    match = re.fullmatch(r"Preview \(([a-z][a-z0-9-]{0,19})\)", name or "")
+    return match.group(1) if match else None
 
 
 def check_run_fields(deployment: Deployment | None) -> dict:
@@ -92,7 +126,7 @@ def check_run_fields(deployment: Deployment | None) -> dict:
         return {
             "status": "in_progress",
             "output": {"title": "Deploying preview", "summary": f"Deploying <code>{branch}</code>…"},
-            "actions": [],
+            "actions": [ACTIONS["cancel"]],
         }
     if status == "deployed":
         url = deployment.preview_url or ""
@@ -100,7 +134,7 @@ def check_run_fields(deployment: Deployment | None) -> dict:
             "status": "completed",
             "conclusion": "success",
             "details_url": url if url.startswith("https://") or url.startswith("http://") else None,
-            "output": {"title": "Preview deployed", "summary": f"The preview of <code>{branch}</code> is live at {_link(url)}"},
+            "output": {"title": "Preview deployed", "summary": f"The preview of <code>{branch}</code> is live at {_link(url)}{_teardown_note(deployment)}"},
             "actions": [ACTIONS["redeploy"], ACTIONS["destroy"]],
         }
     if status == "failed":
@@ -108,11 +142,13 @@ def check_run_fields(deployment: Deployment | None) -> dict:
         return {
             "status": "completed",
             "conclusion": "failure",
-            "output": {"title": "Preview failed", "summary": f"The deploy of <code>{branch}</code> failed:\n\n{error}"},
+            "output": {"title": "Preview failed", "summary": f"The deploy of <code>{branch}</code> failed:\n\n{error}{_teardown_note(deployment)}"},
             "actions": [ACTIONS["retry"]],
         }
     summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
-    if deployment and deployment.destroyed_at:
+    if deployment and deployment.status == "cancelled":
+        summary = f"The deploy was cancelled. {summary}"
+    elif deployment and deployment.destroyed_at:
         summary = f"The preview was destroyed. {summary}"
     return {
         "status": "completed",
@@ -120,6 +156,12 @@ def check_run_fields(deployment: Deployment | None) -> dict:
         "output": {"title": "No preview running", "summary": summary},
         "actions": [ACTIONS["deploy"]],
     }
+
+
+def _teardown_note(deployment: Deployment) -> str:
+    if not deployment.teardown_error:
+        return ""
+    return f"\n\n**Teardown failed; previewbot keeps retrying:** {text(_shorten(deployment.teardown_error, 1000))}"
 
 
 def environment_name(key: PreviewKey) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .model import DEFAULT_ENVIRONMENT, ENVIRONMENT_NAME, RESERVED_NAMES
+
 OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 REPO = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 MAX_PR_NUMBER = 2**31 - 1
@@ -83,3 +85,13 @@ def page_limit(value: object, *, default: int = 50, most: int = 100) -> int:
     if not text.isascii() or not text.isdigit() or not 0 < int(text) <= most:
         raise InvalidInput(f"limit must be a whole number from 1 to {most}")
     return int(text)
+
+
+def environment_name(value: object) -> str:
+    """An environment's name as PREVIEW_ENVIRONMENTS allows them (whether it is listed is the
+    caller's question: a deploy needs a listed name, reading or tearing down only a record)."""
+    if value is None or value == "":
+        return DEFAULT_ENVIRONMENT
+    if not isinstance(value, str) or not ENVIRONMENT_NAME.match(value) or value in RESERVED_NAMES:
+        raise InvalidInput("environment must be a name of a-z, 0-9 and '-', at most 20 characters, starting with a letter")
+    return value

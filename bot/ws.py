@@ -1,7 +1,7 @@
 """The WebSocket feed at /ws: the seed's `deployment:update` messages, live.
 
 Browsers cannot set headers on a WebSocket, so the API token comes as `?token=`. Optional
-filters `repository` and `prNumber` narrow the feed; a token scoped to some repositories
+filters `repository`, `prNumber` and `environment` narrow the feed; a token scoped to some repositories
 never receives another repository's events.
 """
 
@@ -36,6 +36,7 @@ def feed(ws):
     subscriber = Subscriber(
         repository=request.args.get("repository") or None,
         pr_number=request.args.get("prNumber") or None,
+        environment=request.args.get("environment") or None,
         allowed=token["repositories"],
     )
     svc.hub.subscribe(subscriber)

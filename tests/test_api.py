@@ -262,3 +262,70 @@ def test_a_refused_deploy_leaves_no_dashboard_card(client, app, token, redis_con
 def test_history_page_size_out_of_range_is_400(client, token, limit):
     response = client.get(f"/api/repos/octo/app/pull-requests/1/deployments?limit={limit}", headers=auth(token))
     assert response.status_code == 400 and "limit" in response.get_json()["error"]
+
+
+@pytest.fixture
+def two_environments(tmp_path, redis_url):
+    from bot.config import load_settings
+
+    settings = load_settings(
+        {
+            "REDIS_URL": redis_url,
+            "DATABASE_PATH": str(tmp_path / "envs.db"),
+            "PREVIEW_ENVIRONMENTS": "preview,staging",
+            "PREVIEW_ENV_STAGING_PROVISIONER": "command",
+            "PREVIEW_ENV_STAGING_DEPLOY_COMMAND": "true",
+        }
+    )
+    app = create_app(settings, start_feed=False)
+    return app.test_client(), auth(app.extensions["previewbot"].store.create_token("envs"))
+
+
+def test_one_branch_deploys_to_two_environments_at_once(two_environments):
+    client, headers = two_environments
+    base = "/api/repos/octo/app/pull-requests/8"
+    preview = client.post(f"{base}/deploy", json={"branchName": "feat/x"}, headers=headers)
+    staging = client.post(f"{base}/deploy", json={"branchName": "feat/x", "environment": "staging"}, headers=headers)
+    assert (preview.status_code, staging.status_code) == (202, 202)
+    assert (preview.get_json()["environment"], staging.get_json()["environment"]) == ("preview", "staging")
+    assert staging.get_json()["provisioner"] == "command"  # the environment's own settings
+    got = client.get(f"{base}/deployment?environment=staging", headers=headers).get_json()
+    assert got["id"] == staging.get_json()["id"] and got["status"] == "deploying"
+    assert client.get(f"{base}/deployment", headers=headers).get_json()["id"] == preview.get_json()["id"]
+    listed = client.get(f"{base}/environments", headers=headers).get_json()["environments"]
+    assert [(e["environment"], e["status"]) for e in listed] == [("preview", "deploying"), ("staging", "deploying")]
+    # Another branch to a busy environment waits; the other environment is not involved.
+    busy = client.post(f"{base}/deploy", json={"branchName": "feat/y", "environment": "staging"}, headers=headers)
+    assert busy.status_code == 409 and busy.get_json()["deploymentId"] == staging.get_json()["id"]
+    history = client.get(f"{base}/deployments?environment=staging", headers=headers).get_json()["deployments"]
+    assert [d["id"] for d in history] == [staging.get_json()["id"]]
+
+
+@pytest.mark.parametrize("environment", ["production", "Staging", "destroy", "x" * 21, 7])
+def test_a_deploy_to_an_environment_not_listed_is_400_and_changes_nothing(two_environments, environment, redis_conn):
+    client, headers = two_environments
+    response = client.post("/api/repos/octo/app/pull-requests/8/deploy", json={"branchName": "feat/x", "environment": environment}, headers=headers)
+    assert response.status_code == 400 and "environment" in response.get_json()["error"]
+    assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == 0 and not redis_conn.keys("previewbot:lock:*")
+
+
+def test_an_environment_no_longer_listed_can_still_be_read_and_torn_down(tmp_path, redis_url):
+    from bot.config import load_settings
+
+    def client_with(environments: str):
+        settings = load_settings({"REDIS_URL": redis_url, "DATABASE_PATH": str(tmp_path / "retired.db"), "PREVIEW_ENVIRONMENTS": environments})
+        app = create_app(settings, start_feed=False)
+        return app.test_client(), auth(app.extensions["previewbot"].store.create_token(f"t-{len(environments)}"))
+
+    before, headers = client_with("preview,retired")
+    started = before.post("/api/repos/octo/app/pull-requests/9/deploy", json={"branchName": "feat/r", "environment": "retired"}, headers=headers)
+    assert started.status_code == 202
+    # The operator removes the name: no new deploy there, but the live one is never stranded.
+    after, headers = client_with("preview")
+    base = "/api/repos/octo/app/pull-requests/9"
+    assert after.post(f"{base}/deploy", json={"branchName": "feat/r", "environment": "retired"}, headers=headers).status_code == 400
+    assert after.get(f"{base}/deployment?environment=retired", headers=headers).get_json()["id"] == started.get_json()["id"]
+    listed = after.get(f"{base}/environments", headers=headers).get_json()["environments"]
+    assert [(e["environment"], e["status"]) for e in listed] == [("preview", "idle"), ("retired", "deploying")]
+    assert after.post(f"{base}/deployment/cancel?environment=retired", headers=headers).status_code == 202
+    assert after.get(f"{base}/deployment?environment=Bad!", headers=headers).status_code == 400

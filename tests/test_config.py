@@ -27,6 +27,12 @@ def test_defaults_are_local_mode():
         ({"PREVIEW_LEASE_SECONDS": "59"}, "PREVIEW_LEASE_SECONDS"),  # under twice the 30 s grace
         ({"PREVIEW_LEASE_SECONDS": "10", "PREVIEW_CANCEL_GRACE_SECONDS": "6"}, "PREVIEW_CANCEL_GRACE_SECONDS"),
         ({"PREVIEW_CANCEL_GRACE_SECONDS": "0"}, "PREVIEW_CANCEL_GRACE_SECONDS"),
+        ({"PREVIEW_ENVIRONMENTS": "preview,Staging"}, "PREVIEW_ENVIRONMENTS"),
+        ({"PREVIEW_ENVIRONMENTS": "preview,cancel"}, "PREVIEW_ENVIRONMENTS"),
+        ({"PREVIEW_ENVIRONMENTS": "a-very-long-environment-name"}, "PREVIEW_ENVIRONMENTS"),
+        ({"PREVIEW_ENVIRONMENTS": " , "}, "PREVIEW_ENVIRONMENTS"),
+        ({"PREVIEW_ENVIRONMENTS": "preview,staging", "PREVIEW_ENV_STAGING_PROVISIONER": "docker"}, "PREVIEW_ENV_STAGING_PROVISIONER"),
+        ({"PREVIEW_ENVIRONMENTS": "preview,qa-2", "PREVIEW_ENV_QA_2_COMMAND_TIMEOUT": "soon"}, "PREVIEW_ENV_QA_2_COMMAND_TIMEOUT"),
         ({"PREVIEW_RECONCILE_SECONDS": "-1"}, "PREVIEW_RECONCILE_SECONDS"),
         ({"PREVIEW_COMMAND_TIMEOUT": "nan"}, "PREVIEW_COMMAND_TIMEOUT"),
         ({"PREVIEW_URL_TEMPLATE": "https://{nope}.example.com"}, "PREVIEW_URL_TEMPLATE"),
@@ -73,3 +79,23 @@ def test_dotenv_is_read_and_environment_wins(tmp_path, monkeypatch):
     settings = load_settings()
     assert settings.port == 4001
     assert settings.url_template == "https://{branch}.example.test"
+
+
+def test_each_environment_takes_its_prefixed_settings_over_the_plain_ones():
+    settings = load_settings(
+        {
+            "PREVIEW_ENVIRONMENTS": "preview, staging,qa-2",
+            "PREVIEW_URL_TEMPLATE": "https://{environment}-{pr}.example.com",
+            "PREVIEW_ENV_STAGING_PROVISIONER": "command",
+            "PREVIEW_ENV_STAGING_DEPLOY_COMMAND": "./deploy staging",
+            "PREVIEW_ENV_QA_2_SIMULATED_SECONDS": "3",
+        }
+    )
+    assert settings.environments == ("preview", "staging", "qa-2")
+    staging, qa = settings.for_environment("staging"), settings.for_environment("qa-2")
+    assert (staging.provisioner, staging.deploy_command) == ("command", "./deploy staging")
+    assert qa.simulated_seconds == (3.0, 3.0) and qa.provisioner == "simulated"
+    assert staging.url_template == settings.url_template == "https://{environment}-{pr}.example.com"
+    # The plain values for the default environment, and for a name that is no longer listed.
+    assert settings.for_environment("preview").provisioner == "simulated"
+    assert settings.for_environment("removed") is settings

@@ -499,7 +499,7 @@ def _shown(rendered: str) -> str:
 @pytest.mark.parametrize("status", ["deploying", "deployed", "failed", "idle"])
 def test_branch_names_are_shown_not_interpreted_in_comments_and_check_runs(branch, status):
     deployment = _deployment(status, branch)
-    comment = render_status_comment(deployment, note=None)
+    comment = render_status_comment({"preview": deployment}, note=None)
     fields = check_run_fields(deployment)
     outputs = {"comment": comment, "check summary": fields["output"]["summary"], "check title": fields["output"]["title"]}
     for where, rendered in outputs.items():
@@ -521,7 +521,7 @@ def test_rendered_markdown_has_no_image_script_or_javascript_link(branch):
     md = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table")
     for status in ("deploying", "deployed", "failed"):
         deployment = _deployment(status, branch)
-        for source in (render_status_comment(deployment), check_run_fields(deployment)["output"]["summary"]):
+        for source in (render_status_comment({"preview": deployment}), check_run_fields(deployment)["output"]["summary"]):
             rendered = md.render(source)
             assert "<img" not in rendered and "<script" not in rendered, rendered
             assert 'href="javascript:' not in rendered.lower(), rendered

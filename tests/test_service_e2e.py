@@ -215,3 +215,26 @@ def test_bad_token_on_the_websocket_is_refused(make_bot):
         with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
             ws.recv()
             ws.recv()
+
+
+def test_websocket_messages_carry_the_environment_and_can_be_filtered_by_it(make_bot):
+    bot = make_bot({"PREVIEW_ENVIRONMENTS": "preview,staging"}).start()
+    everything = FeedClient(bot.ws_url()).ready()
+    staging_only = FeedClient(bot.ws_url(environment="staging")).ready()
+    try:
+        assert bot.deploy("octo/app", 16, "feat/e").status_code == 202
+        assert bot.deploy("octo/app", 16, "feat/e", environment="staging").status_code == 202
+        for environment in ("preview", "staging"):
+            def deployed(m, e=environment):
+                return m.get("environment") == e and m.get("status") == "deployed"
+
+            if not any(deployed(m) for m in everything.messages):
+                everything.until(deployed)
+        seen = staging_only.until(lambda m: m.get("status") == "deployed")
+        assert seen["environment"] == "staging" and seen["prNumber"] == "16"
+        updates = [m for m in staging_only.messages if m["type"] == "deployment:update"]
+        assert {m["environment"] for m in updates} == {"staging"}
+        assert all("environment" in m for m in everything.messages if m["type"] == "deployment:update")
+    finally:
+        everything.close()
+        staging_only.close()
