@@ -149,6 +149,9 @@ def test_deploy_from_a_card_shows_deploying_then_deployed(make_bot, page, output
     expect(item.locator(".author")).to_have_text("octocat")
     expect(badge(page, "acme/shop", 12)).to_have_text("Idle")
     expect(card(page, "acme/blog", 4).locator(".card-title")).to_have_text("Pull request #4")
+    # Only the default environment: no rows of environments.
+    expect(item.locator(".env-section")).to_be_hidden()
+    expect(item.locator("li.env")).to_have_count(0)
 
     # Idle: "Preview" reveals "Deploy Preview for BRANCH".
     toggle = item.locator("button.preview-toggle")
@@ -592,3 +595,212 @@ def test_cancel_when_nothing_is_running_shows_the_error_on_the_card(make_bot, pa
     expect(message).to_be_visible()
     history = bot.client().get("/api/repos/acme/api/pull-requests/44/deployments").json()["deployments"]
     assert [d["status"] for d in history] == ["deployed"]
+
+
+# -- several environments per pull request -------------------------------------------------------
+
+
+def environments_bot(make_bot, tmp_path: Path, staging_script: str, env: dict | None = None):
+    """An installation with the environments `preview` (simulated) and `staging` (a command)."""
+    path = tmp_path / "deploy-staging.sh"
+    path.write_text(staging_script)
+    return make_bot(
+        {
+            "PREVIEW_ENVIRONMENTS": "preview,staging",
+            "PREVIEW_ENV_STAGING_PROVISIONER": "command",
+            "PREVIEW_ENV_STAGING_DEPLOY_COMMAND": shlex.join(["sh", str(path)]),
+            **(env or {}),
+        }
+    )
+
+
+def env_row(page, repository: str, number: int, environment: str):
+    return card(page, repository, number).locator(f'li.env[data-environment="{environment}"]')
+
+
+def env_badge(page, repository: str, number: int, environment: str):
+    return env_row(page, repository, number, environment).locator(".env-status")
+
+
+def env_deployment(bot, repository: str, number: int, environment: str) -> dict:
+    with bot.client() as c:
+        response = c.get(f"/api/repos/{repository}/pull-requests/{number}/deployment", params={"environment": environment})
+    return response.json()
+
+
+def env_history(bot, repository: str, number: int, environment: str) -> list[dict]:
+    with bot.client() as c:
+        response = c.get(f"/api/repos/{repository}/pull-requests/{number}/deployments", params={"environment": environment})
+    return response.json()["deployments"]
+
+
+def wait_env_status(bot, repository: str, number: int, environment: str, status: str) -> dict:
+    return wait_for(
+        lambda: (body := env_deployment(bot, repository, number, environment)).get("status") == status and body,
+        timeout=20,
+        message=f"{repository}#{number} {environment} to be {status}",
+    )
+
+
+def test_each_environment_has_its_own_row_state_and_retry(make_bot, page, output_dir, tmp_path):
+    marker = tmp_path / "staging-failed-once"
+    bot = environments_bot(
+        make_bot,
+        tmp_path,
+        f"""
+if [ -e {shlex.quote(str(marker))} ]; then
+  sleep 2
+  echo "https://$PREVIEW_ENVIRONMENT-$PREVIEW_PR_NUMBER.acme.test"
+  exit 0
+fi
+touch {shlex.quote(str(marker))}
+echo 'migrate: relation "orders" already exists' >&2
+exit 1
+""",
+    ).start()
+    seed(bot, "acme/shop", 50, "feat/orders", "Order history", "octocat")
+    seed(bot, "acme/shop", 51, "fix/typo", "Fix a typo in the footer", "hubot")
+    assert bot.deploy("acme/shop", 50, "feat/orders").status_code == 202
+    assert bot.deploy("acme/shop", 50, "feat/orders", environment="staging").status_code == 202
+    preview = wait_env_status(bot, "acme/shop", 50, "preview", "deployed")
+    wait_env_status(bot, "acme/shop", 50, "staging", "failed")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 50)
+    # A row per environment, in the operator's order, instead of the one-environment card.
+    expect(item.locator(".env-name")).to_have_text(["preview", "staging"])
+    expect(item.locator(".badge-text")).to_be_hidden()
+    expect(item.locator("button.preview-toggle")).to_be_hidden()
+    expect(item).to_have_attribute("data-status", "failed")  # the accent: the state most worth a look
+
+    # preview: deployed, its URL with a ✓, Redeploy.
+    row = env_row(page, "acme/shop", 50, "preview")
+    expect(env_badge(page, "acme/shop", 50, "preview")).to_have_text("Deployed")
+    link = row.get_by_role("link", name="https://preview-50.shop.example.com")
+    expect(link).to_have_attribute("href", "https://preview-50.shop.example.com")
+    expect(row.locator(".env-deployed .check")).to_have_text("✓")
+    expect(row.get_by_role("button")).to_have_count(1)
+    expect(row.get_by_role("button", name="Redeploy preview")).to_be_enabled()
+    expect(row.locator(".error-text")).to_be_hidden()
+
+    # staging: failed, its error, Retry.
+    staging = env_row(page, "acme/shop", 50, "staging")
+    expect(env_badge(page, "acme/shop", 50, "staging")).to_have_text("Failed")
+    expect(staging.locator(".error-text")).to_contain_text("deploy command exited with 1")
+    expect(staging.locator(".error-text")).to_contain_text('relation "orders" already exists')
+    expect(staging.get_by_role("button")).to_have_count(1)
+    retry = staging.get_by_role("button", name="Retry staging")
+    expect(retry).to_be_visible()
+    expect(staging.get_by_role("link")).to_have_count(0)
+
+    # Another pull request: both environments idle, each with its own Deploy.
+    expect(card(page, "acme/shop", 51).locator(".env-status")).to_have_text(["Idle", "Idle"])
+    expect(env_row(page, "acme/shop", 51, "staging").get_by_role("button", name="Deploy staging")).to_be_visible()
+    page.screenshot(path=output_dir / "two-environments.png")
+
+    # Phone width: the rows fit, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.evaluate("window.scrollTo(0, 0)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for environment in ("preview", "staging"):
+        box = env_row(page, "acme/shop", 50, environment).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.screenshot(path=output_dir / "two-environments-phone-390.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # Retry, from the keyboard, deploys staging only; the focus moves to its Cancel.
+    retry.focus()
+    page.keyboard.press("Enter")
+    expect(env_badge(page, "acme/shop", 50, "staging")).to_have_text("Deploying")
+    expect(staging.locator(".spinner")).to_be_visible()
+    expect(staging.locator(".env-elapsed")).to_have_text(re.compile(r"^\d+s$"))
+    expect(staging.get_by_role("button", name="Cancel the deploy to staging")).to_be_focused()
+    expect(staging.locator(".error-text")).to_be_hidden()
+    expect(env_badge(page, "acme/shop", 50, "preview")).to_have_text("Deployed")
+    expect(row.locator(".spinner")).to_be_hidden()
+    expect(link).to_be_visible()
+    page.screenshot(path=output_dir / "two-environments-deploying.png")
+
+    expect(env_badge(page, "acme/shop", 50, "staging")).to_have_text("Deployed", timeout=15_000)
+    expect(staging.get_by_role("link", name="https://staging-50.acme.test")).to_be_visible()
+    expect(staging.get_by_role("button", name="Redeploy staging")).to_be_visible()
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #50: staging deployed at https://staging-50.acme.test")
+    expect(item).to_have_attribute("data-status", "deployed")
+    expect(link).to_be_visible()
+
+    staging_now = env_deployment(bot, "acme/shop", 50, "staging")
+    assert (staging_now["status"], staging_now["environment"], staging_now["trigger"]) == ("deployed", "staging", "dashboard")
+    assert [d["status"] for d in env_history(bot, "acme/shop", 50, "staging")] == ["deployed", "failed"]
+    preview_now = env_deployment(bot, "acme/shop", 50, "preview")
+    assert (preview_now["id"], preview_now["status"]) == (preview["id"], "deployed")
+    assert len(env_history(bot, "acme/shop", 50, "preview")) == 1
+
+    # The status filter is the API's: on each pull request's default environment (preview).
+    page.goto(f"{bot.url}/?status=deployed")
+    expect(page.locator("li.card .card-number")).to_have_text(["#50"])
+    expect(item.locator(".env-status")).to_have_text(["Deployed", "Deployed"])
+    page.get_by_label("Status").select_option("idle")
+    expect(page.locator("li.card .card-number")).to_have_text(["#51"])
+    expect(card(page, "acme/shop", 51).locator(".env-name")).to_have_text(["preview", "staging"])
+
+
+def test_a_live_update_of_one_environment_changes_only_its_row(make_bot, page, output_dir, tmp_path):
+    bot = environments_bot(
+        make_bot,
+        tmp_path,
+        """
+sleep 10
+echo "https://staging-$PREVIEW_PR_NUMBER.acme.test"
+""",
+        {"PREVIEW_SIMULATED_SECONDS": "1"},
+    ).start()
+    seed(bot, "acme/api", 60, "feat/webhooks", "Outgoing webhooks", "mona")
+
+    open_dashboard(page, bot)
+    page.evaluate("window.__sameDocument = true")
+    item = card(page, "acme/api", 60)
+    preview, staging = env_row(page, "acme/api", 60, "preview"), env_row(page, "acme/api", 60, "staging")
+    expect(item.locator(".env-status")).to_have_text(["Idle", "Idle"])
+
+    # Deploy on the preview row deploys preview; staging stays idle.
+    preview.get_by_role("button", name="Deploy preview").click()
+    expect(env_badge(page, "acme/api", 60, "preview")).to_have_text("Deploying")
+    expect(preview.locator(".spinner")).to_be_visible()
+    expect(env_badge(page, "acme/api", 60, "staging")).to_have_text("Idle")
+    expect(staging.locator(".spinner")).to_be_hidden()
+    expect(env_badge(page, "acme/api", 60, "preview")).to_have_text("Deployed")
+    expect(preview.get_by_role("link", name="https://preview-60.api.example.com")).to_be_visible()
+    expect(env_badge(page, "acme/api", 60, "staging")).to_have_text("Idle")
+    expect(staging.get_by_role("button", name="Deploy staging")).to_be_visible()
+    assert env_deployment(bot, "acme/api", 60, "staging")["status"] == "idle"  # the 404's body
+    preview_id = env_deployment(bot, "acme/api", 60, "preview")["id"]
+    preview_text = preview.inner_text()
+
+    # A deploy of staging started elsewhere arrives over the WebSocket: only its row changes.
+    assert bot.deploy("acme/api", 60, "feat/webhooks", environment="staging").status_code == 202
+    expect(env_badge(page, "acme/api", 60, "staging")).to_have_text("Deploying")
+    expect(staging.locator(".spinner")).to_be_visible()
+    cancel = staging.get_by_role("button", name="Cancel the deploy to staging")
+    expect(cancel).to_be_enabled()
+    assert preview.inner_text() == preview_text
+    expect(preview.get_by_role("button", name="Redeploy preview")).to_be_enabled()
+    expect(item).to_have_attribute("data-status", "deploying")
+    page.set_viewport_size({"width": 390, "height": 844})
+    item.scroll_into_view_if_needed()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=output_dir / "staging-deploying-phone-390.png")
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # Cancel on the staging row cancels staging; the focus stays on the row.
+    cancel.focus()
+    page.keyboard.press("Enter")
+    expect(env_badge(page, "acme/api", 60, "staging")).to_have_text("Idle")
+    expect(staging.locator(".outcome")).to_have_text("Cancelled")
+    expect(staging.get_by_role("button", name="Deploy staging")).to_be_focused()
+    expect(page.locator("#announcer")).to_contain_text("acme/api #60: staging deploy cancelled")
+    assert preview.inner_text() == preview_text
+    page.screenshot(path=output_dir / "staging-cancelled.png")
+
+    assert [d["status"] for d in env_history(bot, "acme/api", 60, "staging")] == ["cancelled"]
+    assert env_deployment(bot, "acme/api", 60, "preview")["id"] == preview_id
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened

@@ -1,8 +1,9 @@
 /* previewbot dashboard: plain JavaScript, no build step, no dependencies.
  *
- * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel)
- * and live updates from the WebSocket at /ws. Everything taken from the API is written with textContent or
- * setAttribute, never innerHTML, so a branch called `<img src=x onerror=alert(1)>` is text.
+ * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel,
+ * each for one of a pull request's environments) and live updates from the WebSocket at /ws.
+ * Everything taken from the API is written with textContent or setAttribute, never innerHTML,
+ * so a branch called `<img src=x onerror=alert(1)>` is text.
  */
 (function () {
   "use strict";
@@ -18,6 +19,15 @@
     destroyed: "The preview was torn down.",
     expired: "The preview expired and was torn down.",
   };
+  // The same on an environment's row, where the row names the environment.
+  var ROW_OUTCOME_TEXT = {
+    cancelled: "The deploy was cancelled; nothing is running.",
+    destroyed: "Torn down; nothing is running.",
+    expired: "Expired and torn down.",
+  };
+  // The API's environment when none is named; a pull request with only this one keeps the
+  // classic card.
+  var DEFAULT_ENVIRONMENT = "preview";
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 15000;
   var PING_EVERY_MS = 20000;
@@ -86,6 +96,10 @@
 
   function keyOf(repository, prNumber) {
     return repository + "#" + Number(prNumber);
+  }
+
+  function isEnvironmentName(value) {
+    return typeof value === "string" && /^[a-z][a-z0-9-]{0,63}$/.test(value);
   }
 
   function isHttpUrl(value) {
@@ -206,13 +220,18 @@
   }
 
   // -- cards --------------------------------------------------------------------------------
+  //
+  // A card is one pull request; each of its environments (`preview`, `staging`, ...) has its
+  // own state, keyed by name. A pull request whose only environment is the default one is
+  // shown as it always was (the "classic" card: one state block, Preview ▾ and its panel);
+  // one with several environments gets a row per environment, each with its own badge,
+  // state and buttons.
 
-  function deploymentOf(pull) {
-    var d = pull.deployment;
-    if (!d) return { deploymentId: null, status: pull.status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null };
+  function deploymentOf(d, status) {
+    if (!d) return { deploymentId: null, status: status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null };
     return {
       deploymentId: d.id || d.deploymentId || null,
-      status: d.status || pull.status || "idle",
+      status: d.status || status || "idle",
       previewUrl: d.previewUrl || null,
       error: d.error || null,
       startedAt: d.createdAt || null,
@@ -222,34 +241,112 @@
     };
   }
 
-  /* Apply a deployment change (a WebSocket message, a deploy response or a list row) to a card
-   * unless the card already knows something newer. Returns true when the card changed. */
-  function applyDeployment(card, next) {
-    var newer = !card.updatedAt || !next.updatedAt || next.updatedAt >= card.updatedAt;
-    if (next.deploymentId && next.deploymentId === card.deploymentId) {
+  /* A list row's environments, in the API's order (the operator's, then any other with a
+   * record), as [{name, next}]. An API without `environments` has only the default one. */
+  function environmentsOf(pull) {
+    var out = [];
+    var seen = new Set();
+    (Array.isArray(pull.environments) ? pull.environments : []).forEach(function (item) {
+      if (!item || !isEnvironmentName(item.environment) || seen.has(item.environment)) return;
+      seen.add(item.environment);
+      out.push({ name: item.environment, next: deploymentOf(item.deployment, item.status) });
+    });
+    if (!out.length) out.push({ name: DEFAULT_ENVIRONMENT, next: deploymentOf(pull.deployment, pull.status) });
+    return out;
+  }
+
+  /* Apply a deployment change (a WebSocket message, a deploy response or a list row) to an
+   * environment unless it already knows something newer. Returns true when it changed. */
+  function applyDeployment(env, next) {
+    var newer = !env.updatedAt || !next.updatedAt || next.updatedAt >= env.updatedAt;
+    if (next.deploymentId && next.deploymentId === env.deploymentId) {
       if (!newer) return false;
     } else if (next.status !== "deploying") {
       // A finished deployment other than the one shown: an older one ending after a newer one
       // started must not replace the newer one.
-      if (card.status === "deploying" || !newer) return false;
+      if (env.status === "deploying" || !newer) return false;
     } else if (!newer) {
       return false;
     }
-    var sameDeployment = next.deploymentId && next.deploymentId === card.deploymentId;
-    card.deploymentId = next.deploymentId || card.deploymentId;
-    card.status = next.status in STATUS_LABEL ? next.status : "idle";
-    card.previewUrl = card.status === "deployed" ? next.previewUrl || (sameDeployment ? card.previewUrl : null) : null;
-    card.error = card.status === "failed" ? next.error || "The deploy failed without an error message." : null;
-    card.outcome = card.status === "idle" && Object.prototype.hasOwnProperty.call(OUTCOME_LABEL, next.outcome) ? next.outcome : null;
-    if (card.status !== "deploying") {
-      card.cancelPending = false;
-      card.cancelRequested = null;
+    var sameDeployment = next.deploymentId && next.deploymentId === env.deploymentId;
+    env.deploymentId = next.deploymentId || env.deploymentId;
+    env.status = next.status in STATUS_LABEL ? next.status : "idle";
+    env.previewUrl = env.status === "deployed" ? next.previewUrl || (sameDeployment ? env.previewUrl : null) : null;
+    env.error = env.status === "failed" ? next.error || "The deploy failed without an error message." : null;
+    env.outcome = env.status === "idle" && Object.prototype.hasOwnProperty.call(OUTCOME_LABEL, next.outcome) ? next.outcome : null;
+    if (env.status !== "deploying") {
+      env.cancelPending = false;
+      env.cancelRequested = null;
     }
-    if (card.status === "deploying") {
-      card.startedAt = next.startedAt || (sameDeployment && card.startedAt) || next.updatedAt || null;
+    if (env.status === "deploying") {
+      env.startedAt = next.startedAt || (sameDeployment && env.startedAt) || next.updatedAt || null;
     }
-    if (next.updatedAt) card.updatedAt = next.updatedAt;
+    if (next.updatedAt) env.updatedAt = next.updatedAt;
     return true;
+  }
+
+  function newEnvironment(name) {
+    return {
+      name: name,
+      deploymentId: null,
+      status: "idle",
+      previewUrl: null,
+      error: null,
+      outcome: null,
+      startedAt: null,
+      updatedAt: "",
+      expanded: false, // the classic card's Preview panel
+      pending: false, // the deploy request is on its way
+      cancelPending: false, // the cancel request is on its way
+      cancelRequested: null, // the deployment a cancel was accepted for, until it ends
+      keepFocus: false, // one of its buttons had the focus when clicked
+      message: "",
+      messageKind: "",
+      row: null, // its row's DOM nodes, once the card shows rows
+    };
+  }
+
+  function environmentOf(card, name) {
+    var env = card.envs.get(name);
+    if (!env) {
+      env = newEnvironment(name);
+      card.envs.set(name, env);
+      card.order.push(name);
+    }
+    return env;
+  }
+
+  /* Rows for a card with another environment than the default one; the classic card otherwise. */
+  function hasRows(card) {
+    return card.order.length !== 1 || card.order[0] !== DEFAULT_ENVIRONMENT;
+  }
+
+  function eachEnvironment(card, fn) {
+    card.order.forEach(function (name) { fn(card.envs.get(name)); });
+  }
+
+  /* Take a list row's environments: their states, and their order. A row the list does not
+   * have goes, unless a deploy the list has not caught up with runs there. */
+  function syncEnvironments(card, environments, announceChanges) {
+    var names = environments.map(function (item) { return item.name; });
+    card.order.slice().forEach(function (name) {
+      if (names.indexOf(name) !== -1) return;
+      var env = card.envs.get(name);
+      if (env.status === "deploying" || env.pending) {
+        names.push(name);
+      } else {
+        if (env.row) env.row.root.remove();
+        card.envs.delete(name);
+      }
+    });
+    card.order = card.order.filter(function (name) { return card.envs.has(name); });
+    environments.forEach(function (item) {
+      var env = environmentOf(card, item.name);
+      var before = env.status;
+      applyDeployment(env, item.next);
+      if (announceChanges && before !== env.status) announce(describe(card, env));
+    });
+    card.order = names;
   }
 
   function newCard(pull) {
@@ -261,30 +358,19 @@
       branchName: pull.branchName,
       author: pull.author,
       createdAt: pull.createdAt,
-      deploymentId: null,
-      status: "idle",
-      previewUrl: null,
-      error: null,
-      outcome: null,
-      startedAt: null,
-      updatedAt: "",
-      expanded: false,
-      pending: false,
-      cancelPending: false, // the cancel request is on its way
-      cancelRequested: null, // the deployment a cancel was accepted for, until it ends
-      keepFocus: false, // Cancel had the focus when clicked
-      message: "",
-      messageKind: "",
+      envs: new Map(), // environment name -> its state (and row)
+      order: [], // environment names, as shown
+      uid: "pr-" + ++state.idCounter,
       nodes: null,
     };
-    applyDeployment(card, deploymentOf(pull));
+    syncEnvironments(card, environmentsOf(pull), false);
     card.nodes = buildCard(card);
     return card;
   }
 
   function buildCard(card) {
     var n = {};
-    var uid = "pr-" + ++state.idCounter;
+    var uid = card.uid;
 
     n.root = el("li", "card");
     n.root.dataset.key = card.key;
@@ -330,6 +416,10 @@
     n.openedRow = metaRow("Opened", n.opened);
     article.appendChild(meta);
 
+    // The classic card: the default environment alone.
+    n.single = el("div", "card-single");
+    article.appendChild(n.single);
+
     var status = el("div", "card-state");
     n.idle = el("p", "state state-idle");
     n.outcome = el("span", "outcome");
@@ -355,11 +445,11 @@
     n.error = el("pre", "error-text");
     n.failed.appendChild(n.error);
     [n.idle, n.deploying, n.deployed, n.failed].forEach(function (node) { status.appendChild(node); });
-    article.appendChild(status);
+    n.single.appendChild(status);
 
     n.message = el("p", "card-message");
     n.message.setAttribute("role", "status");
-    article.appendChild(n.message);
+    n.single.appendChild(n.message);
 
     var actions = el("div", "card-actions");
     n.toggle = el("button", "button preview-toggle");
@@ -376,41 +466,134 @@
     chevron.setAttribute("aria-hidden", "true");
     n.toggle.appendChild(chevron);
     n.toggle.addEventListener("click", function () {
-      card.expanded = !card.expanded;
+      var env = environmentOf(card, DEFAULT_ENVIRONMENT);
+      env.expanded = !env.expanded;
       updateCard(card);
     });
     n.retry = el("button", "button button-primary retry", "Retry");
     n.retry.type = "button";
-    n.retry.addEventListener("click", function () { deploy(card); });
+    n.retry.addEventListener("click", function () { deploy(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
     n.cancel = el("button", "button button-danger cancel", "Cancel deploy");
     n.cancel.type = "button";
-    n.cancel.addEventListener("click", function () { cancel(card); });
+    n.cancel.addEventListener("click", function () { cancel(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
     actions.appendChild(n.toggle);
     actions.appendChild(n.retry);
     actions.appendChild(n.cancel);
-    article.appendChild(actions);
+    n.single.appendChild(actions);
 
     n.panel = el("div", "card-panel");
     n.panel.id = uid + "-panel";
     n.deploy = el("button", "button button-primary deploy");
     n.deploy.type = "button";
-    n.deploy.addEventListener("click", function () { deploy(card); });
+    n.deploy.addEventListener("click", function () { deploy(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
     n.panelNote = el("p", "panel-note muted");
     n.panel.appendChild(n.deploy);
     n.panel.appendChild(n.panelNote);
-    article.appendChild(n.panel);
+    n.single.appendChild(n.panel);
+
+    // Several environments: a row each.
+    n.envSection = el("section", "env-section");
+    n.envSection.setAttribute("aria-labelledby", uid + "-envs");
+    var envHeading = el("h3", "env-section-title", "Environments");
+    envHeading.id = uid + "-envs";
+    n.envSection.appendChild(envHeading);
+    n.envList = el("ul", "env-list");
+    n.envSection.appendChild(n.envList);
+    article.appendChild(n.envSection);
     return n;
+  }
+
+  function buildRow(card, env) {
+    var r = {};
+    var id = card.uid + "-env-" + env.name;
+    r.root = el("li", "env");
+    r.root.dataset.environment = env.name;
+    r.root.setAttribute("aria-labelledby", id);
+
+    var head = el("div", "env-head");
+    r.name = el("h4", "env-name", env.name);
+    r.name.id = id;
+    head.appendChild(r.name);
+    r.badge = el("span", "badge env-badge");
+    r.badgeIcon = el("span", "badge-icon");
+    r.badgeIcon.setAttribute("aria-hidden", "true");
+    r.spinner = el("span", "spinner spinner-small");
+    r.spinner.setAttribute("aria-hidden", "true");
+    r.badgeText = el("span", "env-status");
+    r.badge.appendChild(r.badgeIcon);
+    r.badge.appendChild(r.spinner);
+    r.badge.appendChild(r.badgeText);
+    r.elapsed = el("span", "env-elapsed");
+    r.elapsed.setAttribute("title", "Time since the deploy started");
+    r.badge.appendChild(r.elapsed);
+    head.appendChild(r.badge);
+
+    var actions = el("div", "env-actions");
+    r.deploy = el("button", "button deploy");
+    r.deploy.type = "button";
+    r.deploy.addEventListener("click", function () { rowAction(card, env, r.deploy, deploy); });
+    r.retry = el("button", "button button-primary retry");
+    r.retry.type = "button";
+    r.retry.addEventListener("click", function () { rowAction(card, env, r.retry, deploy); });
+    r.cancel = el("button", "button button-danger cancel");
+    r.cancel.type = "button";
+    r.cancel.addEventListener("click", function () { rowAction(card, env, r.cancel, cancel); });
+    [r.deploy, r.retry, r.cancel].forEach(function (b) { actions.appendChild(b); });
+    head.appendChild(actions);
+    r.root.appendChild(head);
+
+    r.deployed = el("p", "env-detail env-deployed");
+    var check = el("span", "check", "\u2713");
+    check.setAttribute("aria-hidden", "true");
+    r.deployed.appendChild(check);
+    r.link = el("a", "preview-link");
+    r.link.target = "_blank";
+    r.link.rel = "noopener noreferrer";
+    r.deployed.appendChild(r.link);
+    r.failed = el("div", "env-detail env-failed");
+    r.failed.appendChild(el("p", "visually-hidden", "Deploy failed:"));
+    r.error = el("pre", "error-text");
+    r.failed.appendChild(r.error);
+    r.idle = el("p", "env-detail env-idle muted");
+    r.outcome = el("span", "outcome");
+    r.idle.appendChild(r.outcome);
+    r.idleText = el("span", "idle-text");
+    r.idle.appendChild(r.idleText);
+    [r.deployed, r.failed, r.idle].forEach(function (node) { r.root.appendChild(node); });
+
+    r.message = el("p", "card-message env-message");
+    r.message.setAttribute("role", "status");
+    r.root.appendChild(r.message);
+    return r;
+  }
+
+  function rowAction(card, env, button, action) {
+    env.keepFocus = document.activeElement === button;
+    action(card, env);
+  }
+
+  /* The card's accent: the state most worth a look among its environments. */
+  function overallStatus(card) {
+    var rank = { failed: 3, deploying: 2, deployed: 1, idle: 0 };
+    var worst = "idle";
+    eachEnvironment(card, function (env) { if (rank[env.status] > rank[worst]) worst = env.status; });
+    return worst;
   }
 
   function updateCard(card) {
     var n = card.nodes;
-    var status = card.status;
+    var rows = hasRows(card);
+    var main = card.envs.get(DEFAULT_ENVIRONMENT) || card.envs.get(card.order[0]);
+    var status = rows ? overallStatus(card) : main.status;
     n.root.dataset.status = status;
+    n.root.classList.toggle("has-environments", rows);
     n.repo.textContent = card.repository;
     n.number.textContent = "#" + card.prNumber;
-    n.badge.dataset.status = status;
-    n.badgeIcon.textContent = STATUS_ICON[status];
-    n.badgeText.textContent = STATUS_LABEL[status];
+    // The badge says the one environment's state; rows carry their own.
+    n.badge.hidden = rows;
+    n.badge.dataset.status = main.status;
+    n.badgeIcon.textContent = STATUS_ICON[main.status];
+    n.badgeText.textContent = STATUS_LABEL[main.status];
 
     n.title.textContent = card.title || "Pull request #" + card.prNumber;
     n.title.classList.toggle("untitled", !card.title);
@@ -424,50 +607,68 @@
     }
     n.openedRow.hidden = !card.createdAt;
 
+    n.single.hidden = rows;
+    n.envSection.hidden = !rows;
+    if (rows) {
+      card.order.forEach(function (name, index) {
+        var env = card.envs.get(name);
+        if (!env.row) env.row = buildRow(card, env);
+        var list = n.envList;
+        if (list.children[index] !== env.row.root) list.insertBefore(env.row.root, list.children[index] || null);
+        updateRow(card, env);
+      });
+    } else {
+      updateSingle(card, main);
+    }
+  }
+
+  function updateSingle(card, env) {
+    var n = card.nodes;
+    var status = env.status;
     n.idle.hidden = status !== "idle";
-    n.outcome.textContent = card.outcome ? OUTCOME_LABEL[card.outcome] : "";
-    n.outcome.dataset.outcome = card.outcome || "";
-    n.outcome.hidden = !card.outcome;
-    n.idleText.textContent = card.outcome ? OUTCOME_TEXT[card.outcome] : "No preview deployed yet.";
+    n.outcome.textContent = env.outcome ? OUTCOME_LABEL[env.outcome] : "";
+    n.outcome.dataset.outcome = env.outcome || "";
+    n.outcome.hidden = !env.outcome;
+    n.idleText.textContent = env.outcome ? OUTCOME_TEXT[env.outcome] : "No preview deployed yet.";
     n.deploying.hidden = status !== "deploying";
     n.deployed.hidden = status !== "deployed";
     n.failed.hidden = status !== "failed";
-    updateElapsed(card);
+    updateElapsed(card, env);
 
-    if (status === "deployed" && card.previewUrl) {
-      n.link.textContent = card.previewUrl;
-      if (isHttpUrl(card.previewUrl)) n.link.href = card.previewUrl;
+    if (status === "deployed" && env.previewUrl) {
+      n.link.textContent = env.previewUrl;
+      if (isHttpUrl(env.previewUrl)) n.link.href = env.previewUrl;
       else n.link.removeAttribute("href");
     } else {
       n.link.textContent = status === "deployed" ? "(no preview URL reported)" : "";
       n.link.removeAttribute("href");
     }
-    n.error.textContent = card.error || "";
+    n.error.textContent = env.error || "";
 
-    n.message.textContent = card.message || "";
-    n.message.dataset.kind = card.messageKind || "";
-    n.message.hidden = !card.message;
+    n.message.textContent = env.message || "";
+    n.message.dataset.kind = env.messageKind || "";
+    n.message.hidden = !env.message;
 
-    var busy = status === "deploying" || card.pending;
+    var busy = status === "deploying" || env.pending;
     n.toggle.hidden = status === "failed";
     n.toggle.classList.toggle("is-deployed", status === "deployed");
     n.check.hidden = status !== "deployed";
     n.checkLabel.hidden = status !== "deployed";
-    n.toggle.setAttribute("aria-expanded", String(card.expanded && status !== "failed"));
-    n.panel.hidden = !card.expanded || status === "failed";
+    n.toggle.setAttribute("aria-expanded", String(env.expanded && status !== "failed"));
+    n.panel.hidden = !env.expanded || status === "failed";
 
     n.retry.hidden = status !== "failed";
-    n.retry.disabled = card.pending;
-    n.retry.textContent = card.pending && status === "failed" ? "Retrying\u2026" : "Retry";
+    n.retry.disabled = env.pending;
+    n.retry.textContent = env.pending && status === "failed" ? "Retrying\u2026" : "Retry";
 
-    var cancelling = card.cancelPending || (card.cancelRequested !== null && card.cancelRequested === card.deploymentId);
+    var cancelling = env.cancelPending || (env.cancelRequested !== null && env.cancelRequested === env.deploymentId);
     n.cancel.hidden = status !== "deploying";
     n.cancel.disabled = cancelling;
     n.cancel.textContent = cancelling ? "Cancelling\u2026" : "Cancel deploy";
-    if (card.keepFocus && (n.cancel.hidden || !cancelling)) {
+    if (env.keepFocus && (n.cancel.hidden || !cancelling)) {
       // Disabling or hiding the focused Cancel button drops the keyboard focus to the page:
       // give it back to this card (Cancel again after an error, else Preview or Retry).
-      card.keepFocus = false;
+      env.keepFocus = false;
       var active = document.activeElement;
       if (!active || active === document.body || active === n.cancel) {
         (!n.cancel.hidden ? n.cancel : n.toggle.hidden ? n.retry : n.toggle).focus();
@@ -475,7 +676,7 @@
     }
 
     n.deploy.disabled = busy;
-    if (card.pending) n.deploy.textContent = "Starting deploy\u2026";
+    if (env.pending) n.deploy.textContent = "Starting deploy\u2026";
     else if (status === "deploying") n.deploy.textContent = "Deploy in progress\u2026";
     else if (status === "deployed") n.deploy.textContent = "Redeploy Preview";
     else n.deploy.textContent = "Deploy Preview for " + (card.branchName || "this branch");
@@ -485,22 +686,110 @@
       "Builds an environment for this branch and links it here.";
   }
 
-  function updateElapsed(card) {
-    if (card.status !== "deploying") {
-      card.nodes.elapsed.textContent = "";
-      return;
-    }
-    var started = Date.parse(card.startedAt);
-    card.nodes.elapsed.textContent = isNaN(started) ? "" : formatElapsed(Date.now() - started);
+  /* A button's visible text, and an accessible name that starts with it and says which
+   * environment it acts on ("Retry staging"). */
+  function label(button, text, name, spoken) {
+    button.textContent = text;
+    button.setAttribute("aria-label", (spoken || text.replace(/\u2026$/, "")) + " " + name);
   }
 
-  function describe(card) {
+  function updateRow(card, env) {
+    var r = env.row;
+    var status = env.status;
+    var branch = card.branchName || "this branch";
+    r.root.dataset.status = status;
+    r.badge.dataset.status = status;
+    r.badgeIcon.textContent = STATUS_ICON[status];
+    r.badgeIcon.hidden = status === "deploying";
+    r.spinner.hidden = status !== "deploying";
+    r.badgeText.textContent = STATUS_LABEL[status];
+    updateElapsed(card, env);
+
+    r.deployed.hidden = status !== "deployed";
+    if (status === "deployed" && env.previewUrl) {
+      r.link.textContent = env.previewUrl;
+      if (isHttpUrl(env.previewUrl)) r.link.href = env.previewUrl;
+      else r.link.removeAttribute("href");
+    } else {
+      r.link.textContent = status === "deployed" ? "(no URL reported)" : "";
+      r.link.removeAttribute("href");
+    }
+    r.failed.hidden = status !== "failed";
+    r.error.textContent = env.error || "";
+    r.idle.hidden = status !== "idle" || !env.outcome;
+    r.outcome.textContent = env.outcome ? OUTCOME_LABEL[env.outcome] : "";
+    r.outcome.dataset.outcome = env.outcome || "";
+    r.idleText.textContent = env.outcome ? ROW_OUTCOME_TEXT[env.outcome] : "";
+
+    r.message.textContent = env.message || "";
+    r.message.dataset.kind = env.messageKind || "";
+    r.message.hidden = !env.message;
+
+    // One button at a time: Deploy (idle), Redeploy (deployed), Retry (failed), Cancel (deploying).
+    r.deploy.hidden = status !== "idle" && status !== "deployed";
+    r.deploy.disabled = env.pending;
+    if (env.pending) label(r.deploy, "Starting\u2026", env.name, "Starting the deploy to");
+    else label(r.deploy, status === "deployed" ? "Redeploy" : "Deploy", env.name);
+    r.deploy.title = status === "deployed"
+      ? "Rebuilds " + env.name + " from " + branch + " at its latest commit."
+      : "Builds " + env.name + " from " + branch + ".";
+    r.retry.hidden = status !== "failed";
+    r.retry.disabled = env.pending;
+    if (env.pending) label(r.retry, "Retrying\u2026", env.name, "Retrying the deploy to");
+    else label(r.retry, "Retry", env.name);
+    r.retry.title = "Deploys " + branch + " to " + env.name + " again.";
+    var cancelling = env.cancelPending || (env.cancelRequested !== null && env.cancelRequested === env.deploymentId);
+    r.cancel.hidden = status !== "deploying";
+    r.cancel.disabled = cancelling;
+    label(r.cancel, cancelling ? "Cancelling\u2026" : "Cancel", env.name, cancelling ? "Cancelling the deploy to" : "Cancel the deploy to");
+
+    if (env.keepFocus) {
+      // Hiding or disabling the focused button drops the keyboard focus to the page: give it
+      // to this row's button that is there now (Cancel once deploying, Deploy or Retry after).
+      var active = document.activeElement;
+      var usable = function (b) { return !b.hidden && !b.disabled; };
+      var lost = !active || active === document.body || (r.root.contains(active) && !usable(active));
+      if (!lost) {
+        env.keepFocus = false;
+      } else {
+        var target = [r.cancel, r.retry, r.deploy].filter(usable)[0];
+        if (target) {
+          env.keepFocus = false;
+          target.focus();
+        }
+      }
+    }
+  }
+
+  function updateElapsed(card, env) {
+    var node = env.row && hasRows(card) ? env.row.elapsed : env.name === DEFAULT_ENVIRONMENT ? card.nodes.elapsed : null;
+    if (!node) return;
+    if (env.status !== "deploying") {
+      node.textContent = "";
+      node.hidden = true;
+      return;
+    }
+    var started = Date.parse(env.startedAt);
+    node.textContent = isNaN(started) ? "" : formatElapsed(Date.now() - started);
+    node.hidden = !node.textContent;
+  }
+
+  function describe(card, env) {
     var name = card.repository + " #" + card.prNumber;
-    if (card.status === "deploying") return name + ": deploying a preview of " + card.branchName + ".";
-    if (card.status === "deployed") return name + ": preview deployed" + (card.previewUrl ? " at " + card.previewUrl : "") + ".";
-    if (card.status === "failed") return name + ": deploy failed. " + (card.error || "");
-    if (card.outcome === "cancelled") return name + ": deploy cancelled.";
-    return name + ": no preview.";
+    if (!hasRows(card)) {
+      if (env.status === "deploying") return name + ": deploying a preview of " + card.branchName + ".";
+      if (env.status === "deployed") return name + ": preview deployed" + (env.previewUrl ? " at " + env.previewUrl : "") + ".";
+      if (env.status === "failed") return name + ": deploy failed. " + (env.error || "");
+      if (env.outcome === "cancelled") return name + ": deploy cancelled.";
+      return name + ": no preview.";
+    }
+    var e = env.name;
+    if (env.status === "deploying") return name + ": deploying " + card.branchName + " to " + e + ".";
+    if (env.status === "deployed") return name + ": " + e + " deployed" + (env.previewUrl ? " at " + env.previewUrl : "") + ".";
+    if (env.status === "failed") return name + ": " + e + " deploy failed. " + (env.error || "");
+    if (env.outcome === "cancelled") return name + ": " + e + " deploy cancelled.";
+    if (env.outcome) return name + ": " + e + " " + OUTCOME_LABEL[env.outcome].toLowerCase() + ".";
+    return name + ": " + e + " not deployed.";
   }
 
   function renderList(pulls) {
@@ -517,13 +806,11 @@
         card = newCard(pull);
         state.cards.set(key, card);
       } else {
-        var before = card.status;
         card.title = pull.title;
         card.branchName = pull.branchName;
         card.author = pull.author;
         card.createdAt = pull.createdAt;
-        applyDeployment(card, deploymentOf(pull));
-        if (state.loaded && before !== card.status) announce(describe(card));
+        syncEnvironments(card, environmentsOf(pull), state.loaded);
       }
       updateCard(card);
       ordered.push(card);
@@ -575,21 +862,28 @@
 
   // -- deploying ----------------------------------------------------------------------------
 
-  function deploy(card) {
-    if (card.pending || card.status === "deploying" || !state.token) return;
-    var generation = state.generation;
+  function pullRequestPath(card, rest, env) {
     var parts = card.repository.split("/");
     var path = "/api/repos/" + encodeURIComponent(parts[0]) + "/" + encodeURIComponent(parts[1] || "") +
-      "/pull-requests/" + encodeURIComponent(String(card.prNumber)) + "/deploy";
-    card.pending = true;
-    card.message = "";
+      "/pull-requests/" + encodeURIComponent(String(card.prNumber)) + rest;
+    // The API's default environment needs no query.
+    if (env && env.name !== DEFAULT_ENVIRONMENT) path += "?environment=" + encodeURIComponent(env.name);
+    return path;
+  }
+
+  function deploy(card, env) {
+    if (env.pending || env.status === "deploying" || !state.token) return;
+    var generation = state.generation;
+    env.pending = true;
+    env.message = "";
     updateCard(card);
-    api(path, { method: "POST", body: { branchName: card.branchName, trigger: "dashboard" } }).then(
+    var body = { branchName: card.branchName, trigger: "dashboard", environment: env.name };
+    api(pullRequestPath(card, "/deploy"), { method: "POST", body: body }).then(
       function (deployment) {
         if (generation !== state.generation) return;
-        card.pending = false;
+        env.pending = false;
         if (deployment) {
-          applyDeployment(card, {
+          applyDeployment(env, {
             deploymentId: deployment.id || deployment.deploymentId,
             status: deployment.status || "deploying",
             previewUrl: deployment.previewUrl,
@@ -598,34 +892,36 @@
             updatedAt: deployment.updatedAt,
           });
         }
-        announce(describe(card));
+        announce(describe(card, env));
         updateCard(card);
         ensureTicking();
       },
       function (error) {
         if (generation !== state.generation) return;
-        card.pending = false;
+        env.pending = false;
         if (error.status === 401) {
           signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
           return;
         }
         if (error.status === 409) {
           // Someone else started one: show it as running and let the list fill in the details.
-          card.message = "A deploy of this branch is already in progress.";
-          card.messageKind = "info";
-          if (error.body && error.body.deploymentId && card.status !== "deploying") {
-            card.deploymentId = error.body.deploymentId;
-            card.status = "deploying";
-            card.startedAt = null;
-            card.updatedAt = "";
+          env.message = hasRows(card)
+            ? "A deploy to " + env.name + " is already in progress."
+            : "A deploy of this branch is already in progress.";
+          env.messageKind = "info";
+          if (error.body && error.body.deploymentId && env.status !== "deploying") {
+            env.deploymentId = error.body.deploymentId;
+            env.status = "deploying";
+            env.startedAt = null;
+            env.updatedAt = "";
           }
           scheduleRefetch();
         } else if (error.status === 429) {
-          card.message = error.message;
-          card.messageKind = "error";
+          env.message = error.message;
+          env.messageKind = "error";
         } else {
-          card.message = "Could not start the deploy: " + error.message;
-          card.messageKind = "error";
+          env.message = "Could not start the deploy: " + error.message;
+          env.messageKind = "error";
         }
         updateCard(card);
         ensureTicking();
@@ -634,42 +930,41 @@
   }
 
   /* Ask for the running (or queued) deploy to be cancelled. The 202 only says the request is
-   * taken: the card stays "deploying" (its button disabled) until the WebSocket, or the list,
-   * says the environment went back to idle with the outcome "cancelled". */
-  function cancel(card) {
-    if (card.cancelPending || card.status !== "deploying" || !state.token) return;
+   * taken: the environment stays "deploying" (its button disabled) until the WebSocket, or the
+   * list, says it went back to idle with the outcome "cancelled". */
+  function cancel(card, env) {
+    if (env.cancelPending || env.status !== "deploying" || !state.token) return;
     var generation = state.generation;
-    var deploymentId = card.deploymentId;
-    var parts = card.repository.split("/");
-    var path = "/api/repos/" + encodeURIComponent(parts[0]) + "/" + encodeURIComponent(parts[1] || "") +
-      "/pull-requests/" + encodeURIComponent(String(card.prNumber)) + "/deployment/cancel";
-    card.cancelPending = true;
-    card.keepFocus = document.activeElement === card.nodes.cancel;
-    card.message = "";
+    var deploymentId = env.deploymentId;
+    var rows = hasRows(card);
+    var who = card.repository + " #" + card.prNumber + (rows ? " " + env.name : "");
+    env.cancelPending = true;
+    if (!rows) env.keepFocus = document.activeElement === card.nodes.cancel;
+    env.message = "";
     updateCard(card);
-    api(path, { method: "POST" }).then(
+    api(pullRequestPath(card, "/deployment/cancel", env), { method: "POST" }).then(
       function (deployment) {
         if (generation !== state.generation) return;
-        card.cancelPending = false;
-        if (card.status === "deploying") {
-          card.cancelRequested = (deployment && (deployment.id || deployment.deploymentId)) || deploymentId;
-          announce(card.repository + " #" + card.prNumber + ": cancelling the deploy.");
+        env.cancelPending = false;
+        if (env.status === "deploying") {
+          env.cancelRequested = (deployment && (deployment.id || deployment.deploymentId)) || deploymentId;
+          announce(who + ": cancelling the deploy.");
         }
         updateCard(card);
       },
       function (error) {
         if (generation !== state.generation) return;
-        card.cancelPending = false;
+        env.cancelPending = false;
         if (error.status === 401) {
           signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
           return;
         }
-        card.message = error.status === 429 ? error.message : "Could not cancel the deploy: " + error.message;
-        card.messageKind = "error";
+        env.message = error.status === 429 ? error.message : "Could not cancel the deploy: " + error.message;
+        env.messageKind = "error";
         // A 409 means nothing is running any more: the list tells what happened instead.
         if (error.status === 409) scheduleRefetch();
         updateCard(card);
-        announce(card.repository + " #" + card.prNumber + ": " + card.message);
+        announce(who + ": " + env.message);
       }
     );
   }
@@ -778,9 +1073,11 @@
     }
   }
 
-  function matchesFilters(message) {
+  function matchesFilters(message, environment) {
     if (state.filters.repository && message.repository !== state.filters.repository) return false;
-    if (state.filters.status && message.status !== state.filters.status) return false;
+    // The status filter is on the default environment's state: another environment's update
+    // says nothing about it.
+    if (state.filters.status && environment === DEFAULT_ENVIRONMENT && message.status !== state.filters.status) return false;
     return true;
   }
 
@@ -790,13 +1087,21 @@
       state.repositories.add(message.repository);
       renderRepositories();
     }
+    var environment = message.environment === undefined || message.environment === null ? DEFAULT_ENVIRONMENT : message.environment;
+    if (!isEnvironmentName(environment)) return;
     var card = state.cards.get(keyOf(message.repository, message.prNumber));
     if (!card) {
       // A pull request the page has not shown yet: the list knows its title and author.
-      if (matchesFilters(message)) scheduleRefetch();
+      if (matchesFilters(message, environment)) scheduleRefetch();
       return;
     }
-    var changed = applyDeployment(card, {
+    var env = card.envs.get(environment);
+    if (!env) {
+      // An environment the card does not show yet: a row for it now, and the list for its place.
+      env = environmentOf(card, environment);
+      scheduleRefetch();
+    }
+    var changed = applyDeployment(env, {
       deploymentId: message.deploymentId,
       status: message.status,
       previewUrl: message.previewUrl,
@@ -808,13 +1113,13 @@
     if (!changed) {
       // Another deployment finished while this card shows a newer one running: let the list,
       // which knows which deployment is the latest, decide.
-      if (message.deploymentId !== card.deploymentId) scheduleRefetch();
+      if (message.deploymentId !== env.deploymentId) scheduleRefetch();
       return;
     }
     if (message.branchName) card.branchName = message.branchName;
-    if (card.messageKind === "info") card.message = "";
+    if (env.messageKind === "info") env.message = "";
     updateCard(card);
-    announce(describe(card));
+    announce(describe(card, env));
     ensureTicking();
   }
 
@@ -822,7 +1127,9 @@
 
   function anyDeploying() {
     var found = false;
-    state.cards.forEach(function (card) { if (card.status === "deploying") found = true; });
+    state.cards.forEach(function (card) {
+      eachEnvironment(card, function (env) { if (env.status === "deploying") found = true; });
+    });
     return found;
   }
 
@@ -834,7 +1141,9 @@
   function tick() {
     if (!state.token) return;
     var deploying = anyDeploying();
-    state.cards.forEach(function (card) { if (card.status === "deploying") updateElapsed(card); });
+    state.cards.forEach(function (card) {
+      eachEnvironment(card, function (env) { if (env.status === "deploying") updateElapsed(card, env); });
+    });
     var since = Date.now() - state.lastListAt;
     // Events can be missed (a restart of the web process between publish and delivery);
     // the list is the record, so re-read it now and then, more often while deploys run.
