@@ -123,7 +123,9 @@ class Lease:
     Every tick it renews the lease and looks for a cancel request, in one Redis call. `stop`
     tells the provisioner to stop; `reason` says why: `cancelled` (someone asked) or `lost`
     (the lock is someone else's, or this worker could not renew it for so long that the lease
-    would run out before a provisioner given its grace is surely stopped).
+    would run out before a provisioner given its grace is surely stopped). The deadline is
+    watched by a thread of its own: a renewal that hangs on a cut-off connection must not delay
+    it.
     """
 
     def __init__(self, ctx: WorkerContext, lock: state.BranchLock, lock_id: str, cancel_key: str | None):
@@ -132,14 +134,18 @@ class Lease:
         self.cancel_key = cancel_key
         settings = ctx.settings
         self.tick = min(0.5, settings.lease_seconds / 10)
-        # Counted from the moment the last successful renewal was sent, by this process's clock.
-        self.give_up_after = settings.lease_seconds - settings.cancel_grace_seconds - min(1.0, settings.lease_seconds / 10)
+        # Counted from the moment the last successful renewal was sent, by this process's clock;
+        # the fence notices within a tick, and the provisioner then gets its grace.
+        self.give_up_after = settings.lease_seconds - settings.cancel_grace_seconds - self.tick - min(1.0, settings.lease_seconds / 10)
         self.stop = threading.Event()
         self.reason: str | None = None
         self.cancel_reason: str | None = None
         self._done = threading.Event()
         self._renewed_at = time.monotonic()
-        self._thread = threading.Thread(target=self._hold, name="previewbot-lease", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._hold, name="previewbot-lease", daemon=True),
+            threading.Thread(target=self._fence, name="previewbot-fence", daemon=True),
+        ]
 
     def take(self) -> bool:
         """Shorten the queued lease to the running one; False when the lock is not ours."""
@@ -150,12 +156,14 @@ class Lease:
         self._renewed_at = sent
         if cancel:
             self._give_up("cancelled", cancel)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return True
 
     def release(self) -> None:
         self._done.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     def _hold(self) -> None:
         while not self._done.wait(self.tick):
@@ -171,6 +179,9 @@ class Lease:
                 self._renewed_at = sent
                 if cancel:
                     self._give_up("cancelled", cancel)
+
+    def _fence(self) -> None:
+        while not self._done.wait(self.tick):
             if time.monotonic() - self._renewed_at > self.give_up_after:
                 self._give_up("lost")
 

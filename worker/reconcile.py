@@ -162,11 +162,17 @@ def diagnose(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float,
 
     The lock is taken before `deploying` is announced and released only after the final
     status, so a deploying deployment without its lock has lost its worker."""
-    holder = state.lock_for(conn, deployment, lease_seconds=lease_seconds).holder()
+    lock = state.lock_for(conn, deployment, lease_seconds=lease_seconds)
+    holder = lock.holder()
     # Between the announcement and the enqueueing there is no job yet: give it a moment.
     if holder == deployment.id and (now or time.time()) - _epoch(deployment.updated_at) < GRACE_SECONDS:
         return None
     job = job_state(conn, deployment.id)
+    if job == "dead worker" and holder == deployment.id and conn.pttl(lock.lock_key) <= lock.lease_ms:
+        # Its job had started (it shortened the queued lease), so its worker may only be cut
+        # off from Redis, its provisioner running until it fences itself: the branch is free
+        # when that lease has run out, not before.
+        return None
     if holder is None or job == "dead worker":
         return WORKER_LOST
     if holder != deployment.id:
