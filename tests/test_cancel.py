@@ -165,3 +165,27 @@ def test_a_second_branch_waits_for_the_deploy_of_the_environment_in_progress(mak
     hold.unlink()
     bot.wait_status("octo/app", 7, "deployed")
     assert [c[:2] for c in calls(journal)] == [("deploy", "feat/one")]
+
+
+def test_a_failed_teardown_is_shown_and_retried_until_it_succeeds(make_bot, tmp_path):
+    journal, fixed = tmp_path / "journal", tmp_path / "fixed"
+    script = tmp_path / "provision.py"
+    script.write_text(
+        "import os, pathlib, sys\n"
+        f"open({str(journal)!r}, 'a').write(os.environ['PREVIEW_ACTION'] + '\\n')\n"
+        f"if os.environ['PREVIEW_ACTION'] == 'destroy' and not pathlib.Path({str(fixed)!r}).exists():\n"
+        "    sys.exit('the cloud said no')\n"
+    )
+    command = f"{sys.executable} {script}"
+    bot = make_bot({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": command, "PREVIEW_DESTROY_COMMAND": command,
+                    "PREVIEW_RECONCILE_SECONDS": "1"}).start()
+    bot.deploy("octo/app", 8, "feat/t")
+    bot.wait_status("octo/app", 8, "deployed")
+    assert api(bot, "DELETE", "8/deployment").status_code == 202
+    shown = wait_for(lambda: (d := bot.deployment("octo/app", 8).json()).get("teardownError") and d, message="the teardown error")
+    assert shown["status"] == "deployed" and "the cloud said no" in shown["teardownError"]
+    # The reconciler tries again (after 2 periods, then 4…) until the teardown succeeds.
+    wait_for(lambda: journal.read_text().count("destroy") >= 2, timeout=20, message="a retried teardown")
+    fixed.touch()
+    wait_for(lambda: bot.deployment("octo/app", 8).status_code == 404, timeout=30, message="the retry to succeed")
+    assert history(bot, 8) == [("feat/t", "destroyed")]

@@ -8,6 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.job import Job, JobStatus
@@ -568,3 +569,44 @@ def test_two_environments_on_every_github_surface(start_bot, fake):
 def _state(bot, environment: str) -> str:
     with bot.client() as c:
         return c.get(f"/api/repos/{REPO}/pull-requests/1/deployment", params={"environment": environment}).json()["status"]
+
+
+def test_a_push_after_destroy_never_replaces_the_teardown_and_cancel_stops_a_deploy(start_bot, fake, tmp_path):
+    journal, hold = tmp_path / "journal", tmp_path / "hold"
+    script = tmp_path / "provision.py"
+    script.write_text(
+        "import os, pathlib, time\n"
+        f"open({str(journal)!r}, 'a').write(os.environ['PREVIEW_ACTION'] + ' ' + os.environ['PREVIEW_SHA'] + '\\n')\n"
+        f"while os.environ['PREVIEW_ACTION'] == 'deploy' and pathlib.Path({str(hold)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    command = f"{sys.executable} {script}"
+    hold.touch()
+    # Two workers: a command is handled while the other worker provisions.
+    bot = start_bot({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": command, "PREVIEW_DESTROY_COMMAND": command,
+                     "PREVIEW_CANCEL_GRACE_SECONDS": "2", "PREVIEW_LEASE_SECONDS": "10"}, workers=2)
+    send(bot, "issue_comment", comment(fake, "/preview"))
+    wait_for(lambda: journal.exists() and journal.read_text().startswith("deploy"), message="the deploy to run")
+    # While it runs: a teardown is asked for, then a push arrives.
+    send(bot, "issue_comment", comment(fake, "/preview destroy"))
+    fake.update_pull(REPO, 1, head_sha=SHA2)
+    send(bot, "pull_request", webhooks.pull_request("synchronize", REPO, 1, "feat/login", SHA2, installation_id=INSTALLATION))
+    wait_for(lambda: _history(bot) == ["cancelled"], message="the deploy to end cancelled")
+    wait_for(lambda: journal.read_text().splitlines() == [f"deploy {SHA1}", f"destroy {SHA1}"], message="the cancelled deploy's teardown")
+    assert bot.deployment(REPO, 1).status_code == 404
+    conn = redis.Redis.from_url(bot.env["REDIS_URL"])
+    wait_for(lambda: not conn.keys("previewbot:lock:*") and not conn.keys("previewbot:intents:*"), message="the branch to be free")
+    assert SHA2 not in journal.read_text()  # the push did not deploy over the teardown
+
+    # /preview cancel stops a deploy in progress; its check run offered the Cancel button.
+    send(bot, "issue_comment", comment(fake, "/preview"))
+    fake.wait_for(lambda: (named_check_run(fake, "Preview", SHA2) or {}).get("status") == "in_progress", message="in progress")
+    assert [a["identifier"] for a in named_check_run(fake, "Preview", SHA2)["actions"]] == ["cancel"]
+    send(bot, "issue_comment", comment(fake, "/preview cancel"))
+    wait_for(lambda: _history(bot)[:1] == ["cancelled"] and len(_history(bot)) == 2, message="the second deploy cancelled")
+    fake.wait_for(lambda: named_check_run(fake, "Preview", SHA2)["conclusion"] == "neutral", message="the check run idle again")
+
+
+def _history(bot) -> list[str]:
+    with bot.client() as c:
+        return [d["status"] for d in c.get(f"/api/repos/{REPO}/pull-requests/1/deployments").json()["deployments"]]

@@ -63,8 +63,16 @@ def test_command_gets_only_the_documented_environment(tmp_path, monkeypatch):
     assert env["PREVIEW_BRANCH"] == "feat/$(reboot);a"
     assert env["PREVIEW_ACTION"] == "deploy" and env["PREVIEW_REPOSITORY"] == "octo/app"
     assert env["PREVIEW_PR_NUMBER"] == "7" and env["PREVIEW_SHA"] == "a" * 40 and env["PREVIEW_DEPLOYMENT_ID"] == "dep1"
-    assert env["OPERATOR_VAR"] == "passed"
+    assert env["OPERATOR_VAR"] == "passed" and env["PREVIEW_ENVIRONMENT"] == "preview"
     assert "WEBHOOK_SECRET" not in env and "PREVIEW_URL" not in env
+
+
+def test_the_environment_reaches_the_command_and_the_url_template(tmp_path):
+    out = tmp_path / "environment"
+    command = script(tmp_path, f"open({str(out)!r}, 'w').write(os.environ['PREVIEW_ENVIRONMENT'])\n")
+    provisioner = CommandProvisioner(command, None, timeout=30, url_template="https://{environment}-{pr}.{repo}.example.com")
+    assert provisioner.deploy(request(environment="staging")) == "https://staging-7.app.example.com"
+    assert out.read_text() == "staging"
 
 
 def test_branch_is_never_interpreted_by_a_shell(tmp_path):
