@@ -337,7 +337,7 @@ def get_deployment(owner: str, repo: str, prNumber: str, query: EnvironmentQuery
     key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
     deployment = services().store.latest_deployment(key)
     if deployment is None or deployment.state == "idle":
-        return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
+        return _no_live_deployment()
     return jsonify(deployment.to_state_json())
 
 
@@ -360,7 +360,7 @@ def destroy(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     svc = services()
     outcome = previews.request_destroy(svc.redis, svc.settings, key, reason=f"destroyed by token:{g.token['name']}")
     if outcome is None:
-        return jsonify({"status": "idle", "error": "No live deployment for this pull request"}), 404
+        return _no_live_deployment()
     return jsonify({**outcome.deployment.to_state_json(), "destroy": "started" if outcome.started else "queued"}), 202
 
 
@@ -403,6 +403,10 @@ def environments(owner: str, repo: str, prNumber: str):
     latest = {d.environment: d for d in svc.store.latest_deployments(repository, pr_number)}
     names = list(svc.settings.environments) + sorted(set(latest) - set(svc.settings.environments))
     return jsonify({"environments": [_environment_json(name, latest.get(name)) for name in names]})
+
+
+def _no_live_deployment():
+    return jsonify({"status": "idle", "error": "No live deployment in this environment of the pull request"}), 404
 
 
 def _environment_json(name: str, deployment: Deployment | None) -> dict:

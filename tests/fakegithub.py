@@ -724,6 +724,23 @@ class FakeGitHub:
             self._faults.append(fault)
         return fault
 
+    WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
+
+    def fail_writes(self, status: int = 502, path_regex: str = r"/.*",
+                    headers: dict[str, str] | None = None) -> list[Fault]:
+        """A write-only outage: answer ``status`` to every POST, PATCH, PUT and
+        DELETE whose path matches ``path_regex`` (all of them by default, the
+        installation-token endpoint included) while GETs work, until
+        :meth:`end_faults` is called with what this returns."""
+        return [self.fail(method, path_regex, status, times=10**9, headers=headers)
+                for method in self.WRITE_METHODS]
+
+    def end_faults(self, faults: Iterable[Fault]) -> None:
+        """Switch injected faults off (their remaining answers are dropped)."""
+        with self.lock:
+            for fault in faults:
+                fault.remaining = 0
+
     # ----------------------------------------------------------- observation
 
     def calls_to(self, method: str, path_regex: str) -> list[Call]:
