@@ -137,8 +137,6 @@ def record(store: Store, event_id: str, fields: dict) -> None:
     elif kind == "log":
         store.record_log(event_id, data["deploymentId"], data["line"], data["at"])
     elif kind == "delivery":
-        from .webhooks import remember
-
         store.record_delivery(data["deliveryId"], data["event"], data.get("action"), received_at=data.get("receivedAt") or stream_time(event_id))
         remember(store, data["event"], data.get("memo") or {})
 
@@ -163,6 +161,46 @@ def _log_lines(items) -> list[tuple[int, str, str]]:
         fields = _decode(fields)
         lines.append((int(_text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
     return lines
+
+
+def remember(store, event: str, payload: dict) -> None:
+    """What the web process keeps from deliveries: pull requests for the dashboard and which
+    installation serves which repository. A payload without those parts is simply not kept."""
+    try:
+        _remember(store, event, payload)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError):
+        log.info("delivery of %s carried nothing to remember", event)
+
+
+def _remember(store, event: str, payload: dict) -> None:
+    if event == "pull_request" and isinstance(payload.get("pull_request"), dict):
+        pull = payload["pull_request"]
+        head = pull.get("head") or {}
+        store.upsert_pull_request(
+            {
+                "repository": payload["repository"]["full_name"],
+                "number": pull["number"],
+                "title": pull.get("title"),
+                "branch_name": head.get("ref"),
+                "head_repository": (head.get("repo") or {}).get("full_name"),
+                "head_sha": head.get("sha"),
+                "author": (pull.get("user") or {}).get("login"),
+                "state": "open" if pull.get("state") == "open" else "closed",
+                "installation_id": (payload.get("installation") or {}).get("id"),
+            }
+        )
+    installation = payload.get("installation") or {}
+    if event == "installation" and isinstance(installation.get("id"), int):
+        if payload.get("action") == "deleted":
+            store.delete_installation(installation["id"])
+        else:
+            names = [r["full_name"] for r in payload.get("repositories") or [] if isinstance(r, dict) and "full_name" in r]
+            store.upsert_installation(installation["id"], (installation.get("account") or {}).get("login"), names)
+    elif event == "installation_repositories" and isinstance(installation.get("id"), int):
+        store.add_installation_repositories(installation["id"], [r["full_name"] for r in payload.get("repositories_added") or []])
+        store.remove_installation_repositories([r["full_name"] for r in payload.get("repositories_removed") or []])
+    elif isinstance(installation.get("id"), int) and isinstance(payload.get("repository"), dict):
+        store.add_installation_repositories(installation["id"], [payload["repository"]["full_name"]])
 
 
 def stream_time(event_id: str) -> str:

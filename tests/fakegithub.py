@@ -24,7 +24,8 @@ Strictness, in the order a request is checked:
    violations but, like GitHub, ignored.
 5. The JSON body must parse (400) and validate against the operation's
    ``requestBody`` schema (422 "Validation Failed").
-6. Faults injected with :meth:`FakeGitHub.fail` answer here.
+6. Faults injected with :meth:`FakeGitHub.fail` (or a write-only outage,
+   :meth:`FakeGitHub.fail_writes`) answer here.
 7. Authentication: app endpoints need an app JWT (RS256, iss, iat, exp checked
    like GitHub); repository endpoints need an unexpired installation token of
    the installation that owns the repository, with the needed permission.
