@@ -402,16 +402,21 @@ def environments(owner: str, repo: str, prNumber: str):
     svc = services()
     latest = {d.environment: d for d in svc.store.latest_deployments(repository, pr_number)}
     names = list(svc.settings.environments) + sorted(set(latest) - set(svc.settings.environments))
-    return jsonify({"environments": [_environment_json(name, latest.get(name)) for name in names]})
+    return jsonify({"environments": [_environment_json(name, latest.get(name), svc.settings) for name in names]})
 
 
 def _no_live_deployment():
     return jsonify({"status": "idle", "error": "No live deployment in this environment of the pull request"}), 404
 
 
-def _environment_json(name: str, deployment: Deployment | None) -> dict:
+def _environment_json(name: str, deployment: Deployment | None, settings) -> dict:
     state = deployment.state if deployment else "idle"
-    return {"environment": name, "status": state, "deployment": deployment.to_state_json() if deployment else None}
+    return {
+        "environment": name,
+        "status": state,
+        "deployable": name in settings.environments,
+        "deployment": deployment.to_state_json() if deployment else None,
+    }
 
 
 @bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployments")
@@ -492,7 +497,7 @@ def pull_requests(query: PullRequestQuery):
             "createdAt": pull["created_at"],
             "status": deployment.state if deployment else "idle",
             "deployment": deployment.to_state_json() if deployment else None,
-            "environments": [_environment_json(name, latest.get(name)) for name in names],
+            "environments": [_environment_json(name, latest.get(name), services().settings) for name in names],
         }
         if query.status is None or card["status"] == query.status:
             items.append(card)

@@ -158,6 +158,7 @@ class DestroyAccepted(DeploymentState):
 class EnvironmentOfPullRequest(_Answer):
     environment: str = Field(description="The environment's name.")
     status: EnvironmentState = Field(description="The environment's state.")
+    deployable: bool = Field(description="Whether it takes new deploys: false for a name the operator no longer lists.")
     deployment: DeploymentState | None = Field(description="Its latest deployment; null when it never had one.")
 
 

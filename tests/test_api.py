@@ -326,6 +326,6 @@ def test_an_environment_no_longer_listed_can_still_be_read_and_torn_down(tmp_pat
     assert after.post(f"{base}/deploy", json={"branchName": "feat/r", "environment": "retired"}, headers=headers).status_code == 400
     assert after.get(f"{base}/deployment?environment=retired", headers=headers).get_json()["id"] == started.get_json()["id"]
     listed = after.get(f"{base}/environments", headers=headers).get_json()["environments"]
-    assert [(e["environment"], e["status"]) for e in listed] == [("preview", "idle"), ("retired", "deploying")]
+    assert [(e["environment"], e["status"], e["deployable"]) for e in listed] == [("preview", "idle", True), ("retired", "deploying", False)]
     assert after.post(f"{base}/deployment/cancel?environment=retired", headers=headers).status_code == 202
     assert after.get(f"{base}/deployment?environment=Bad!", headers=headers).status_code == 400

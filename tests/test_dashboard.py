@@ -804,3 +804,22 @@ echo "https://staging-$PREVIEW_PR_NUMBER.acme.test"
     assert [d["status"] for d in env_history(bot, "acme/api", 60, "staging")] == ["cancelled"]
     assert env_deployment(bot, "acme/api", 60, "preview")["id"] == preview_id
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
+
+
+def test_an_environment_no_longer_listed_shows_its_preview_but_offers_no_deploy(make_bot, page, output_dir):
+    first = make_bot({"PREVIEW_ENVIRONMENTS": "preview,retired"}).start()
+    seed(first, "acme/shop", 60, "feat/old-env", "Old environment")
+    with first.client() as c:
+        assert c.post("/api/repos/acme/shop/pull-requests/60/deploy", json={"branchName": "feat/old-env", "environment": "retired"}).status_code == 202
+    wait_env_status(first, "acme/shop", 60, "retired", "deployed")
+    # The operator removes the name and restarts: the live preview stays visible, and can be
+    # torn down, not redeployed.
+    first.stop()
+    first.env["PREVIEW_ENVIRONMENTS"] = "preview"
+    bot = first.start()
+    open_dashboard(page, bot)
+    row = env_row(page, "acme/shop", 60, "retired")
+    expect(env_badge(page, "acme/shop", 60, "retired")).to_contain_text("Deployed")
+    expect(row.get_by_role("button", name=re.compile("Redeploy|Deploy|Retry"))).to_have_count(0)
+    expect(env_row(page, "acme/shop", 60, "preview").get_by_role("button", name=re.compile("^Deploy"))).to_be_visible()
+    page.screenshot(path=output_dir / "unlisted-environment.png")

@@ -249,9 +249,10 @@
     (Array.isArray(pull.environments) ? pull.environments : []).forEach(function (item) {
       if (!item || !isEnvironmentName(item.environment) || seen.has(item.environment)) return;
       seen.add(item.environment);
-      out.push({ name: item.environment, next: deploymentOf(item.deployment, item.status) });
+      // An environment the operator no longer lists keeps its record but takes no new deploy.
+      out.push({ name: item.environment, next: deploymentOf(item.deployment, item.status), deployable: item.deployable !== false });
     });
-    if (!out.length) out.push({ name: DEFAULT_ENVIRONMENT, next: deploymentOf(pull.deployment, pull.status) });
+    if (!out.length) out.push({ name: DEFAULT_ENVIRONMENT, next: deploymentOf(pull.deployment, pull.status), deployable: true });
     return out;
   }
 
@@ -342,6 +343,7 @@
     card.order = card.order.filter(function (name) { return card.envs.has(name); });
     environments.forEach(function (item) {
       var env = environmentOf(card, item.name);
+      env.deployable = item.deployable;
       var before = env.status;
       applyDeployment(env, item.next);
       if (announceChanges && before !== env.status) announce(describe(card, env));
@@ -726,14 +728,14 @@
     r.message.hidden = !env.message;
 
     // One button at a time: Deploy (idle), Redeploy (deployed), Retry (failed), Cancel (deploying).
-    r.deploy.hidden = status !== "idle" && status !== "deployed";
+    r.deploy.hidden = env.deployable === false || (status !== "idle" && status !== "deployed");
     r.deploy.disabled = env.pending;
     if (env.pending) label(r.deploy, "Starting\u2026", env.name, "Starting the deploy to");
     else label(r.deploy, status === "deployed" ? "Redeploy" : "Deploy", env.name);
     r.deploy.title = status === "deployed"
       ? "Rebuilds " + env.name + " from " + branch + " at its latest commit."
       : "Builds " + env.name + " from " + branch + ".";
-    r.retry.hidden = status !== "failed";
+    r.retry.hidden = env.deployable === false || status !== "failed";
     r.retry.disabled = env.pending;
     if (env.pending) label(r.retry, "Retrying\u2026", env.name, "Retrying the deploy to");
     else label(r.retry, "Retry", env.name);
