@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     web = commands.add_parser("web", help="serve the webhook receiver, REST API, WebSocket and dashboard")
     web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    web.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
+    web.add_argument("--connections", type=int, default=int(os.environ.get("WEB_CONNECTIONS", "10000")))
     worker = commands.add_parser("worker", help="run deploy jobs from the queue")
     worker.add_argument("--processes", type=int, default=1, help="how many worker processes to run")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         if args.command == "web":
-            return run_web(settings, workers=args.workers, threads=args.threads)
+            return run_web(settings, workers=args.workers, connections=args.connections)
         if args.command == "worker":
             return run_worker(settings, processes=args.processes, burst=args.burst)
         if args.command == "run":
@@ -65,7 +65,7 @@ def announce_mode(settings: Settings) -> None:
         print(f"previewbot: local mode: GitHub is off. Set {GITHUB_VARIABLES} to turn it on.", flush=True)
 
 
-def run_web(settings: Settings, *, workers: int, threads: int) -> int:
+def run_web(settings: Settings, *, workers: int, connections: int) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .store import Store
@@ -77,8 +77,10 @@ def run_web(settings: Settings, *, workers: int, threads: int) -> int:
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", max(1, workers))
-            self.cfg.set("threads", max(1, threads))
-            self.cfg.set("worker_class", "gthread")
+            # gevent: an open WebSocket holds a greenlet, not one of a few request threads, so
+            # a thousand open dashboards never starve GitHub's webhooks.
+            self.cfg.set("worker_class", "gevent")
+            self.cfg.set("worker_connections", max(1, connections))
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 5)
             self.cfg.set("keepalive", 5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
@@ -18,8 +19,9 @@ from .services import services
 
 sock = Sock()
 
-# How often the connection looks for a message from the client while no update is waiting.
-POLL_SECONDS = 0.2
+# How long the sender waits for an update before it looks again whether the connection lives.
+IDLE_SECONDS = 1.0
+CLOSED = object()  # put on a subscriber's queue when its connection ends, to wake the sender
 
 
 def init_app(app: Flask) -> None:
@@ -40,18 +42,32 @@ def feed(ws):
         allowed=token["repositories"],
     )
     svc.hub.subscribe(subscriber)
+    # Under gevent (`previewbot web`) these are two greenlets: an idle connection costs no
+    # thread and wakes for nothing but its own updates and messages.
+    threading.Thread(target=_read, args=(ws, subscriber), daemon=True).start()
     try:
         while ws.connected and not subscriber.overflowed:
             try:
-                ws.send(json.dumps(subscriber.messages.get(timeout=POLL_SECONDS)))
+                message = subscriber.messages.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                pass
-            incoming = ws.receive(timeout=0)
-            if incoming == "ping":
-                # Only sent on request, so clients that never ask see only the seed's messages;
-                # a reply also tells the client that its subscription is in place.
-                ws.send(json.dumps({"type": "pong"}))
+                continue
+            if message is CLOSED:
+                break
+            ws.send(json.dumps(message))
     except ConnectionClosed:
         pass
     finally:
         svc.hub.unsubscribe(subscriber)
+
+
+def _read(ws, subscriber: Subscriber) -> None:
+    """Answer what the client sends; sends go through the subscriber's queue, so only one
+    greenlet ever writes to the connection."""
+    try:
+        while True:
+            if ws.receive() == "ping":
+                # Only sent on request, so clients that never ask see only the seed's messages;
+                # a reply also tells the client that its subscription is in place.
+                subscriber.messages.put({"type": "pong"})
+    except ConnectionClosed:
+        subscriber.messages.put(CLOSED)

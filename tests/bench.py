@@ -3,7 +3,7 @@
     python -m tests.bench            (what `make bench` runs; about 2-3 minutes)
     python -m tests.bench --only webhooks,comments
 
-1. deploy overhead: one web (2 gunicorn workers x 32 threads, the CLI defaults) and one worker,
+1. deploy overhead: one web (2 gevent gunicorn workers, the CLI defaults) and one worker,
    simulated provisioner at 0 s. Sequential deploys of distinct pull requests through the REST
    API; each is timed from the POST to the `deployed` message on the /ws feed.
 2. 200 branches: four worker processes, the command provisioner running a tiny script that
@@ -11,7 +11,7 @@
    once; wall time until the feed has shown all 200 `deployed`, then checks that every
    deployment ran exactly once (the script's file, and each pull request's history in the API).
 3. webhook acknowledgement: GitHub mode against the fake GitHub, `previewbot web --workers 2
-   --threads 8`, no worker (so the measurement is the receiver's alone; the queued jobs are
+   (gevent)`, no worker (so the measurement is the receiver's alone; the queued jobs are
    left in Redis). Signed real payloads paced at 100/s for 10 s, a new connection each, a mix
    of plain comments (acknowledged, no job), `/preview` comments and pull_request.synchronize.
    Then maximum throughput with wrk (keep-alive, 16 connections) against our endpoint and a
@@ -226,7 +226,7 @@ def bench_deploy_overhead(ctx: Context) -> dict:
     bot = Bot(ctx.directory("deploy"), ctx.redis_url, {"PREVIEW_SIMULATED_SECONDS": "0", "PREVIEW_API_RATE_LIMIT": "100000"})
     feed = client = None
     try:
-        bot.start_worker(1).start_web(workers=2, threads=32)
+        bot.start_worker(1).start_web(workers=2)
         wait_workers(ctx.redis_url, 1)
         feed = FeedListener(bot.ws_url())
         client = httpx.Client(base_url=bot.url, headers=auth(bot), timeout=10)
@@ -248,7 +248,7 @@ def bench_deploy_overhead(ctx: Context) -> dict:
             if deploying is not None:
                 announced.append(deploying - started)
         return {
-            "setup": f"1 web (2 gunicorn workers x 32 threads), 1 worker, simulated provisioner 0 s; {DEPLOYS} sequential deploys after {DEPLOY_WARMUP} warm-up",
+            "setup": f"1 web (2 gevent gunicorn workers), 1 worker, simulated provisioner 0 s; {DEPLOYS} sequential deploys after {DEPLOY_WARMUP} warm-up",
             "post_to_deployed": summary_ms(totals),
             "post_answered": summary_ms(acks),
             "post_to_deploying_on_feed": summary_ms(announced),
@@ -281,7 +281,7 @@ def bench_branches(ctx: Context) -> dict:
     )
     feed = None
     try:
-        bot.start_worker(BRANCH_WORKERS).start_web(workers=2, threads=32)
+        bot.start_worker(BRANCH_WORKERS).start_web(workers=2)
         wait_workers(ctx.redis_url, BRANCH_WORKERS)
         feed = FeedListener(bot.ws_url())
         headers = auth(bot)
@@ -341,7 +341,7 @@ def bench_branches(ctx: Context) -> dict:
         failed_jobs = conn.zcard("rq:failed:previewbot")
         conn.close()
         return {
-            "setup": f"1 web (2 x 32 threads), {BRANCH_WORKERS} workers, command provisioner (/bin/sh script appending the deployment id); {BRANCHES} deploys of distinct PRs fired at once",
+            "setup": f"1 web (2 gevent workers), {BRANCH_WORKERS} workers, command provisioner (/bin/sh script appending the deployment id); {BRANCHES} deploys of distinct PRs fired at once",
             "wall_s": round(wall, 3),
             "throughput_per_s": round(BRANCHES / wall, 1),
             "all_posts_answered_s": round(all_acked, 3),
@@ -407,7 +407,7 @@ def bench_webhooks(ctx: Context) -> dict:
     bot = Bot(directory, ctx.redis_url, ctx.github_env(fake))
     bare = None
     try:
-        bot.start_web(workers=2, threads=8)
+        bot.start_web(workers=2)
         bare, bare_port = start_bare(directory)
         requests = mixed_deliveries(WEBHOOK_WARMUP + WEBHOOK_RATE * WEBHOOK_SECONDS)
         warmup, measured = requests[:WEBHOOK_WARMUP], requests[WEBHOOK_WARMUP:]
@@ -432,7 +432,7 @@ def bench_webhooks(ctx: Context) -> dict:
         with fake.lock:
             github_calls = len(fake.calls)
         acknowledgement = {
-            "setup": f"GitHub mode, previewbot web --workers 2 --threads 8, no worker; {len(measured)} signed deliveries paced at {WEBHOOK_RATE}/s from 32 sender threads, new connection each; {WEBHOOK_WARMUP} warm-up deliveries before",
+            "setup": f"GitHub mode, previewbot web --workers 2 (gevent), no worker; {len(measured)} signed deliveries paced at {WEBHOOK_RATE}/s from 32 sender threads, new connection each; {WEBHOOK_WARMUP} warm-up deliveries before",
             **paced_summary(sent, start, measured),
             "by_kind": {kind: summary_ms([s.finished - s.started for s in answered if s.kind == kind]) for kind in expected_codes},
             "unexpected_status": sum(1 for s in sent if s.status != expected_codes[s.kind]),
@@ -472,7 +472,7 @@ def bench_webhooks(ctx: Context) -> dict:
 
         mean_rps = {name: round(mean(name, "rps"), 1) for name in targets}
         throughput = {
-            "setup": f"{rounds['previewbot'][0]['tool']} x {WRK_ROUNDS} rounds each, alternating, after a 2 s warm-up each; keep-alive; {WRK_BODIES} pre-signed bodies of the same mix, unique X-GitHub-Delivery per request; both served by gunicorn gthread 2 workers x 8 threads",
+            "setup": f"{rounds['previewbot'][0]['tool']} x {WRK_ROUNDS} rounds each, alternating, after a 2 s warm-up each; keep-alive; {WRK_BODIES} pre-signed bodies of the same mix, unique X-GitHub-Delivery per request; ours by gunicorn gevent 2 workers, the bare endpoint by gthread 2 workers x 8 threads",
             "rounds": rounds,
             "mean_rps": mean_rps,
             "ratio_ours_to_bare": round(mean_rps["previewbot"] / mean_rps["bare_flask"], 3),
@@ -505,7 +505,7 @@ def bench_comments(ctx: Context) -> dict:
     fake._handle = timed_handle
     bot = Bot(directory, ctx.redis_url, ctx.github_env(fake, PREVIEW_SIMULATED_SECONDS="0"))
     try:
-        bot.start_worker(1).start_web(workers=2, threads=8)
+        bot.start_worker(1).start_web(workers=2)
         wait_workers(ctx.redis_url, 1)
         to_eyes, to_in_progress, to_completed, acks = [], [], [], []
         for i in range(COMMENT_WARMUP + COMMENTS):
@@ -566,7 +566,7 @@ def bench_comments(ctx: Context) -> dict:
             violations = list(fake.violations)
             calls = len(fake.calls)
         return {
-            "setup": f"GitHub mode, 1 web (2 x 8 threads), 1 worker, simulated provisioner 0 s; {COMMENTS} sequential /preview comments on distinct PRs after {COMMENT_WARMUP} warm-up; fake GitHub in the benchmark process",
+            "setup": f"GitHub mode, 1 web (2 gevent workers), 1 worker, simulated provisioner 0 s; {COMMENTS} sequential /preview comments on distinct PRs after {COMMENT_WARMUP} warm-up; fake GitHub in the benchmark process",
             "webhook_answered": summary_ms(acks),
             "to_eyes_reaction": summary_ms(to_eyes),
             "to_in_progress_check_run": summary_ms(to_in_progress),

@@ -81,8 +81,8 @@ class Bot:
             start_new_session=True,
         )
 
-    def start_web(self, workers: int = 1, threads: int = 16) -> "Bot":
-        self.web = self._spawn("web", "web", "--workers", str(workers), "--threads", str(threads))
+    def start_web(self, workers: int = 1, connections: int = 1000) -> "Bot":
+        self.web = self._spawn("web", "web", "--workers", str(workers), "--connections", str(connections))
         wait_for(lambda: httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200, message="web health")
         return self
 
