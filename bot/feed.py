@@ -32,8 +32,8 @@ import redis
 from . import queue as job_queue
 from .model import Deployment
 from .state import (
-    ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX, env_key,
-    publish, script,
+    ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
+    publish, restore, script,
 )
 from .store import Store
 
@@ -266,7 +266,7 @@ def restore_current_state(conn: redis.Redis, store: Store) -> int:
     environment to destroy or redeploy. Never overwrites what Redis knows."""
     restored = 0
     for deployment in store.live_deployments():
-        if conn.set(env_key(deployment.key), deployment.dumps(), nx=True):
+        if restore(conn, deployment):
             log.warning("restored the state of %s in Redis from SQLite", deployment.key)
             restored += 1
     return restored

@@ -213,9 +213,10 @@ def publish(conn: redis.Redis, deployment: Deployment, *, expect: str | Absent, 
     """Change a deployment's record in Redis and announce it, as a compare-and-set.
 
     The change applies only if the record's status is still `expect` (the status the writer
-    saw), or Redis holds no record of it; `ABSENT` matches only the latter. A stale writer — a worker whose outcome
-    comes after a cancel, the reconciler looking at a snapshot, a repair racing a worker —
-    changes nothing, and None is returned. Otherwise returns the deployment as recorded.
+    saw), or Redis holds no record of it; `ABSENT` matches only the latter. A stale writer (a
+    worker whose outcome comes after a cancel, the reconciler looking at a snapshot, a repair
+    racing a worker) changes nothing, and None is returned. Otherwise returns the deployment
+    as recorded.
 
     With `take_over` (a new deployment starting) it becomes its environment's current
     deployment and names the live one it replaces (`replaces`); `EnvironmentBusy` when another
@@ -370,6 +371,15 @@ def current(conn: redis.Redis, key: PreviewKey) -> Deployment | None:
     """The environment's current deployment as last published, or None."""
     raw = conn.get(env_key(key))
     return Deployment.from_json(raw) if raw else None
+
+
+def restore(conn: redis.Redis, deployment: Deployment) -> bool:
+    """Give Redis back an environment's live deployment it forgot (from SQLite), unless it
+    knows one: True when restored."""
+    restored = conn.set(env_key(deployment.key), deployment.dumps(), nx=True)
+    if restored:
+        conn.sadd(_environments_key(deployment.repository, deployment.pr_number), deployment.environment)
+    return bool(restored)
 
 
 def _environments_key(repository: str, pr_number: int) -> str:

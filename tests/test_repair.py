@@ -62,3 +62,5 @@ def test_live_previews_redis_forgot_are_given_back(tmp_path, redis_conn):
     store.record_deployment(deployment("live", "deployed", "2026-01-01T00:00:00.000Z", pr=5), None)
     repair_lost_deployments(redis_conn, store)
     assert state.current(redis_conn, PreviewKey("octo/app", 5)).id == "live"
+    # A close finds it among the pull request's environments.
+    assert list(state.environments_of(redis_conn, "octo/app", 5)) == ["preview"]
