@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime, timezone
 
 import redis
@@ -85,6 +86,9 @@ class Subscriber:
     allowed: list[str] | None = None  # None: every repository
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
+    # Cuts the client's connection: a client that cannot keep up is dropped (its sender may be
+    # stuck writing to it) and reconnects to a fresh list, as the dashboard does.
+    drop: Callable[[], None] = lambda: None
 
     def wants(self, message: dict) -> bool:
         repository = message["repository"]
@@ -122,7 +126,9 @@ class Hub:
                     subscriber.messages.put_nowait(message)
                 except queue.Full:
                     # A client that reads nothing must not hold memory forever; it reconnects.
-                    subscriber.overflowed = True
+                    if not subscriber.overflowed:
+                        subscriber.overflowed = True
+                        subscriber.drop()
 
     def __len__(self) -> int:
         return len(self._subscribers)

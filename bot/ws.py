@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 
 from flask import Flask, request
@@ -40,6 +41,7 @@ def feed(ws):
         pr_number=request.args.get("prNumber") or None,
         environment=request.args.get("environment") or None,
         allowed=token["repositories"],
+        drop=lambda: _cut(ws),
     )
     svc.hub.subscribe(subscriber)
     # Under gevent (`previewbot web`) these are two greenlets: an idle connection costs no
@@ -58,6 +60,14 @@ def feed(ws):
         pass
     finally:
         svc.hub.unsubscribe(subscriber)
+
+
+def _cut(ws) -> None:
+    """Shut the connection's socket: a send blocked on a client that reads nothing fails at once."""
+    try:
+        ws.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
 
 
 def _read(ws, subscriber: Subscriber) -> None:
