@@ -139,7 +139,7 @@ def record(store: Store, event_id: str, fields: dict) -> None:
     kind = fields.get("kind")
     data = json.loads(fields["data"])
     if kind == "deployment":
-        store.record_deployment(Deployment.model_validate(data), event_id, message=fields.get("message"))
+        store.record_deployment(Deployment.model_validate(data), event_id, message=fields.get("message"), current=fields.get("current") != "0")
     elif kind == "log":
         store.record_log(event_id, data["deploymentId"], data["line"], data["at"])
     elif kind == "delivery":

@@ -219,10 +219,14 @@ class WebGitHub:
     def __init__(self, settings, store):
         self.settings = settings
         self.store = store
+        self._one_loop = threading.Lock()
 
     def pull_request_head(self, repository: str, pr_number: int) -> dict | None:
         """The open pull request's head as GitHub has it now, or None if it is not one."""
-        return asyncio.run(self._pull_request_head(repository, pr_number))
+        # The web process's greenlets share one thread, and so asyncio's notion of the running
+        # loop: one event loop at a time.
+        with self._one_loop:
+            return asyncio.run(self._pull_request_head(repository, pr_number))
 
     async def _pull_request_head(self, repository: str, pr_number: int) -> dict | None:
         installation_id = self.store.installation_for(repository) or await find_installation(self.settings, repository)

@@ -114,7 +114,7 @@ def cancel_key(deployment_id: str) -> str:
 
 def release(conn: redis.Redis, settings, lock: state.BranchLock, lock_id: str) -> None:
     """Release a branch lock held as `lock_id`; the intents waiting for it start in order."""
-    while handed := lock.release(lock_id):
+    while handed := lock.release(lock_id, handover_ms=queued_lease_ms(settings)):
         lock_id, intent = handed
         if _start_intent(conn, settings, lock_id, intent):
             return

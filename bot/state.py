@@ -155,11 +155,13 @@ class BranchLock:
         held, flag = script(self.conn, _RENEW)(keys=keys, args=[deployment_id, self.lease_ms])
         return bool(int(held)), _text(flag) if flag else None
 
-    def release(self, deployment_id: str) -> tuple[str, dict] | None:
-        """Release the lock; if an intent waits, hand the lock to it and return it as
-        (new deployment id, intent)."""
+    def release(self, deployment_id: str, *, handover_ms: int | None = None) -> tuple[str, dict] | None:
+        """Release the lock; if an intent waits, hand the lock to it, for `handover_ms` (its job
+        still has to wait in the queue), and return it as (new deployment id, intent)."""
         next_id = new_deployment_id()
-        intent = script(self.conn, _RELEASE)(keys=[self.lock_key, self.intents_key], args=[deployment_id, next_id, self.lease_ms])
+        intent = script(self.conn, _RELEASE)(
+            keys=[self.lock_key, self.intents_key], args=[deployment_id, next_id, handover_ms or self.lease_ms]
+        )
         if not intent:
             return None
         return next_id, json.loads(intent)

@@ -149,6 +149,28 @@ def m004_replaced_and_teardown_errors(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("teardown_error", str)
 
 
+@migrations()
+def m005_current_deployments(db: sqlite_utils.Database) -> None:
+    """Which deployment is each environment's current one, as Redis says (the events carry it):
+    not always the newest created, since a deploy cancelled in the queue gives the environment
+    back to the one it was to replace. Filled from the newest of each environment."""
+    db["current_deployments"].create(
+        {"repository": str, "pr_id": int, "environment": str, "deployment_id": str, "last_event_id": str},
+        pk=("repository", "pr_id", "environment"),
+    )
+    db.execute(
+        """INSERT INTO current_deployments (repository, pr_id, environment, deployment_id, last_event_id)
+           SELECT repository, pr_id, environment, id, last_event_id FROM (
+               SELECT d.*, row_number() OVER (
+                   PARTITION BY repository, pr_id, environment ORDER BY created_at DESC, rowid DESC) AS newest
+               FROM deployments d)
+           WHERE newest = 1"""
+    )
+
+
+# Each environment's current deployment: `{CURRENT} WHERE …` with `c` the current row, `d` the deployment.
+CURRENT = "SELECT d.* FROM current_deployments c JOIN deployments d ON d.id = c.deployment_id"
+
 PULL_REQUEST_FIELDS = (
     "repository", "number", "title", "branch_name", "head_repository", "head_sha", "author", "state", "installation_id",
 )
@@ -231,8 +253,9 @@ class Store:
 
     # -- deployments -------------------------------------------------------------------------
 
-    def record_deployment(self, deployment: Deployment, event_id: str | None, message: str | None = None) -> bool:
-        """Upsert a deployment from an event unless a newer event already landed.
+    def record_deployment(self, deployment: Deployment, event_id: str | None, message: str | None = None, *, current: bool = True) -> bool:
+        """Upsert a deployment from an event unless a newer event already landed, and, when the
+        event says so, make it its environment's current deployment.
 
         Returns True when the row changed. Events can arrive twice (a redelivered stream entry)
         or out of order (two web processes); the stream id decides.
@@ -244,6 +267,8 @@ class Store:
             if existing and stream_id_key(existing["last_event_id"]) >= stream_id_key(event_id):
                 return False
             self.db["deployments"].upsert(row, pk="id", alter=False)
+            if current:
+                self._make_current(deployment, event_id)
             if event_id:
                 self.db["deployment_events"].insert(
                     {
@@ -257,44 +282,35 @@ class Store:
                 )
         return True
 
+    def _make_current(self, deployment: Deployment, event_id: str | None) -> None:
+        key = [deployment.repository, deployment.pr_number, deployment.environment]
+        rows = list(self.db["current_deployments"].rows_where("repository = ? AND pr_id = ? AND environment = ?", key))
+        if event_id is None and rows:
+            event_id = rows[0]["last_event_id"]  # a deploy just started here, before its event
+        elif rows and stream_id_key(rows[0]["last_event_id"]) > stream_id_key(event_id):
+            return  # a later event already named another deployment
+        self.db["current_deployments"].upsert(
+            {"repository": key[0], "pr_id": key[1], "environment": key[2], "deployment_id": deployment.id, "last_event_id": event_id},
+            pk=("repository", "pr_id", "environment"),
+        )
+
     def get_deployment(self, deployment_id: str) -> dict | None:
         rows = list(self.db["deployments"].rows_where("id = ?", [deployment_id]))
         return rows[0] if rows else None
 
     def latest_deployment(self, key: PreviewKey) -> Deployment | None:
-        """The environment's latest deployment record: its state (see `Deployment.state`)."""
-        rows = list(
-            self.db["deployments"].rows_where(
-                "repository = ? AND pr_id = ? AND environment = ?",
-                list(key),
-                order_by="created_at DESC, rowid DESC",
-                limit=1,
-            )
-        )
+        """The environment's current deployment record: its state (see `Deployment.state`)."""
+        rows = list(self.db.query(f"{CURRENT} WHERE c.repository = ? AND c.pr_id = ? AND c.environment = ?", list(key)))
         return Deployment.from_row(rows[0]) if rows else None
 
     def latest_deployments(self, repository: str, pr_number: int) -> list[Deployment]:
-        """The latest deployment of each environment of a pull request."""
-        sql = """
-            SELECT * FROM deployments d
-            WHERE d.repository = ? AND d.pr_id = ? AND d.id = (
-                SELECT id FROM deployments
-                WHERE repository = d.repository AND pr_id = d.pr_id AND environment = d.environment
-                ORDER BY created_at DESC, rowid DESC LIMIT 1)
-        """
-        return [Deployment.from_row(row) for row in self.db.query(sql, [repository, pr_number])]
+        """The current deployment of each environment of a pull request."""
+        return [Deployment.from_row(row) for row in self.db.query(f"{CURRENT} WHERE c.repository = ? AND c.pr_id = ?", [repository, pr_number])]
 
     def live_deployments(self) -> list[Deployment]:
-        """Each environment's latest deployment where it is deployed or failed (an environment
+        """Each environment's current deployment where it is deployed or failed (an environment
         may exist)."""
-        sql = """
-            SELECT * FROM deployments d
-            WHERE d.status IN ('deployed', 'failed') AND d.id = (
-                SELECT id FROM deployments
-                WHERE repository = d.repository AND pr_id = d.pr_id AND environment = d.environment
-                ORDER BY created_at DESC, rowid DESC LIMIT 1)
-        """
-        return [Deployment.from_row(row) for row in self.db.query(sql)]
+        return [Deployment.from_row(row) for row in self.db.query(f"{CURRENT} WHERE d.status IN ('deployed', 'failed')")]
 
     def deployments_with_status(self, status: str, limit: int = 1000) -> list[Deployment]:
         return [Deployment.from_row(r) for r in self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit)]
@@ -414,15 +430,7 @@ class Store:
             where += f" AND p.repository IN ({','.join('?' * len(repositories))})"
             params += repositories
         pulls = [dict(row) for row in self.db.query(f"SELECT p.* FROM pull_requests p WHERE {where} ORDER BY p.created_at DESC, p.number DESC", params)]
-        latest = self.db.query(
-            f"""SELECT * FROM (
-                    SELECT d.*, row_number() OVER (
-                        PARTITION BY d.repository, d.pr_id, d.environment ORDER BY d.created_at DESC, d.rowid DESC) AS newest
-                    FROM deployments d JOIN pull_requests p ON p.repository = d.repository AND p.number = d.pr_id
-                    WHERE {where})
-                WHERE newest = 1""",
-            params,
-        )
+        latest = self.db.query(f"{CURRENT} JOIN pull_requests p ON p.repository = c.repository AND p.number = c.pr_id WHERE {where}", params)
         environments: dict[tuple[str, int], dict[str, Deployment]] = {}
         for row in latest:
             deployment = Deployment.from_row(row)

@@ -189,3 +189,15 @@ def test_a_failed_teardown_is_shown_and_retried_until_it_succeeds(make_bot, tmp_
     fixed.touch()
     wait_for(lambda: bot.deployment("octo/app", 8).status_code == 404, timeout=30, message="the retry to succeed")
     assert history(bot, 8) == [("feat/t", "destroyed")]
+
+
+def test_a_redeploy_cancelled_in_the_queue_leaves_the_live_preview_current(make_bot):
+    bot = make_bot().start()
+    live = bot.deploy("octo/app", 9, "feat/g").json()
+    bot.wait_status("octo/app", 9, "deployed")
+    bot.stop_workers()
+    bot.deploy("octo/app", 9, "feat/g")  # waits in the queue: no worker
+    assert api(bot, "POST", "9/deployment/cancel").status_code == 202
+    wait_for(lambda: history(bot, 9) == [("feat/g", "cancelled"), ("feat/g", "deployed")])
+    current = wait_for(lambda: (d := bot.deployment("octo/app", 9).json()).get("id") == live["id"] and d)
+    assert current["status"] == "deployed"

@@ -55,6 +55,14 @@ def test_an_intent_is_handed_the_lock_atomically(redis_conn):
     assert held.waiting() == []
 
 
+def test_the_lock_handed_to_an_intent_lasts_while_its_job_waits_in_the_queue(redis_conn):
+    held = lock(redis_conn, lease=3)
+    held.acquire("a")
+    held.acquire("b", intent=intent("destroy"))
+    next_id, _ = held.release("a", handover_ms=3_600_000)
+    assert held.holder() == next_id and redis_conn.pttl(held.lock_key) > 3_000
+
+
 def test_a_push_never_replaces_a_waiting_destroy(redis_conn):
     held = lock(redis_conn)
     held.acquire("a")
@@ -175,3 +183,19 @@ def test_a_dead_deploy_holds_its_environment_no_longer_than_its_lease(redis_conn
     state.publish(redis_conn, dead, expect=state.ABSENT, take_over=True)  # its lock's lease ran out
     taken = state.publish(redis_conn, Deployment.new(id="next", repository="octo/app", pr_number=4, branch_name="y"), expect=state.ABSENT, take_over=True)
     assert taken.id == "next" and state.current(redis_conn, PreviewKey("octo/app", 4)).id == "next"
+
+
+def test_a_job_finishing_hands_its_lock_to_the_waiting_destroy_for_as_long_as_it_may_queue(redis_conn, redis_url, tmp_path):
+    from bot import previews
+    from bot.config import load_settings
+
+    settings = load_settings({"REDIS_URL": redis_url, "DATABASE_PATH": str(tmp_path / "p.db"), "PREVIEW_LEASE_SECONDS": "3",
+                              "PREVIEW_CANCEL_GRACE_SECONDS": "1"})
+    deployment = Deployment.new(repository="octo/app", pr_number=5, branch_name="x")
+    assert previews.request_deploy(redis_conn, settings, deployment).started
+    state.publish(redis_conn, deployment.changed(status="deployed"), expect="deploying")
+    assert previews.request_destroy(redis_conn, settings, deployment.key, reason="closed").queued
+    lock = state.lock_for(redis_conn, deployment, lease_seconds=3)
+    previews.release(redis_conn, settings, lock, deployment.id)
+    assert lock.holder() not in (None, deployment.id)
+    assert redis_conn.pttl(lock.lock_key) > 3_000  # the queued lease, not the 3 s running one

@@ -67,3 +67,22 @@ def test_history_pages_follow_the_cursor_to_the_end(tmp_path):
             break
     assert seen == made[::-1]
     assert store.deployment_history(key, limit=2, before="no-such-id") == ([], None)
+
+
+def test_the_current_deployment_is_the_one_events_name_not_the_newest(tmp_path):
+    store = Store(str(tmp_path / "c.db"))
+    store.migrate()
+    key = PreviewKey("octo/app", 6)
+    live = Deployment.new(repository=key.repository, pr_number=key.pr_number, branch_name="feat").changed(status="deployed")
+    store.record_deployment(live, "1-0")
+    # A redeploy starts, then is cancelled in the queue: Redis gives the environment back to `live`.
+    redeploy = Deployment.new(repository=key.repository, pr_number=key.pr_number, branch_name="feat")
+    store.record_deployment(redeploy, None)
+    assert store.latest_deployment(key).id == redeploy.id
+    store.record_deployment(redeploy.changed(status="cancelled"), "2-0", current=True)
+    store.record_deployment(live, "3-0", message="given back", current=True)
+    assert store.latest_deployment(key).id == live.id
+    assert [d.id for d in store.live_deployments()] == [live.id]
+    # An older event recorded late does not move it back.
+    store.record_deployment(redeploy.changed(status="cancelled", error="late"), "2-5", current=True)
+    assert store.latest_deployment(key).id == live.id
