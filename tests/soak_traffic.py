@@ -96,6 +96,7 @@ class World:
         self.bot = bot
         self.rng = rng
         self.t0 = t0
+        self.epoch0 = time.time() - (time.monotonic() - t0)  # soak time 0 as a Unix time
         self.stats = Stats()
         self.pulls: list[Pull] = []
         self.deliveries: dict[str, Delivery] = {}
@@ -112,6 +113,10 @@ class World:
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
+
+    def epoch(self, t: float) -> float:
+        """Soak time `t` as a Unix time."""
+        return self.epoch0 + t
 
     @staticmethod
     def wall() -> str:
