@@ -1,6 +1,6 @@
 """Benchmarks of previewbot on this machine, over loopback, with the real processes.
 
-    python -m tests.bench            (what `make bench` runs; about 2-3 minutes)
+    python -m tests.bench            (what `make bench` runs; about 8-10 minutes)
     python -m tests.bench --only webhooks,comments
 
 1. deploy overhead: one web (2 gevent gunicorn workers, the CLI defaults) and one worker,
@@ -20,6 +20,26 @@
 4. comment -> reaction and check run: GitHub mode, one web and one worker; sequential `/preview`
    comments on distinct pull requests; time from sending the webhook to the fake GitHub
    answering the `eyes` reaction and the `in_progress` check run.
+5. WebSocket clients: GitHub mode, `previewbot web --workers 2 --connections 10000` (gevent), 4
+   workers, simulated provisioner 1 s. A second process (tests/bench_ws.py, asyncio and the
+   `websockets` library) holds the clients. First a control without clients (webhooks paced at
+   100/s for 5 s, 25 of them `/preview`); then 1,000 clients connected while webhooks are paced
+   at 100/s for 10 s, 50 of them `/preview` comments (50 deploys): the acknowledgement latency,
+   GET /api/health every 100 ms, and for every client and every `deployment:update` the delay
+   from the worker's `updatedAt` stamp (taken just before it publishes) to the client's receipt,
+   both on this machine's clock. Then a ramp of idle clients (2k, 4k, 8k, 12k, 16k, 20k, bounded
+   by the open-files limit, raised here to 65,536 where allowed and inherited by both processes,
+   and by the two workers' 10,000 connections each) until
+   a step fails (connect failures, dropped clients, unanswered pings, failed health checks),
+   with the web workers' RSS at each step (memory per idle connection), their idle CPU and
+   /api/health; last, one deploy fanned out to every client held.
+6. burst: GitHub mode, 1 web (2 gevent workers), 4 workers, simulated provisioner 0 s; 5,000
+   signed deliveries (chatter, `/preview`, pushes in turn over 500 pull requests) sent by 4
+   threads as fast as they go; counts what was not acknowledged with a 2xx, times the `eyes`
+   reaction of the `/preview` sent in the middle (and of every `/preview`), and how long the
+   queue takes to drain.
+
+The websockets scenario needs the `websockets` package (the `test` extras).
 
 Results are printed as a table and written to test-output/bench.json. Timing goals are
 reported, not asserted: this is a measurement, not a test. The exit status is non-zero only
@@ -31,9 +51,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import http.client
+import itertools
 import json
 import os
 import platform
+import queue
 import re
 import shutil
 import signal
@@ -61,19 +84,26 @@ from .bench_load import (
     FeedListener,
     MachineMonitor,
     Request,
+    Sent,
+    children_of,
     closed_loop,
     command_version,
+    cpu_by_group,
     cpu_model,
     memory_gb,
+    open_files,
     paced,
     post,
     process_cpu_seconds,
+    raise_open_files,
+    rss_kb,
     run_wrk,
+    runqueue_wait_by_group,
     session_cpu_seconds,
     summary_ms,
     usable_cpus,
-    wrk_available,
     write_wrk_inputs,
+    wrk_available,
 )
 from .fakegithub import FakeGitHub
 from .harness import Bot, wait_for
@@ -102,12 +132,35 @@ WRK_SECONDS = 6
 WRK_ROUNDS = 3
 COMMENTS = 30
 COMMENT_WARMUP = 2
+# 5. WebSocket clients (tests/bench_ws.py, a process of their own) while webhooks and deploys run.
+WS_CLIENTS = 1000
+WS_DEPLOYS = 50  # /preview comments among the paced deliveries, one every 20
+WS_WORKERS = 4
+WS_SIMULATED_SECONDS = "1"
+WS_RATE = 100
+WS_SECONDS = 10
+WS_CONTROL_SECONDS = 5  # the same load without clients first, as a control
+WS_CONTROL_DEPLOYS = 25
+WS_CONNECTIONS_PER_WORKER = 10_000  # gunicorn --worker-connections: the CLI's default (WEB_CONNECTIONS)
+WS_RAMP = (2000, 4000, 8000, 12000, 16000, 20000)  # while they hold, up to the open-files limit and 2 x --worker-connections
+WS_CONNECT_CONCURRENCY = 100  # handshakes in flight at once
+WS_HANDSHAKE_TIMEOUT = 30
+HEALTH_INTERVAL = 0.1
+# 6. A burst of deliveries as fast as a few senders can, workers running against the fake GitHub.
+BURST = 5000
+BURST_THREADS = 4
+BURST_WORKERS = 4
+BURST_PRS = 500
+BURST_DRAIN_TIMEOUT = 300
 
 GOALS = {
-    "deploy_p50_ms": 100,
+    "deploy_p50_ms": 20,
     "webhook_p99_ms": 50,
     "throughput_ratio": 0.5,
     "comment_p50_ms": 1000,
+    "ws_webhook_p99_ms": 100,
+    "ws_delivery_p99_ms": 250,
+    "burst_eyes_s": 2.0,
 }
 
 
@@ -584,6 +637,583 @@ def bench_comments(ctx: Context) -> dict:
         fake.stop()
 
 
+# -- 5. WebSocket clients: a thousand during webhooks and deploys, then as many as hold ----------
+
+
+def http_get(port: int, path: str, timeout: float = 15) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class HealthSampler:
+    """GET /api/health every HEALTH_INTERVAL on a thread of its own, a new connection each."""
+
+    def __init__(self, port: int, interval: float = HEALTH_INTERVAL):
+        self.port = port
+        self.interval = interval
+        self.samples: list[float] = []
+        self.failures: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-sampler", daemon=True)
+
+    def start(self) -> "HealthSampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                status, _ = http_get(self.port, "/api/health")
+                if status == 200:
+                    self.samples.append(time.perf_counter() - started)
+                else:
+                    self.failures[str(status)] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures[type(exc).__name__] += 1
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - started)))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=20)
+        return {"latency": summary_ms(self.samples), "failures": dict(self.failures)}
+
+
+def health_probe(port: int, count: int = 10) -> dict:
+    sampler = HealthSampler(port)
+    for _ in range(count):
+        started = time.perf_counter()
+        try:
+            status, _ = http_get(port, "/api/health")
+            if status == 200:
+                sampler.samples.append(time.perf_counter() - started)
+            else:
+                sampler.failures[str(status)] += 1
+        except (OSError, http.client.HTTPException) as exc:
+            sampler.failures[type(exc).__name__] += 1
+    return {"latency": summary_ms(sampler.samples), "failures": dict(sampler.failures)}
+
+
+class WsClients:
+    """The WebSocket client process (tests/bench_ws.py), driven by one JSON line at a time."""
+
+    def __init__(self, url: str, log_path: Path):
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench_ws", url],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_path.open("wb"),
+            text=True,
+            start_new_session=True,
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, name="ws-clients-stdout", daemon=True).start()
+        self.hello = self._read(60)
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _read(self, timeout: float) -> dict:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the WebSocket client process did not answer in {timeout} s") from None
+        if line is None:
+            raise RuntimeError(f"the WebSocket client process exited ({self.process.poll()}): {self.log_path.read_text()[-2000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"WebSocket client process: {answer['error']}")
+        return answer
+
+    def call(self, op: str, timeout: float = 120, **fields) -> dict:
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        return self._read(timeout)
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.process.stdin.write(json.dumps({"op": "close"}) + "\n")
+                self.process.stdin.flush()
+                self._read(90)
+        except (OSError, TimeoutError, RuntimeError, ValueError):
+            pass
+        stop_process(self.process)
+
+
+def web_memory(master: int) -> dict:
+    """RSS of the gunicorn master and each worker, and the sockets each worker holds."""
+    workers = children_of(master)
+    kb = [rss_kb(pid) for pid in workers]
+    files = [open_files(pid) for pid in workers]
+    return {
+        "master_rss_mb": round(rss_kb(master) / 1024, 1),
+        "workers_rss_mb": [round(k / 1024, 1) for k in kb],
+        "workers_total_kb": sum(kb),
+        "sockets_per_worker": [f["sockets"] for f in files],
+        "sqlite_files_per_worker": [f["sqlite"] for f in files],
+    }
+
+
+def idle_cores(session: int, seconds: float = 3.0) -> float:
+    """CPU the web process uses while nothing happens but its open connections, in cores."""
+    before = session_cpu_seconds(session)
+    time.sleep(seconds)
+    return round((session_cpu_seconds(session) - before) / seconds, 3)
+
+
+def preview_delivery(fake: FakeGitHub, pr: int) -> Request:
+    """A `/preview` comment on pull request `pr`, seeded on the fake GitHub so the bot can react."""
+    seeded = fake.add_comment(GITHUB_REPO, pr, "/preview", user="alice")
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", comment_id=seeded["id"], installation_id=INSTALLATION)
+    request = delivery("issue_comment", payload, "/preview")
+    request.headers["X-Bench-Comment-Id"] = str(seeded["id"])
+    return request
+
+
+def chatter_delivery(pr: int, n: int) -> Request:
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({n})", user="alice", installation_id=INSTALLATION)
+    return delivery("issue_comment", payload, "comment")
+
+
+def push_delivery(fake: FakeGitHub, pr: int, sha: str, branch: str | None = None) -> Request:
+    """A pull_request.synchronize to `sha`, a commit the fake GitHub knows (check runs need one).
+    On the branch of a live preview (see add_pulls), it redeploys."""
+    fake.add_commit(GITHUB_REPO, sha)
+    payload = webhooks.pull_request("synchronize", GITHUB_REPO, pr, branch or f"bench/branch-{pr}", sha, installation_id=INSTALLATION)
+    return delivery("pull_request", payload, "synchronize")
+
+
+def add_pulls(fake: FakeGitHub, prs, tag: str) -> None:
+    for pr in prs:
+        fake.add_pull(GITHUB_REPO, pr, f"bench/{tag}-{pr}", sha_for(tag, "pull", pr))
+
+
+def ws_deliveries(fake: FakeGitHub, count: int, preview_prs: list[int], *, other_first_pr: int, tag: str) -> list[Request]:
+    """`count` deliveries: one `/preview` on each of `preview_prs`, evenly spread; the rest
+    alternate chatter comments (acknowledged, no job) and pushes to pull requests without a
+    preview (a job that updates a check run)."""
+    every = max(1, count // max(1, len(preview_prs)))
+    previews = iter(preview_prs)
+    requests = []
+    for i in range(count):
+        pr = next(previews, None) if i % every == every // 2 else None
+        if pr is not None:
+            requests.append(preview_delivery(fake, pr))
+        elif i % 2:
+            requests.append(chatter_delivery(other_first_pr + i % 200, i))
+        else:
+            requests.append(push_delivery(fake, other_first_pr + i % 200, sha_for(tag, "push", i)))
+    return requests
+
+
+def ack_summary(sent: list[Sent], start: float, count: int, rate: float) -> dict:
+    expected = {"comment": 200, "/preview": 202, "synchronize": 202}
+    answered = [s for s in sent if 200 <= s.status < 300]
+    return {
+        "deliveries": count,
+        "latency": summary_ms([s.finished - s.started for s in answered]),
+        "by_kind": {kind: summary_ms([s.finished - s.started for s in answered if s.kind == kind]) for kind in expected},
+        "achieved_rate_per_s": round(len(answered) / max(1e-6, max(s.finished for s in sent) - start), 1),
+        "offered_rate_per_s": rate,
+        "status_codes": dict(Counter(str(s.status) for s in sent)),
+        "unexpected_status": sum(1 for s in sent if s.status != expected[s.kind]),
+        "errors": sorted({s.error for s in sent if s.error}),
+    }
+
+
+class CpuAccount:
+    """CPU used by each part of the set-up between two marks, in cores: the web process, the
+    workers, the WebSocket client process, Redis and this benchmark process (the paced senders,
+    the health sampler and the fake GitHub)."""
+
+    def __init__(self, ctx: Context, bot: Bot, clients: "WsClients | None" = None):
+        self.ctx, self.bot, self.clients = ctx, bot, clients
+
+    def read(self) -> dict:
+        groups = {"web": [self.bot.web.pid], "workers": [w.pid for w in self.bot.workers]}
+        if self.clients is not None:
+            groups["ws_clients"] = [self.clients.process.pid]
+        totals = cpu_by_group(groups)
+        totals["redis"] = process_cpu_seconds(self.ctx.redis_pid)
+        times = os.times()
+        totals["benchmark_and_fake_github"] = times.user + times.system
+        waits = runqueue_wait_by_group({"web": groups["web"]})
+        return {"cpu": totals, "web_runqueue_wait": waits["web"], "at": time.monotonic()}
+
+    @staticmethod
+    def cores(before: dict, after: dict) -> dict:
+        """Cores used by each part, and how long the web process's threads waited for a CPU
+        (in thread-seconds per second: 0.5 means half a thread always runnable and not running)."""
+        elapsed = max(1e-6, after["at"] - before["at"])
+        cores = {k: round((after["cpu"][k] - before["cpu"][k]) / elapsed, 2) for k in before["cpu"]}
+        cores["total"] = round(sum(cores.values()), 2)
+        cores["web_waiting_for_cpu"] = round((after["web_runqueue_wait"] - before["web_runqueue_wait"]) / elapsed, 2)
+        cores["seconds"] = round(elapsed, 1)
+        return cores
+
+
+def per_second(sent: list[Sent], start: float) -> list[dict]:
+    """Acknowledgement latency by the second it was due in: p50 and max, in ms."""
+    buckets: dict[int, list[float]] = {}
+    for s in sent:
+        if 200 <= s.status < 300:
+            buckets.setdefault(int(s.scheduled - start), []).append(s.finished - s.started)
+    return [{"second": k, "n": len(v), "p50_ms": summary_ms(v)["p50_ms"], "max_ms": summary_ms(v)["max_ms"]} for k, v in sorted(buckets.items())]
+
+
+def deployed_prs(bot: Bot, prs: set[int]) -> set[int]:
+    """Which of `prs` have their preview deployed (the API lists only pull requests it learnt
+    of from pull_request deliveries, so each is asked for)."""
+    with httpx.Client(base_url=bot.url, headers=auth(bot), timeout=10) as client:
+        return {pr for pr in prs if client.get(f"/api/repos/{GITHUB_REPO}/pull-requests/{pr}/deployment").json().get("status") == "deployed"}
+
+
+def bench_websockets(ctx: Context) -> dict:
+    directory = ctx.directory("websockets")
+    soft, hard = raise_open_files()  # inherited by the web process and the client process
+    bound = min(max(WS_RAMP), hard - 1024, 2 * WS_CONNECTIONS_PER_WORKER - 512)
+    fake = start_fake(ctx)
+    bot = Bot(directory, ctx.redis_url, ctx.github_env(fake, PREVIEW_SIMULATED_SECONDS=WS_SIMULATED_SECONDS, PREVIEW_API_RATE_LIMIT="100000"))
+    clients = None
+    result: dict = {
+        "setup": (
+            f"GitHub mode against the fake GitHub; previewbot web --workers 2 --connections {WS_CONNECTIONS_PER_WORKER} (gevent), "
+            f"{WS_WORKERS} workers, simulated provisioner {WS_SIMULATED_SECONDS} s; WebSocket clients in their own asyncio process "
+            f"(tests/bench_ws.py, the websockets library, permessage-deflate offered as browsers do, no client pings); "
+            f"open-files limit {soft}/{hard}"
+        ),
+    }
+    try:
+        bot.start_worker(WS_WORKERS).start_web(workers=2, connections=WS_CONNECTIONS_PER_WORKER)
+        wait_workers(ctx.redis_url, WS_WORKERS)
+        master = bot.web.pid
+        control_prs = list(range(101, 101 + WS_CONTROL_DEPLOYS))
+        measured_prs = list(range(1, 1 + WS_DEPLOYS))
+        fanout_pr, warm_prs = 300, [301, 302]
+        add_pulls(fake, [*control_prs, *measured_prs, fanout_pr, *warm_prs], "ws")
+
+        # Warm-up: every kind of delivery, and two deploys all the way through.
+        warm = [preview_delivery(fake, pr) for pr in warm_prs] + ws_deliveries(fake, 40, [], other_first_pr=2000, tag="ws-warm")
+        for request in warm:
+            status, body = post(bot.port, WEBHOOK_PATH, request.body, request.headers)
+            if status not in (200, 202):
+                raise RuntimeError(f"warm-up delivery answered {status}: {body[:300]!r}")
+        wait_for(lambda: deployed_prs(bot, set(warm_prs)) == set(warm_prs), timeout=60, interval=0.5, message="the warm-up deploys")
+        time.sleep(1)
+        memory_empty = web_memory(master)
+        result["no_clients"] = {"memory": memory_empty, "idle_cores": idle_cores(master), "health": health_probe(bot.port, 20)}
+
+        # Control: the same kind of load, no WebSocket client.
+        requests = ws_deliveries(fake, WS_RATE * WS_CONTROL_SECONDS, control_prs, other_first_pr=2000, tag="ws-control")
+        health = HealthSampler(bot.port).start()
+        account = CpuAccount(ctx, bot)
+        cpu_start = account.read()
+        sent, start = paced(bot.port, WEBHOOK_PATH, requests, WS_RATE)
+        cpu_paced = account.read()
+        wait_for(lambda: deployed_prs(bot, set(control_prs)) == set(control_prs), timeout=90, interval=0.5, message="the control deploys")
+        result["control_without_clients"] = {
+            "setup": f"{len(requests)} deliveries paced at {WS_RATE}/s, {len(control_prs)} of them /preview (deploys), no WebSocket client",
+            "webhooks": ack_summary(sent, start, len(requests), WS_RATE),
+            "webhooks_by_second": per_second(sent, start),
+            "health": health.stop(),
+            "cores_while_paced": CpuAccount.cores(cpu_start, cpu_paced),
+        }
+
+        # A thousand clients.
+        clients = WsClients(bot.ws_url(), directory / "clients.log")
+        connected = clients.call("connect", timeout=300, target=WS_CLIENTS, concurrency=WS_CONNECT_CONCURRENCY, timeout_s=WS_HANDSHAKE_TIMEOUT)
+        if connected["open"] < WS_CLIENTS:
+            raise RuntimeError(f"only {connected['open']} of {WS_CLIENTS} WebSocket clients connected: {connected}")
+        time.sleep(2)
+        memory_idle = web_memory(master)
+        result["clients_1000_idle"] = {
+            "connect": connected,
+            "memory": memory_idle,
+            "client_process_rss_mb": round(rss_kb(clients.process.pid) / 1024, 1),
+            "idle_cores": idle_cores(master),
+            "ping": clients.call("ping", sample=200),
+            "health": health_probe(bot.port, 20),
+            "rss_per_connection_kb": round((memory_idle["workers_total_kb"] - memory_empty["workers_total_kb"]) / connected["open"], 1),
+        }
+
+        # Measured: webhooks at 100/s and 50 deploys while the thousand are connected.
+        requests = ws_deliveries(fake, WS_RATE * WS_SECONDS, measured_prs, other_first_pr=3000, tag="ws-measured")
+        clients.call("reset")
+        health = HealthSampler(bot.port).start()
+        account = CpuAccount(ctx, bot, clients)
+        cpu_start = account.read()
+        cpu_before = session_cpu_seconds(master)
+        began = time.perf_counter()
+        sent, start = paced(bot.port, WEBHOOK_PATH, requests, WS_RATE)
+        cpu_paced = account.read()
+        deadline = time.monotonic() + 120
+        seen = clients.call("seen")
+        while seen["by_status"].get("deployed", 0) < WS_DEPLOYS and time.monotonic() < deadline:
+            time.sleep(0.5)
+            seen = clients.call("seen")
+        window = time.perf_counter() - began
+        web_cpu = session_cpu_seconds(master) - cpu_before
+        cpu_end = account.read()
+        health_during = health.stop()
+        time.sleep(1)  # the last receipts of the last update
+        stats = clients.call("stats", timeout=300)
+        memory_after = web_memory(master)
+        result["clients_1000_measured"] = {
+            "setup": (f"{len(requests)} deliveries paced at {WS_RATE}/s from 32 sender threads (new connection each), "
+                      f"{WS_DEPLOYS} of them /preview comments (one deploy each), the rest chatter and pushes; "
+                      f"{WS_CLIENTS} clients connected throughout"),
+            "webhooks": ack_summary(sent, start, len(requests), WS_RATE),
+            "webhooks_by_second": per_second(sent, start),
+            "cores_while_paced": CpuAccount.cores(cpu_start, cpu_paced),
+            "cores_until_last_deployed": CpuAccount.cores(cpu_paced, cpu_end),
+            "deploys_seen_deployed": seen["by_status"].get("deployed", 0),
+            "window_s": round(window, 1),
+            "web_cores_during": round(web_cpu / window, 2),
+            "updates": stats,
+            "health": health_during,
+            "memory_after": memory_after,
+        }
+
+        # Ramp: as many idle clients as the machine holds, up to the bound.
+        base = {"open": connected["open"], "kb": memory_after["workers_total_kb"]}
+        held, steps = connected["open"], []
+        for target in sorted({min(t, bound) for t in WS_RAMP if t > connected["open"]}):
+            clients.call("reset")  # counts the clients the server closes during this step
+            answer = clients.call("connect", timeout=900, target=target, concurrency=WS_CONNECT_CONCURRENCY, timeout_s=WS_HANDSHAKE_TIMEOUT)
+            time.sleep(2)
+            memory = web_memory(master)
+            step = {
+                "target": target,
+                "connect": answer,
+                "memory": memory,
+                "client_process_rss_mb": round(rss_kb(clients.process.pid) / 1024, 1),
+                "idle_cores": idle_cores(master),
+                "health": health_probe(bot.port, 10),
+                "ping": clients.call("ping", timeout=300, sample=200),
+            }
+            seen = clients.call("seen")
+            step["open_after"], step["closed_by_server"] = seen["open"], seen["closed"]
+            added = step["open_after"] - base["open"]
+            step["rss_per_idle_connection_kb"] = round((memory["workers_total_kb"] - base["kb"]) / added, 1) if added > 0 else None
+            steps.append(step)
+            print(f"   {target} clients: {step['open_after']} open, {answer['failed']} failed, connect p99 {answer['connect'].get('p99_ms')} ms, "
+                  f"workers RSS {memory['workers_rss_mb']} MB, idle {step['idle_cores']} cores, health p99 {step['health']['latency'].get('p99_ms')} ms", flush=True)
+            holds = (answer["failed"] <= 0.01 * max(1, answer["attempted"]) and step["open_after"] >= 0.99 * target
+                     and step["ping"]["answered"] >= 0.99 * step["ping"]["sampled"] and not step["health"]["failures"])
+            if not holds:
+                break
+            held = step["open_after"]
+        result["ramp"] = {"bound": bound, "steps": steps, "held": held}
+
+        # One deploy fanned out to every client held, and what an update costs each connection.
+        clients.call("reset")
+        before = web_memory(master)
+        cpu_before = session_cpu_seconds(master)
+        request = preview_delivery(fake, fanout_pr)
+        status, body = post(bot.port, WEBHOOK_PATH, request.body, request.headers)
+        if status != 202:
+            raise RuntimeError(f"fan-out /preview answered {status}: {body[:300]!r}")
+        deadline = time.monotonic() + 120
+        open_now = clients.call("seen")["open"]
+        while time.monotonic() < deadline:
+            seen = clients.call("seen")
+            if seen["by_status"].get("deployed", 0) >= 1 and seen["receipts"] >= 2 * open_now:
+                break
+            time.sleep(0.5)
+        web_cpu = session_cpu_seconds(master) - cpu_before
+        time.sleep(1)
+        fanout = clients.call("stats", timeout=300)
+        after = web_memory(master)
+        result["fanout_at_max"] = {
+            "clients": open_now,
+            "updates": fanout,
+            "memory_before": before,
+            "memory_after": after,
+            "rss_per_connection_after_first_updates_kb": round((after["workers_total_kb"] - before["workers_total_kb"]) / max(1, open_now), 1),
+            # The web process's CPU from the /preview to the last receipt, over the receipts:
+            # nearly all of it is the fan-out (JSON, per-connection deflate, the socket write).
+            "web_cpu_ms_per_receipt": round(1000 * web_cpu / max(1, fanout["receipts"]), 3),
+            "client_process_rss_mb": round(rss_kb(clients.process.pid) / 1024, 1),
+        }
+        with fake.lock:
+            result["fake_github_violations"] = list(fake.violations)[:5]
+        return result
+    finally:
+        if clients is not None:
+            clients.close()
+        bot.stop()
+        fake.stop()
+
+
+# -- 6. a burst of 5,000 deliveries ---------------------------------------------------------------
+
+
+REACTION_PATH = re.compile(r"/repos/[^/]+/[^/]+/issues/comments/(\d+)/reactions")
+
+
+def watch_eyes(fake: FakeGitHub) -> tuple[dict[int, float], list[int]]:
+    """Note when the fake GitHub answered each comment's first `eyes` reaction (perf_counter),
+    without scanning its call list: a wrapper around its handler, called with its lock held."""
+    eyes: dict[int, float] = {}
+    calls = [0]
+    handle = fake._handle
+
+    def timed_handle(request, raw_path):
+        result = handle(request, raw_path)
+        now = time.perf_counter()
+        calls[0] += 1
+        call = fake.calls[-1]
+        if call.method == "POST" and call.status in (200, 201) and (call.json or {}).get("content") == "eyes":
+            match = REACTION_PATH.fullmatch(call.path)
+            if match:
+                eyes.setdefault(int(match.group(1)), now)
+        return result
+
+    fake._handle = timed_handle
+    return eyes, calls
+
+
+def queue_idle(conn: redis.Redis) -> bool:
+    from rq import Queue, Worker
+    from rq.registry import StartedJobRegistry
+
+    q = Queue("previewbot", connection=conn)
+    return q.count == 0 and StartedJobRegistry(queue=q).count == 0 and all(w.get_state() != "busy" for w in Worker.all(connection=conn))
+
+
+def bench_burst(ctx: Context) -> dict:
+    directory = ctx.directory("burst")
+    fake = start_fake(ctx)
+    eyes, fake_calls = watch_eyes(fake)
+    bot = Bot(directory, ctx.redis_url, ctx.github_env(fake, PREVIEW_SIMULATED_SECONDS="0"))
+    conn = redis.Redis.from_url(ctx.redis_url)
+    try:
+        bot.start_worker(BURST_WORKERS).start_web(workers=2)
+        wait_workers(ctx.redis_url, BURST_WORKERS)
+        middle_pr, warm_pr = 9001, 9000
+        add_pulls(fake, [*range(1, BURST_PRS + 1), middle_pr, warm_pr], "burst")
+
+        # Warm-up, then the queue emptied.
+        warm = [preview_delivery(fake, warm_pr), chatter_delivery(warm_pr, 0), push_delivery(fake, 8000, sha_for("burst-warm", 1))]
+        for request in warm:
+            status, body = post(bot.port, WEBHOOK_PATH, request.body, request.headers)
+            if status not in (200, 202):
+                raise RuntimeError(f"warm-up delivery answered {status}: {body[:300]!r}")
+        wait_for(lambda: queue_idle(conn), timeout=60, interval=0.2, message="the warm-up jobs")
+
+        # Chatter, /preview and pushes in turn over 500 pull requests; the one in the middle is a
+        # /preview on a pull request of its own.
+        middle = BURST // 2
+        requests = []
+        for i in range(BURST):
+            pr = 1 + i % BURST_PRS
+            kind = ("comment", "/preview", "synchronize")[i % 3]
+            if i == middle:
+                requests.append(preview_delivery(fake, middle_pr))
+            elif kind == "comment":
+                requests.append(chatter_delivery(pr, i))
+            elif kind == "/preview":
+                requests.append(preview_delivery(fake, pr))
+            else:
+                requests.append(push_delivery(fake, pr, sha_for("burst", "push", i), f"bench/burst-{pr}"))
+        middle_comment = int(requests[middle].headers["X-Bench-Comment-Id"])
+        calls_before = fake_calls[0]
+
+        results: list[Sent | None] = [None] * BURST
+        counter = itertools.count()
+        counter_lock = threading.Lock()
+
+        def sender() -> None:
+            while True:
+                with counter_lock:
+                    i = next(counter)
+                if i >= BURST:
+                    return
+                request = requests[i]
+                started = time.perf_counter()
+                try:
+                    status, _ = post(bot.port, WEBHOOK_PATH, request.body, request.headers, timeout=30)
+                    error = None
+                except (OSError, http.client.HTTPException) as exc:
+                    status, error = 0, type(exc).__name__
+                results[i] = Sent(request.kind, started, started, time.perf_counter(), status, error)
+
+        threads = [threading.Thread(target=sender, name=f"burst-{n}") for n in range(BURST_THREADS)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent_all = time.perf_counter()
+        sent = [r for r in results if r is not None]
+        middle_sent = results[middle]
+
+        deadline = time.monotonic() + 60
+        while middle_comment not in eyes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        middle_eyes = eyes[middle_comment] - middle_sent.started if middle_comment in eyes else None
+
+        drained = None
+        deadline = time.monotonic() + BURST_DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            if queue_idle(conn):
+                drained = time.perf_counter() - sent_all
+                break
+            time.sleep(0.5)
+        waiting = conn.llen("rq:queue:previewbot")
+
+        previews = [(i, int(r.headers["X-Bench-Comment-Id"])) for i, r in enumerate(requests) if r.kind == "/preview"]
+        to_eyes = [eyes[c] - results[i].started for i, c in previews if c in eyes and results[i] is not None]
+        first_half = [eyes[c] - results[i].started for i, c in previews if c in eyes and i < middle]
+        second_half = [eyes[c] - results[i].started for i, c in previews if c in eyes and i > middle]
+        with fake.lock:
+            violations = list(fake.violations)
+        answered = [s for s in sent if 200 <= s.status < 300]
+        return {
+            "setup": (f"GitHub mode against the fake GitHub (in the benchmark process); previewbot web --workers 2 (gevent), "
+                      f"{BURST_WORKERS} workers, simulated provisioner 0 s; {BURST} deliveries (chatter, /preview, push in turn over "
+                      f"{BURST_PRS} pull requests) sent by {BURST_THREADS} threads as fast as they go, a new connection each; "
+                      f"delivery #{middle} is a /preview on a pull request of its own"),
+            "sent_in_s": round(sent_all - start, 2),
+            "rate_per_s": round(len(sent) / (sent_all - start), 1),
+            "acknowledged_2xx": len(answered),
+            "non_2xx": len(sent) - len(answered),
+            "status_codes": dict(Counter(str(s.status) for s in sent)),
+            "errors": dict(Counter(s.error for s in sent if s.error)),
+            "ack_latency": summary_ms([s.finished - s.started for s in answered]),
+            "middle_preview": {
+                "sent_at_s": round(middle_sent.started - start, 3),
+                "acknowledged_ms": round((middle_sent.finished - middle_sent.started) * 1000, 1),
+                "status": middle_sent.status,
+                "to_eyes_s": round(middle_eyes, 3) if middle_eyes is not None else None,
+            },
+            "every_preview_to_eyes": summary_ms(to_eyes),
+            "previews_with_eyes": f"{len(to_eyes)} of {len(previews)}",
+            "to_eyes_sent_before_middle": summary_ms(first_half),
+            "to_eyes_sent_after_middle": summary_ms(second_half),
+            "queue_drained_after_s": round(drained, 1) if drained is not None else None,
+            "jobs_still_queued": waiting,
+            "failed_jobs": conn.zcard("rq:failed:previewbot"),
+            "fake_github_calls": fake_calls[0] - calls_before,
+            "fake_github_violations": len(violations),
+            "fake_github_violation_examples": violations[:5],
+        }
+    finally:
+        conn.close()
+        bot.stop()
+        fake.stop()
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -658,6 +1288,57 @@ def goal_rows(results: dict) -> list[dict]:
         e, p = comments["to_eyes_reaction"], comments["to_in_progress_check_run"]
         add("4 comment -> GitHub", "eyes reaction p50 / p99", f"{e['p50_ms']:.0f} / {e['p99_ms']:.0f} ms", f"p50 < {GOALS['comment_p50_ms']} ms", verdict(e["p50_ms"], GOALS["comment_p50_ms"]))
         add("", "in_progress check run p50 / p99", f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f} ms", f"p50 < {GOALS['comment_p50_ms']} ms", verdict(p["p50_ms"], GOALS["comment_p50_ms"]))
+    ws = results.get("websockets", {})
+    if "clients_1000_measured" in ws:
+        m = ws["clients_1000_measured"]
+        lat, c = m["webhooks"]["latency"], ws["control_without_clients"]["webhooks"]["latency"]
+        add("5 1,000 WebSocket clients", f"webhook ack at {WS_RATE}/s + {WS_DEPLOYS} deploys, p50 / p99", f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms ({m['webhooks']['unexpected_status']} bad answers)",
+            f"p99 < {GOALS['ws_webhook_p99_ms']} ms", verdict(lat["p99_ms"], GOALS["ws_webhook_p99_ms"]))
+        add("", "control: same load, no clients, p50 / p99", f"{c['p50_ms']:.1f} / {c['p99_ms']:.1f} ms", "", "")
+        u = m["updates"]
+        d = u["publish_to_client"]
+        if d.get("n"):
+            add("", "update published -> each client, p50 / p99 / max", f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['max_ms']:.0f} ms ({d['n']} receipts)",
+                f"p99 < {GOALS['ws_delivery_p99_ms']} ms", verdict(d["p99_ms"], GOALS["ws_delivery_p99_ms"]))
+        add("", "receipts missing / clients with every update", f"{u['receipts_missing']} / {u['clients_with_every_update']} of {u['clients_recorded']}", "none missing",
+            "met" if u["receipts_missing"] == 0 else "MISSED")
+        lag = u["client_event_loop_lag"]
+        if lag.get("n"):
+            add("", "client process's own event-loop lag p99", f"{lag['p99_ms']:.0f} ms", "", "")
+        cores = m.get("cores_while_paced")
+        if cores:
+            add("", "cores while paced: web (waiting for a CPU) / workers / clients / total",
+                f"{cores['web']} ({cores['web_waiting_for_cpu']}) / {cores['workers']} / {cores.get('ws_clients')} / {cores['total']} of {usable_cpus()}", "", "")
+        h = m["health"]["latency"]
+        if h.get("n"):
+            add("", "GET /api/health meanwhile p50 / p99 / max", f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f} / {h['max_ms']:.0f} ms ({sum(m['health']['failures'].values())} failed)", "", "")
+    if "ramp" in ws:
+        r = ws["ramp"]
+        steps = r["steps"]
+        last = next((s for s in reversed(steps) if s["open_after"] <= r["held"] and s["rss_per_idle_connection_kb"]), None)
+        add("5 WebSocket ramp", "clients held (bound)", f"{r['held']} ({r['bound']})", "", "")
+        if last:
+            add("", f"web RSS per idle connection at {last['open_after']}", f"{last['rss_per_idle_connection_kb']:.0f} KiB (workers {'+'.join(str(x) for x in last['memory']['workers_rss_mb'])} MB)", "", "")
+            add("", "open files per worker: sockets / SQLite", f"{last['memory']['sockets_per_worker']} / {last['memory']['sqlite_files_per_worker']}", "", "")
+            add("", f"idle web CPU / health p99 at {last['open_after']}", f"{last['idle_cores']:.2f} cores / {last['health']['latency'].get('p99_ms')} ms", "", "")
+        f = ws.get("fanout_at_max")
+        if f and f["updates"]["publish_to_client"].get("n"):
+            d = f["updates"]["publish_to_client"]
+            add("", f"one deploy to all {f['clients']}: publish -> client p50 / p99", f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} ms; +{f['rss_per_connection_after_first_updates_kb']:.0f} KiB/conn after", "", "")
+    burst = results.get("burst", {})
+    if "middle_preview" in burst:
+        add("6 burst of 5,000 deliveries", "acknowledged (non-2xx) / send rate", f"{burst['acknowledged_2xx']} ({burst['non_2xx']}) / {burst['rate_per_s']:.0f} per s", "all 2xx",
+            "met" if burst["non_2xx"] == 0 else "MISSED")
+        a = burst["ack_latency"]
+        add("", "ack latency p50 / p99", f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f} ms", "", "")
+        e = burst["middle_preview"]["to_eyes_s"]
+        add("", "/preview in the middle -> eyes", f"{e:.2f} s" if e is not None else "never", f"< {GOALS['burst_eyes_s']:.0f} s",
+            verdict(e if e is not None else float("inf"), GOALS["burst_eyes_s"]))
+        every = burst["every_preview_to_eyes"]
+        if every.get("n"):
+            add("", "every /preview -> eyes p50 / p99 / max", f"{every['p50_ms'] / 1000:.1f} / {every['p99_ms'] / 1000:.1f} / {every['max_ms'] / 1000:.1f} s ({burst['previews_with_eyes']})", "", "")
+        drained = burst["queue_drained_after_s"]
+        add("", "queue drained after the burst", f"{drained} s" if drained is not None else f"not in {BURST_DRAIN_TIMEOUT} s", "", "")
     for name, result in results.items():
         machine = result.get("machine")
         if machine:
@@ -688,6 +1369,8 @@ SCENARIOS = {
     "branches": ("branches", bench_branches),
     "webhooks": ("webhooks", bench_webhooks),
     "comments": ("comments", bench_comments),
+    "websockets": ("websockets", bench_websockets),
+    "burst": ("burst", bench_burst),
 }
 
 

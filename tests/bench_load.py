@@ -487,3 +487,93 @@ class MachineMonitor:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout=5)
+
+
+# -- processes: open files, memory, sockets ------------------------------------------------------
+
+
+def raise_open_files(want: int = 65536) -> tuple[int, int]:
+    """Thousands of WebSockets need as many file descriptors: raise the limit to `want` (the
+    hard limit too, where this process may, e.g. as root), else the soft limit to the hard one.
+    Processes started afterwards (the web server, the client process) inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def children_of(pid: int) -> list[int]:
+    return sorted(p for p, (parent, _, _) in _proc_table().items() if parent == pid)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size in KiB (0 when the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def open_files(pid: int) -> dict[str, int]:
+    """What a process holds open: sockets (its listening socket included), SQLite files
+    (a database, its -wal and -shm) and the rest."""
+    counts = {"sockets": 0, "sqlite": 0, "other": 0}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return counts
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            counts["sockets"] += 1
+        elif re.search(r"\.db(-wal|-shm|-journal)?$", target):
+            counts["sqlite"] += 1
+        else:
+            counts["other"] += 1
+    return counts
+
+
+def cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each named group of sessions (a session: a process started
+    with start_new_session=True and everything it forked). Processes that exited are not counted."""
+    table = _proc_table()
+    totals = {}
+    for name, sessions in groups.items():
+        wanted = set(sessions)
+        totals[name] = sum(cpu for _, sid, cpu in table.values() if sid in wanted)
+    return totals
+
+
+def runqueue_wait_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Seconds the threads of each named group of sessions have spent runnable but waiting for
+    a CPU (the second field of /proc/PID/task/TID/schedstat): how much a busy machine delays them."""
+    table = _proc_table()
+    totals = {}
+    for name, sessions in groups.items():
+        wanted = set(sessions)
+        wait_ns = 0
+        for pid, (_, sid, _) in table.items():
+            if sid not in wanted:
+                continue
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                try:
+                    wait_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        totals[name] = wait_ns / 1e9
+    return totals
