@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -29,8 +29,6 @@ EnvironmentState = Literal["idle", "deploying", "deployed", "failed"]
 # Why an environment went back to idle, on WebSocket messages.
 Outcome = Literal["cancelled", "destroyed", "expired"]
 
-RECORD_STATUSES: tuple[str, ...] = get_args(RecordStatus)
-ENVIRONMENT_STATES: tuple[str, ...] = get_args(EnvironmentState)
 # A record in one of these is its environment's state; the others mean the environment is idle.
 LIVE_STATUSES = ("deploying", "deployed", "failed")
 # Records a job still works on.
