@@ -130,7 +130,7 @@ class BranchLock:
     def __init__(self, conn: redis.Redis, key: str, *, lease_seconds: float):
         self.conn = conn
         self.key = key
-        self.lock_key = f"{PREFIX}:lock:{key}"  # see lock_key()
+        self.lock_key = _lock_key(key)
         self.intents_key = f"{PREFIX}:intents:{key}"
         self.lease_ms = int(lease_seconds * 1000)
 
@@ -190,7 +190,11 @@ def lock_for(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float)
 
 def lock_key(deployment: Deployment) -> str:
     """The Redis key of the branch lock `deployment` takes."""
-    return f"{PREFIX}:lock:{branch_key(deployment.repository, deployment.head_repository, deployment.branch_name, deployment.environment)}"
+    return _lock_key(branch_key(deployment.repository, deployment.head_repository, deployment.branch_name, deployment.environment))
+
+
+def _lock_key(branch: str) -> str:
+    return f"{PREFIX}:lock:{branch}"
 
 
 class EnvironmentBusy(Exception):

@@ -33,14 +33,11 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
     deployment = Deployment.from_json(deployment)
     lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
     with held_lease(ctx, lock, lock_id, cancel_key=previews.cancel_key(deployment.id)) as lease:
-        if lease is None or lease.reason == "cancelled":
-            # Nothing was built: the environment goes back to what it was to replace.
-            if lease is None:
-                log.info("deployment %s lost its branch lock while queued; not running it", deployment.id)
-            ended = finish(ctx, deployment, status="cancelled", message=lease.cancel_reason) if lease else finish(ctx, deployment, status="failed", error=LOST_WHILE_QUEUED)
-            if ended is not None:
-                state.give_back(ctx.redis, ended)
-            return _report(ctx, ended)
+        if lease is None:
+            log.info("deployment %s lost its branch lock while queued; not running it", deployment.id)
+            return _report(ctx, _ended_unbuilt(ctx, deployment, status="failed", error=LOST_WHILE_QUEUED))
+        if lease.reason == "cancelled":
+            return _report(ctx, _ended_unbuilt(ctx, deployment, status="cancelled", message=lease.cancel_reason))
         state.supersede(ctx.redis, deployment)
         ctx.reporter.deploy_started(deployment)
         if deployment.replaces:
@@ -205,6 +202,15 @@ def held_lease(ctx: WorkerContext, lock: state.BranchLock, lock_id: str, *, canc
     finally:
         lease.release()
         _while_redis_returns(lambda: previews.release(ctx.redis, ctx.settings, lock, lock_id))
+
+
+def _ended_unbuilt(ctx: WorkerContext, deployment: Deployment, **outcome) -> Deployment | None:
+    """A deploy that ends before it built anything gives its environment back to the one it was
+    to replace."""
+    ended = finish(ctx, deployment, **outcome)
+    if ended is not None:
+        state.give_back(ctx.redis, ended)
+    return ended
 
 
 def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tuple[str | None, str | None]:

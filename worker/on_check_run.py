@@ -40,7 +40,7 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
     login = data["sender"]["login"]
     if not await may_deploy(session, key.repository, login):
         await ctx.reporter.update_comment(
-            session, None, key=key, note=f"@{login}: only people with write access to this repository can {identifier} previews."
+            session, key, note=f"@{login}: only people with write access to this repository can {identifier} previews."
         )
         return
     if identifier == "destroy":
@@ -50,7 +50,7 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
         previews.request_cancel(ctx.redis, ctx.settings, key, reason=f"cancelled by @{login}")
         return
     if environment not in ctx.settings.environments:
-        await ctx.reporter.update_comment(session, None, key=key, note=not_an_environment(ctx.settings, environment))
+        await ctx.reporter.update_comment(session, key, note=not_an_environment(ctx.settings, environment))
         return
     pull = await fetch_pull(session, key.repository, key.pr_number)
     if pull is None or pull["state"] != "open":

@@ -33,34 +33,34 @@ async def preview_command(event, handling) -> None:
 
     if command.action in ("help", "status"):
         note = f"`/preview {text(command.unknown)}` is not a command I know." if command.unknown else None
-        await reporter.update_comment(session, None, key=key, note=note, show_help=command.action == "help")
+        await reporter.update_comment(session, key, note=note, show_help=command.action == "help")
         return
 
     if not await may_deploy(session, key.repository, login):
         await reporter.react(session, key.repository, comment_id, "confused")
         await reporter.update_comment(
-            session, None, key=key, note=f"@{login}: only people with write access to this repository can {command.action} previews."
+            session, key, note=f"@{login}: only people with write access to this repository can {command.action} previews."
         )
         return
 
     if command.action == "destroy":
         if previews.request_destroy(ctx.redis, ctx.settings, key, reason=f"destroyed by @{login}") is None:
-            await reporter.update_comment(session, None, key=key, note=f"No preview is running in {text(key.environment)}.")
+            await reporter.update_comment(session, key, note=f"No preview is running in {text(key.environment)}.")
         return
 
     if command.action == "cancel":
         if previews.request_cancel(ctx.redis, ctx.settings, key, reason=f"cancelled by @{login}") is None:
-            await reporter.update_comment(session, None, key=key, note=f"No deploy of {text(key.environment)} is in progress.")
+            await reporter.update_comment(session, key, note=f"No deploy of {text(key.environment)} is in progress.")
         return
 
     if key.environment not in ctx.settings.environments:
         await reporter.react(session, key.repository, comment_id, "confused")
-        await reporter.update_comment(session, None, key=key, note=not_an_environment(ctx.settings, key.environment), show_help=True)
+        await reporter.update_comment(session, key, note=not_an_environment(ctx.settings, key.environment), show_help=True)
         return
 
     pull = await fetch_pull(session, key.repository, key.pr_number)
     if pull is None or pull["state"] != "open":
-        await reporter.update_comment(session, None, key=key, note="This pull request is closed, so it gets no preview.")
+        await reporter.update_comment(session, key, note="This pull request is closed, so it gets no preview.")
         return
 
     await start_deploy_from_github(handling, pull, key=key, trigger="comment", requested_by=login, comment_id=comment_id)
@@ -91,7 +91,7 @@ async def start_deploy_from_github(handling, pull: dict, *, key: PreviewKey, tri
     outcome = previews.request_deploy(ctx.redis, ctx.settings, deployment, queue_if_busy=queue_if_busy)
     if not outcome.started and not outcome.queued:
         await ctx.reporter.update_comment(
-            session, None, key=key, note=f"@{requested_by}: a deploy of this branch is already in progress; it was not started twice."
+            session, key, note=f"@{requested_by}: a deploy of this branch is already in progress; it was not started twice."
         )
         if comment_id:
             await ctx.reporter.react(session, key.repository, comment_id, "confused")

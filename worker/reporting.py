@@ -80,7 +80,7 @@ class GitHubReporter:
         github_id = await self._create_github_deployment(session, deployment)
         if github_id:
             await self._deployment_status(session, deployment, github_id, "in_progress")
-        await self._update_comment(session, deployment)
+        await self._update_comment(session, deployment.key)
 
     async def report_finished(self, session: GitHubSession, deployment: Deployment) -> None:
         await self._update_check_run(session, deployment)
@@ -91,7 +91,7 @@ class GitHubReporter:
             await self._deployment_status(
                 session, deployment, github_id, "success" if deployment.status == "deployed" else "failure"
             )
-        await self._update_comment(session, deployment)
+        await self._update_comment(session, deployment.key)
         if deployment.comment_id:
             await self._react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
 
@@ -99,7 +99,7 @@ class GitHubReporter:
         await self._update_check_run(session, deployment)
         for github_id in await self._github_deployments_of_pr(session, deployment):
             await self._deployment_status(session, deployment, github_id, "inactive")
-        await self._update_comment(session, deployment)
+        await self._update_comment(session, deployment.key)
 
     # -- check runs --------------------------------------------------------------------------
 
@@ -143,9 +143,9 @@ class GitHubReporter:
 
     # -- the PR comment ----------------------------------------------------------------------
 
-    async def _update_comment(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, note: str | None = None, show_help: bool = False) -> None:
-        """Edit the bot's one comment on the pull request, creating it the first time."""
-        key = key or deployment.key
+    async def _update_comment(self, session: GitHubSession, key: PreviewKey, *, note: str | None = None, show_help: bool = False) -> None:
+        """Edit the bot's one comment on the pull request, a section per environment, creating it
+        the first time."""
         repository, pr_number = key.repository, key.pr_number
         body = render.render_status_comment(self._environments(key), note=note, show_help=show_help)
         cache_key = f"{repository}#{pr_number}"
