@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bot import state
+from bot.queue import COMMANDS_QUEUE, QUEUE_NAME
 
 from .soak_traffic import World
 from .tcpproxy import BLACKHOLE
@@ -363,7 +364,7 @@ class Faults:
         if not self.redis_up:
             return None
         try:
-            return int(self.conn.llen("rq:queue:previewbot"))
+            return sum(int(self.conn.llen(f"rq:queue:{name}")) for name in (COMMANDS_QUEUE, QUEUE_NAME))
         except redis.RedisError:
             return None
 
