@@ -12,7 +12,7 @@ from .config import Settings, load_settings
 from .feed import FeedThreads, Hub
 from .github import WebGitHub
 from .logs import configure_logging
-from .queue import queues
+from .queue import get_queue
 from .services import Services
 from .store import Store
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
     store = Store(settings.database_path)
     store.migrate()
     conn = state.connect(settings.redis_url)
-    svc = Services(settings=settings, store=store, redis=conn, hub=Hub(), queues=queues(conn))
+    svc = Services(settings=settings, store=store, redis=conn, hub=Hub(), queue=get_queue(conn))
     if settings.github_enabled:
         svc.github = WebGitHub(settings, store)
     app.extensions["previewbot"] = svc

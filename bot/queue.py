@@ -15,40 +15,17 @@ from rq.serializers import JSONSerializer
 from .model import Deployment
 
 QUEUE_NAME = "previewbot"
-# People waiting on a command they gave: comments by the repository's owner, members and
-# collaborators, and check-run buttons (GitHub shows those only to people who may write). Workers
-# take these jobs first, in the order they came; anyone else's comment waits in line with the
-# rest, so a flood of strangers' comments cannot delay a maintainer's command. The association
-# only chooses the line: the handler still asks GitHub for the commenter's permission.
-COMMANDS_QUEUE = "previewbot-commands"
-COMMANDERS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 # Jobs that handle webhooks or report to GitHub stay short; provisioning may take long.
 GITHUB_JOB_TIMEOUT = 120
 
 
-def get_queue(conn: redis.Redis, name: str = QUEUE_NAME) -> Queue:
-    return Queue(name, connection=conn, serializer=JSONSerializer)
+def get_queue(conn: redis.Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
 
 
-def queues(conn: redis.Redis) -> dict[str, Queue]:
-    """Every queue by name, in the order workers take their jobs. Made once per process: a
-    Queue caches what it learns of the Redis server."""
-    return {name: get_queue(conn, name) for name in (COMMANDS_QUEUE, QUEUE_NAME)}
-
-
-def webhook_queue(event: str, payload: dict) -> str:
-    """The queue of a delivery's job: people's commands first (see COMMANDS_QUEUE)."""
-    if event == "check_run":
-        return COMMANDS_QUEUE
-    comment = payload.get("comment")
-    if event == "issue_comment" and isinstance(comment, dict) and comment.get("author_association") in COMMANDERS:
-        return COMMANDS_QUEUE
-    return QUEUE_NAME
-
-
-def enqueue_webhook(queues: dict[str, Queue], *, event: str, delivery_id: str, payload: dict, pipeline) -> None:
+def enqueue_webhook(queue: Queue, *, event: str, delivery_id: str, payload: dict, pipeline) -> None:
     """Queue the handling of one webhook delivery, as GitHub sent it, inside `pipeline`."""
-    queues[webhook_queue(event, payload)].enqueue_call(
+    queue.enqueue_call(
         "worker.github_events.handle_webhook",
         kwargs={"event": event, "delivery_id": delivery_id, "payload": payload},
         job_id=f"webhook-{delivery_id}",
@@ -58,6 +35,7 @@ def enqueue_webhook(queues: dict[str, Queue], *, event: str, delivery_id: str, p
         timeout=GITHUB_JOB_TIMEOUT,
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,
+        at_front=event == "issue_comment",  # people wait on commands
         description=f"webhook {event}.{payload.get('action')} {delivery_id}",
         pipeline=pipeline,
     )

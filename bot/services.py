@@ -19,7 +19,7 @@ class Services:
     store: Store
     redis: redis.Redis
     hub: Hub
-    queues: dict[str, Queue]  # bot.queue.queues: made once per process
+    queue: Queue  # made once per process: it caches what it learns of the Redis server
     github: object | None = None  # bot.github.WebGitHub when the App is configured
     feed: FeedThreads | None = None
 

@@ -104,7 +104,7 @@ def receive(svc: Services, environ: dict) -> tuple[int, dict]:
 
     record = {"deliveryId": delivery_id, "event": event, "action": payload.get("action"), "memo": memo_for(payload)}
     try:
-        accepted = accept_delivery(svc.redis, svc.queues, delivery_id=delivery_id, event=event, payload=payload, record=record, work=work)
+        accepted = accept_delivery(svc.redis, svc.queue, delivery_id=delivery_id, event=event, payload=payload, record=record, work=work)
     except redis.RedisError as exc:
         # Nothing was written, so GitHub's redelivery of it will be accepted.
         log.error("could not accept delivery %s: %s", delivery_id, type(exc).__name__)
@@ -132,7 +132,7 @@ return 1
 """
 
 
-def accept_delivery(conn: redis.Redis, queues: dict, *, delivery_id: str, event: str, payload: dict, record: dict, work: bool) -> bool:
+def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, payload: dict, record: dict, work: bool) -> bool:
     """Remember the delivery id, announce the delivery and (with work) queue its job, all or
     nothing, in one round trip. False for a redelivery.
 
@@ -143,7 +143,7 @@ def accept_delivery(conn: redis.Redis, queues: dict, *, delivery_id: str, event:
     pipe.multi()  # as RQ expects of a caller's pipeline; it is never executed
     pipe.xadd(DELIVERIES_STREAM, {"kind": "delivery", "data": orjson.dumps(record)}, maxlen=EVENTS_MAXLEN, approximate=True)
     if work:
-        jobs.enqueue_webhook(queues, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
+        jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
     encode = conn.get_encoder().encode
     writes: list = [DELIVERY_MEMORY_SECONDS]
     for command, _options in pipe.command_stack:

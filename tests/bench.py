@@ -78,7 +78,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.embedded_redis import EmbeddedRedis, free_port, redis_executable
-from bot.queue import queues
 
 from . import webhooks
 from .bench_load import (
@@ -234,10 +233,10 @@ def mixed_deliveries(count: int, *, first_pr: int = 1) -> list[Request]:
         pr = first_pr + i % 500
         kind = ("comment", "/preview", "synchronize")[i % 3]
         if kind == "comment":
-            payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({i})", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
+            payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({i})", user="alice", installation_id=INSTALLATION)
             requests.append(delivery("issue_comment", payload, kind))
         elif kind == "/preview":
-            payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
+            payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", installation_id=INSTALLATION)
             requests.append(delivery("issue_comment", payload, kind))
         else:
             payload = webhooks.pull_request("synchronize", GITHUB_REPO, pr, f"bench/branch-{pr}", sha_for("sync", i), installation_id=INSTALLATION)
@@ -481,7 +480,7 @@ def bench_webhooks(ctx: Context) -> dict:
         answered = [s for s in sent if s.status in (200, 202)]
         expected_codes = {"comment": 200, "/preview": 202, "synchronize": 202}
         conn = redis.Redis.from_url(ctx.redis_url)
-        queued = sum(conn.llen(f"rq:queue:{name}") for name in queues(conn))
+        queued = conn.llen("rq:queue:previewbot")
         conn.close()
         with fake.lock:
             github_calls = len(fake.calls)
@@ -568,7 +567,7 @@ def bench_comments(ctx: Context) -> dict:
             fake.add_pull(GITHUB_REPO, pr, f"bench/comment-{pr}", sha)
             seeded = fake.add_comment(GITHUB_REPO, pr, "/preview", user="alice")
             comment_id = seeded["id"]
-            request = delivery("issue_comment", webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", comment_id=comment_id, installation_id=INSTALLATION))
+            request = delivery("issue_comment", webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", comment_id=comment_id, installation_id=INSTALLATION))
             with fake.lock:
                 first = len(fake.calls)
 
@@ -775,14 +774,14 @@ def idle_cores(session: int, seconds: float = 3.0) -> float:
 def preview_delivery(fake: FakeGitHub, pr: int) -> Request:
     """A `/preview` comment on pull request `pr`, seeded on the fake GitHub so the bot can react."""
     seeded = fake.add_comment(GITHUB_REPO, pr, "/preview", user="alice")
-    payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", comment_id=seeded["id"], installation_id=INSTALLATION)
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", comment_id=seeded["id"], installation_id=INSTALLATION)
     request = delivery("issue_comment", payload, "/preview")
     request.headers["X-Bench-Comment-Id"] = str(seeded["id"])
     return request
 
 
 def chatter_delivery(pr: int, n: int) -> Request:
-    payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({n})", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({n})", user="alice", installation_id=INSTALLATION)
     return delivery("issue_comment", payload, "comment")
 
 
@@ -1085,11 +1084,11 @@ def watch_eyes(fake: FakeGitHub) -> tuple[dict[int, float], list[int]]:
 
 
 def queue_idle(conn: redis.Redis) -> bool:
-    from rq import Worker
+    from rq import Queue, Worker
     from rq.registry import StartedJobRegistry
 
-    waiting = queues(conn).values()
-    return all(q.count == 0 and StartedJobRegistry(queue=q).count == 0 for q in waiting) and all(w.get_state() != "busy" for w in Worker.all(connection=conn))
+    q = Queue("previewbot", connection=conn)
+    return q.count == 0 and StartedJobRegistry(queue=q).count == 0 and all(w.get_state() != "busy" for w in Worker.all(connection=conn))
 
 
 def bench_burst(ctx: Context) -> dict:
@@ -1171,7 +1170,7 @@ def bench_burst(ctx: Context) -> dict:
                 drained = time.perf_counter() - sent_all
                 break
             time.sleep(0.5)
-        waiting = sum(conn.llen(f"rq:queue:{name}") for name in queues(conn))
+        waiting = conn.llen("rq:queue:previewbot")
 
         previews = [(i, int(r.headers["X-Bench-Comment-Id"])) for i, r in enumerate(requests) if r.kind == "/preview"]
         to_eyes = [eyes[c] - results[i].started for i, c in previews if c in eyes and results[i] is not None]

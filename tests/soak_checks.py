@@ -28,14 +28,11 @@ from rq.worker import Worker
 
 from bot import state
 from bot.model import PreviewKey
-from bot.queue import COMMANDS_QUEUE, QUEUE_NAME
 from bot.render import CHECK_NAME
 from worker.reconcile import GRACE_SECONDS
 
 from .harness import wait_for
 from .soak_traffic import APP_ID, World
-
-QUEUES = (COMMANDS_QUEUE, QUEUE_NAME)
 
 # A deployment record that is not `deploying` has an outcome.
 FINAL = {"deployed", "failed", "cancelled", "superseded", "destroyed"}
@@ -385,7 +382,7 @@ class Checker:
         return False
 
     def drained(self) -> bool:
-        return all(self.conn.llen(f"rq:queue:{name}") == 0 for name in QUEUES) and not self.busy_workers() and self.recorder_caught_up()
+        return self.conn.llen("rq:queue:previewbot") == 0 and not self.busy_workers() and self.recorder_caught_up()
 
     def quiet(self) -> bool:
         deploying = self.bot.store.db.execute("SELECT count(*) FROM deployments WHERE status = 'deploying'").fetchone()[0]
@@ -432,7 +429,7 @@ class Checker:
                     "enqueuedAt": str(job.enqueued_at), "startedAt": str(job.started_at), "meta": job.meta}
 
         queued = {name: [describe(_text(j)) for j in self.conn.lrange(f"rq:queue:{name}", 0, 20)]
-                  for name in QUEUES}
+                  for name in ("previewbot",)}
         return {"queued": queued, "running": [describe(j) for j in self.busy_workers()],
                 "recorderCaughtUp": self.recorder_caught_up()}
 

@@ -23,7 +23,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bot import state
-from bot.queue import COMMANDS_QUEUE, QUEUE_NAME
 
 from .soak_traffic import World
 from .tcpproxy import BLACKHOLE
@@ -364,7 +363,7 @@ class Faults:
         if not self.redis_up:
             return None
         try:
-            return sum(int(self.conn.llen(f"rq:queue:{name}")) for name in (COMMANDS_QUEUE, QUEUE_NAME))
+            return int(self.conn.llen("rq:queue:previewbot"))
         except redis.RedisError:
             return None
 

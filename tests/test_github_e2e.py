@@ -15,7 +15,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bot.model import PreviewKey
-from bot.queue import queues
 
 from . import webhooks
 from .fakegithub import FakeGitHub
@@ -29,10 +28,6 @@ SECRET = "webhook-secret-for-tests"
 REPO = "octo/app"
 OTHER = "octo/docs"
 SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
-
-
-def waiting_jobs(conn) -> int:
-    return sum(q.count for q in queues(conn).values())
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +151,7 @@ def test_bot_and_edited_comments_and_plain_chatter_queue_nothing(start_bot, fake
     for payload in (bot_comment, edited, chatter):
         response = send(bot, "issue_comment", payload)
         assert response.status_code == 200 and response.json()["status"] == "acknowledged"
-    assert waiting_jobs(redis_conn) == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0
     # A comment that mentions the command without giving it is left to the handler, which
     # parses it, finds no command and calls nothing.
     mention = webhooks.issue_comment(REPO, 1, body="looks good, but `/preview` later", user="alice", installation_id=INSTALLATION)
@@ -375,7 +370,7 @@ def test_signature_ping_malformed_and_unhandled_events(start_bot, fake, redis_co
     headers.update({"X-Hub-Signature-256": webhooks.sign(empty, SECRET), "X-GitHub-Delivery": "empty"})
     assert httpx.post(f"{bot.url}/api/github/webhooks", content=empty, headers=headers).status_code == 400
     assert send(bot, "star", {"action": "created", "repository": {"full_name": REPO}}).status_code == 200
-    assert waiting_jobs(redis_conn) == 0
+    assert redis_conn.llen("rq:queue:previewbot") == 0
     assert not fake.calls_to("*", r".*")
 
 
@@ -489,8 +484,8 @@ def test_removing_a_repository_from_the_app_destroys_only_its_previews(start_bot
     wait_for(lambda: bot.deployment(OTHER, 1).status_code == 404, message="the removed repository's preview destroyed")
     record = wait_for(lambda: (d := bot.store.latest_deployment(PreviewKey(OTHER, 1))).status == "destroyed" and d, message="recorded")
     assert record.id == removed["id"]
-    started = [StartedJobRegistry(queue=q) for q in queues(redis_conn).values()]
-    wait_for(lambda: waiting_jobs(redis_conn) == 0 and not any(r.count for r in started), message="every job done")
+    started = StartedJobRegistry("previewbot", connection=redis_conn)
+    wait_for(lambda: redis_conn.llen("rq:queue:previewbot") == 0 and started.count == 0, message="every job done")
     current = bot.deployment(REPO, 1).json()
     assert (current["id"], current["status"]) == (kept["id"], "deployed")
 

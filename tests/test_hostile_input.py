@@ -13,7 +13,6 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -21,7 +20,7 @@ from bot.app import create_app
 from bot.commands import parse_command
 from bot.config import load_settings
 from bot.model import Deployment
-from bot.queue import COMMANDS_QUEUE, QUEUE_NAME, queues
+from bot.queue import QUEUE_NAME
 from bot.render import check_run_fields, render_status_comment
 from bot.webhooks import MAX_JSON_DEPTH, MAX_WEBHOOK_BYTES
 
@@ -76,8 +75,8 @@ def queued_job(conn, delivery_id: str) -> Job:
 
 
 def queued(conn) -> int:
-    """Work waiting: RQ jobs, on every queue."""
-    return sum(conn.llen(f"rq:queue:{name}") for name in (QUEUE_NAME, COMMANDS_QUEUE))
+    """Work waiting: RQ jobs."""
+    return conn.llen(QUEUE)
 
 
 @pytest.fixture
@@ -376,25 +375,6 @@ def test_a_65536_character_comment_with_a_command_is_queued_once(client, app, re
     # No deployment starts in the web process: the worker decides, after checking permissions.
     assert app.extensions["previewbot"].store.db["deployments"].count == 0
     assert not redis_conn.keys("previewbot:lock:*")
-
-
-@pytest.mark.parametrize("association", ["OWNER", "MEMBER", "COLLABORATOR"])
-def test_a_members_command_waits_in_no_line_behind_strangers_comments(client, app, redis_conn, association):
-    for n in range(5):
-        stranger = webhooks.issue_comment(body="/preview status", user=f"drive-by-{n}", author_association="NONE")
-        assert post(client, json.dumps(stranger).encode(), delivery=f"stranger-{n}").status_code == 202
-    member = webhooks.issue_comment(body="/preview", user="mona", author_association=association)
-    assert post(client, json.dumps(member).encode(), delivery="member").status_code == 202
-    # A worker takes the first job of the first queue that has one.
-    job, _queue = Queue.dequeue_any(list(queues(redis_conn).values()), None, connection=redis_conn, serializer=JSONSerializer)
-    assert job.id == "webhook-member"
-    assert queued(redis_conn) == 5 and redis_conn.llen(QUEUE) == 5
-
-
-def test_a_check_run_button_is_a_command(client, app, redis_conn):
-    payload = webhooks.check_run("requested_action", identifier="deploy", pr_number=1, head_ref="feature", app_id=APP_ID)
-    assert post(client, json.dumps(payload).encode(), event="check_run", delivery="button").status_code == 202
-    assert redis_conn.lrange(f"rq:queue:{COMMANDS_QUEUE}", 0, -1) == [b"webhook-button"]
 
 
 def test_a_longer_comment_reaches_the_job_as_github_sent_it(client, app, redis_conn):

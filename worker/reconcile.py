@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 from bot import previews, state
 from bot.github import github_session
 from bot.model import Deployment
-from bot.queue import job_id_for_lock, queues
+from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
 
 from .context import get_context
 from .jobs import finish
@@ -104,28 +104,27 @@ def requeue_github_jobs_of_dead_workers(conn: redis.Redis) -> list[str]:
     Their steps are safe to repeat (reactions, the one comment, check runs and deployments are
     found again; a deploy takes the branch lock). RQ would retry them too, but only once their
     execution times out (minutes); a dead worker's heartbeat key is gone within a lease."""
+    registry = StartedJobRegistry(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
     requeued = []
-    for queue in queues(conn).values():
-        registry = StartedJobRegistry(queue=queue)
-        for job_id in registry.get_job_ids(cleanup=False):
-            if not job_id.startswith(GITHUB_JOB_PREFIXES):
-                continue  # deploys are never run twice behind people's backs: they are failed
-            try:
-                job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
-            except NoSuchJobError:
-                continue
-            if job.get_status() != JobStatus.STARTED or not job.worker_name or conn.exists(alive_key(job.worker_name)):
-                continue
-            deaths = int(job.meta.get("workerDeaths", 0)) + 1
-            if deaths > MAX_REQUEUES_AFTER_DEATH:
-                continue
-            job.meta["workerDeaths"] = deaths
-            job.save_meta()
-            # The dead execution goes first: RQ's clean-up would otherwise fail the job again later.
-            registry.remove_executions(job)
-            queue.enqueue_job(job, at_front=True)
-            log.warning("reconcile: %s was running on %s, which died; queued it again", job_id, job.worker_name)
-            requeued.append(job_id)
+    for job_id in registry.get_job_ids(cleanup=False):
+        if not job_id.startswith(GITHUB_JOB_PREFIXES):
+            continue  # deploys are never run twice behind people's backs: they are failed
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status() != JobStatus.STARTED or not job.worker_name or conn.exists(alive_key(job.worker_name)):
+            continue
+        deaths = int(job.meta.get("workerDeaths", 0)) + 1
+        if deaths > MAX_REQUEUES_AFTER_DEATH:
+            continue
+        job.meta["workerDeaths"] = deaths
+        job.save_meta()
+        # The dead execution goes first: RQ's clean-up would otherwise fail the job again later.
+        registry.remove_executions(job)
+        get_queue(conn).enqueue_job(job, at_front=True)
+        log.warning("reconcile: %s was running on %s, which died; queued it again", job_id, job.worker_name)
+        requeued.append(job_id)
     return requeued
 
 

@@ -19,7 +19,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bot import state
-from bot.queue import get_queue, queues
+from bot.queue import get_queue
 
 from . import context
 from .reconcile import Heartbeat, ReconcileScheduler
@@ -47,7 +47,7 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             # between jobs and a job starts in well under a millisecond. A job that dies takes
             # the process with it; the branch lease and the reconciler recover its deployment.
             worker = PreviewWorker(
-                list(queues(rq_conn).values()),
+                [get_queue(rq_conn)],
                 connection=rq_conn,
                 serializer=JSONSerializer,
                 name=name,
@@ -105,7 +105,7 @@ def _run_again(conn: redis.Redis, job_id: str | None) -> None:
     try:
         job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         if job.get_status() == JobStatus.STARTED:
-            get_queue(conn, job.origin).enqueue_job(job, at_front=True)
+            get_queue(conn).enqueue_job(job, at_front=True)
             log.warning("queued %s again after the outage", job_id)
     except (NoSuchJobError, redis.RedisError) as exc:
         log.warning("could not queue %s again: %s", job_id, exc)
