@@ -40,6 +40,8 @@ from .api_models import (
     OpenApiDocument,
     PullRequestList,
     PullRequestQuery,
+    Session,
+    SessionRequest,
 )
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 from .services import services
@@ -49,8 +51,8 @@ log = logging.getLogger("previewbot.api")
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC_ENDPOINTS = {"api.health", "api.openapi"}
-JSON_BODY_ENDPOINTS = {"api.deploy"}
+PUBLIC_ENDPOINTS = {"api.health", "api.openapi", "api.create_session"}
+JSON_BODY_ENDPOINTS = {"api.deploy", "api.create_session"}
 
 
 def _refuse_invalid(req, resp, error: pydantic.ValidationError | None, instance, model_adapter) -> None:
@@ -70,9 +72,10 @@ spec = SpecTree(
     "flask",
     title="previewbot API",
     version="1",
-    description="Preview environments for pull requests. Every route but `/api/health` and "
-    "`/api/openapi.json` needs an API token (`previewbot token create NAME`) as `Authorization: Bearer "
-    "<token>`. Every error is a JSON object with an `error` field, including 404 for unknown paths and "
+    description="Preview environments for pull requests. Every route but `/api/health`, "
+    "`/api/openapi.json` and `POST /api/sessions` needs an API token (`.venv/bin/previewbot token create --name "
+    "NAME`, or a dashboard session's) as `Authorization: Bearer <token>`. Every error is a JSON object "
+    "with an `error` field, including 404 for unknown paths and "
     "405 for methods a path does not have. Every route answers CORS preflights (OPTIONS) without a "
     "token, and every answer allows any origin.",
     mode="strict",  # only the routes decorated here: not the dashboard, not the WebSocket
@@ -101,7 +104,7 @@ PULL_REQUEST_PATH = {
 }
 # Answers any route that needs a token may give before reaching its own logic.
 TOKEN_ERRORS = {
-    "HTTP_401": (ErrorBody, "No bearer token, or an unknown or revoked one."),
+    "HTTP_401": (ErrorBody, "No bearer token, or an unknown, expired or revoked one."),
     "HTTP_503": (ErrorBody, "Redis or SQLite is unavailable; try again shortly."),
 }
 # Answers every .../pull-requests/{prNumber}/... route gives for its path.
@@ -147,7 +150,7 @@ def authenticate():
         raise ApiError(401, "Missing bearer token: send 'Authorization: Bearer <token>'")
     row = services().store.verify_token(token.strip())
     if row is None:
-        raise ApiError(401, "Invalid or revoked API token")
+        raise ApiError(401, "Invalid, expired or revoked API token")
     g.token = row
     return None
 
@@ -244,6 +247,33 @@ def health():
     return jsonify(body), 200 if ok else 503
 
 
+@bp.post("/sessions")
+@spec.validate(
+    resp=Response(
+        HTTP_201=(Session, "A new session token."),
+        HTTP_400=(ErrorBody, "The body is not a JSON object with a `code` string."),
+        HTTP_401=(ErrorBody, "The code is unknown, expired or already used: one answer for all."),
+        HTTP_413=(ErrorBody, "The request body is over 1 MiB."),
+        HTTP_503=(ErrorBody, "SQLite is unavailable; try again shortly."),
+    ),
+    security=PUBLIC,
+    tags=["sessions"],
+    operation_id="createSession",
+)
+def create_session(json: SessionRequest):
+    """Exchange a sign-in link's code for a session token
+
+    How the dashboard signs in without a token in its address: `previewbot run` and `previewbot
+    signin` print a link `/?code=…` that works once, for 10 minutes; the page trades its code
+    here for a token that lasts 30 days.
+    """
+    session = services().store.exchange_signin_code(json.code)
+    if session is None:
+        raise ApiError(401, "This sign-in link is unknown, expired or already used; ask for a new one (run 'make signin' or '.venv/bin/previewbot signin' on the server)")
+    token, expires_at = session
+    return jsonify({"token": token, "expiresAt": expires_at}), 201
+
+
 # Route variables are camelCase because the document names its path parameters after them.
 @bp.post("/repos/<owner>/<repo>/pull-requests/<prNumber>/deploy")
 @spec.validate(
@@ -254,7 +284,8 @@ def health():
         HTTP_413=(ErrorBody, "The request body is over 1 MiB."),
         HTTP_422=(
             ErrorBody,
-            "GitHub App only: the pull request is not open or not visible to the app, or `branchName` is not its head branch.",
+            "GitHub App only: the pull request is not open or not visible to the app, `branchName` is not its head "
+            "branch, or `headSha` is not its head commit; nothing was deployed.",
         ),
         HTTP_429=RATE_LIMITED,
         HTTP_502=(ErrorBody, "GitHub App only: GitHub could not be reached to check the pull request."),
@@ -284,8 +315,13 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
             raise ApiError(422, f"{repository}#{pr_number} is not an open pull request the app can see")
         if head["ref"] != branch:
             raise ApiError(422, f"branchName {branch!r} is not the head branch of {repository}#{pr_number}")
+        state.record_head(svc.redis, repository, pr_number, head["sha"], at=time.time())
+        # Only the head is deployed: a commit the pull request no longer (or never) had was not
+        # the one reviewed, and a fork's could be anything.
+        if sha is not None and sha != head["sha"]:
+            raise ApiError(422, f"headSha {sha} is not the head commit of {repository}#{pr_number} (it is {head['sha']}); nothing was deployed")
         head_repository, installation_id = head["repository"], head["installationId"]
-        sha, title, author = sha or head["sha"], head["title"], head["author"]
+        sha, title, author = head["sha"], head["title"], head["author"]
     deployment = Deployment.new(
         repository=repository,
         pr_number=pr_number,

@@ -96,6 +96,16 @@ class PullRequestQuery(BaseModel):
         return value or None
 
 
+class SessionRequest(BaseModel):
+    """Other fields are ignored."""
+
+    code: str = Field(
+        min_length=1,
+        description="The code of a one-time sign-in link (`/?code=…`, printed by `previewbot run` and "
+        "`make signin` or `.venv/bin/previewbot signin`).",
+    )
+
+
 # -- answers -----------------------------------------------------------------------------------
 
 
@@ -121,6 +131,13 @@ class Health(_Answer):
     database: str = Field(description="`ok` or `down: <error type>`.")
     redis: str = Field(description="`ok` or `down: <error type>`.")
     github: bool = Field(description="Whether the GitHub App is configured.")
+
+
+class Session(_Answer):
+    token: str = Field(
+        min_length=1, description="A session token, used like an API token; listed and revocable as `session-…`."
+    )
+    expires_at: str = Field(description="When the token stops being accepted (UTC, ISO 8601): 30 days on.")
 
 
 class OpenApiDocument(BaseModel):

@@ -1,4 +1,4 @@
-"""The `previewbot` command: web, worker, run (everything on one machine) and tokens."""
+"""The `previewbot` command: web, worker, run (everything on one machine), tokens and sign-in links."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import GITHUB_VARIABLES, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger("previewbot")
 
@@ -34,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     create = token_commands.add_parser("create", help="create a token and print it (last line)")
     create.add_argument("--name", required=True)
     create.add_argument("--repository", action="append", help="limit the token to this owner/repo (repeatable)")
-    token_commands.add_parser("list", help="list tokens (never their values)")
+    token_commands.add_parser("list", help="list tokens, dashboard sessions included (never their values)")
     revoke = token_commands.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
+    commands.add_parser("signin", help="print a one-time sign-in link for the dashboard (last line)")
+    backup = commands.add_parser("backup", help="copy the SQLite database, safely while previewbot runs")
+    backup.add_argument("path", help="where to write the copy; an existing file is kept")
+    backup.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
 
     args = parser.parse_args(argv)
     try:
@@ -47,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_worker(settings, processes=args.processes, burst=args.burst)
         if args.command == "run":
             return run_all(settings, workers=args.workers)
+        if args.command == "signin":
+            return print_signin_link(settings)
+        if args.command == "backup":
+            return run_backup(settings, args.path, overwrite=args.overwrite)
         return run_token_command(settings, args)
     except ConfigError as exc:
         print(f"previewbot: configuration error: {exc}", file=sys.stderr)
@@ -55,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _require_redis(settings: Settings) -> None:
     if not settings.redis_url:
-        raise ConfigError("REDIS_URL is required for 'previewbot web' and 'previewbot worker' (use 'previewbot run' for an embedded Redis)")
+        raise ConfigError("REDIS_URL is required for 'previewbot web' and 'previewbot worker' (use 'make run' or '.venv/bin/previewbot run' for an embedded Redis)")
 
 
 def announce_mode(settings: Settings) -> None:
@@ -68,6 +80,7 @@ def announce_mode(settings: Settings) -> None:
 def run_web(settings: Settings, *, workers: int, connections: int) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from .logs import gunicorn_logger_class
     from .store import Store
 
     _require_redis(settings)
@@ -84,7 +97,10 @@ def run_web(settings: Settings, *, workers: int, connections: int) -> int:
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 5)
             self.cfg.set("keepalive", 5)
-            self.cfg.set("accesslog", None)
+            # To stdout, scrubbed: a script's `/ws?token=…` and a sign-in link's code never
+            # reach a log in clear.
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("logger_class", gunicorn_logger_class(settings.secrets()))
             self.cfg.set("control_socket_disable", True)
 
         def load(self):
@@ -125,18 +141,42 @@ def run_all(settings: Settings, *, workers: int) -> int:
         print(f"previewbot: embedded Redis at {embedded.url}", flush=True)
     store = Store(settings.database_path)
     store.migrate()
-    base = f"http://{settings.host}:{settings.port}"
-    if store.count_tokens() == 0:
-        token = store.create_token("dashboard")
-        print(f"previewbot: created API token 'dashboard'. Open the dashboard: {base}/?token={token}", flush=True)
-    else:
-        print(f"previewbot: dashboard at {base}/ (create a token with 'previewbot token create --name NAME')", flush=True)
+    link = signin_link(settings, store)
+    print(f"previewbot: sign in to the dashboard within 10 minutes (the link works once): {link}", flush=True)
     commands = [[sys.executable, "-m", "bot.cli", "web"]] + [[sys.executable, "-m", "bot.cli", "worker"]] * max(1, workers)
     try:
         return _supervise(commands, env)
     finally:
         if embedded:
             embedded.stop()
+
+
+def signin_link(settings: Settings, store: Store) -> str:
+    """A one-time link to the dashboard: never a token in a URL, where browsers' history,
+    proxies and logs would keep it."""
+    return f"{settings.base_url}/?code={store.create_signin_code()}"
+
+
+def print_signin_link(settings: Settings) -> int:
+    from .store import Store
+
+    store = Store(settings.database_path)
+    store.migrate()
+    print("Open this link within 10 minutes to sign in to the dashboard; it works once:")
+    print(signin_link(settings, store))
+    return 0
+
+
+def run_backup(settings: Settings, path: str, *, overwrite: bool) -> int:
+    from .backup import BackupError, backup
+
+    try:
+        copy = backup(settings.database_path, path, overwrite=overwrite)
+    except BackupError as exc:
+        print(f"previewbot: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"Backed up {settings.database_path} to {copy} (integrity check passed).")
+    return 0
 
 
 # A child that keeps dying this often is broken, not unlucky: then everything stops.
@@ -192,6 +232,7 @@ def _supervise(commands: list[list[str]], env: dict) -> int:
 
 
 def run_token_command(settings: Settings, args) -> int:
+    from .model import utcnow
     from .store import Store
     from .validation import InvalidInput, full_repository_name
 
@@ -209,10 +250,17 @@ def run_token_command(settings: Settings, args) -> int:
         print(token)
         return 0
     if args.token_command == "list":
+        now = utcnow()
         for row in store.list_tokens():
             scope = row["repositories"] or "all repositories"
-            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-            print(f"{row['name']}\t{state}\tcreated {row['created_at']}\t{scope}")
+            if row["revoked_at"]:
+                state = f"revoked {row['revoked_at']}"
+            elif row["expires_at"] and row["expires_at"] <= now:
+                state = f"expired {row['expires_at']}"
+            else:
+                state = "active"
+            kind = f"dashboard session until {row['expires_at']}" if row["kind"] == "session" else "API token"
+            print(f"{row['name']}\t{state}\tcreated {row['created_at']}\t{scope}\t{kind}")
         return 0
     if store.revoke_token(args.name):
         print(f"Revoked token {args.name!r}.")

@@ -31,7 +31,7 @@ def index() -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = content_security_policy(api_url)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    # The first visit may carry ?token=; never send the address to anyone else.
+    # A sign-in link carries a one-time ?code=; never send the address to anyone else.
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
     return response

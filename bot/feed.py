@@ -76,6 +76,14 @@ return 0
 """
 
 
+# Put on a subscriber's queue instead of a message: its connection ended (wakes the sender), or
+# its token is no longer accepted (the sender closes the connection with 4401).
+CLOSED = object()
+REVOKED = object()
+# How often each web process looks for revoked or expired tokens among its clients'.
+TOKEN_CHECK_SECONDS = 2.0
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One WebSocket client: what it asked to see and what its token may see."""
@@ -84,6 +92,8 @@ class Subscriber:
     pr_number: str | None = None
     environment: str | None = None
     allowed: list[str] | None = None  # None: every repository
+    token_name: str | None = None
+    # Messages as the text sent on the wire, or CLOSED / REVOKED.
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
     # Cuts the client's connection: a client that cannot keep up is dropped (its sender may be
@@ -120,15 +130,35 @@ class Hub:
     def publish(self, message: dict) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
+        text = None  # encoded once, for the first client that wants it
         for subscriber in subscribers:
             if subscriber.wants(message):
-                try:
-                    subscriber.messages.put_nowait(message)
-                except queue.Full:
-                    # A client that reads nothing must not hold memory forever; it reconnects.
-                    if not subscriber.overflowed:
-                        subscriber.overflowed = True
-                        subscriber.drop()
+                text = text or json.dumps(message)
+                self._put(subscriber, text)
+
+    def close_refused(self, accepted: Callable[[set[str]], set[str]]) -> None:
+        """Close the connections whose token `accepted` (names in, names still valid out) no
+        longer accepts: revoked or expired."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        names = {s.token_name for s in subscribers if s.token_name}
+        if not names:
+            return
+        still = accepted(names)
+        for subscriber in subscribers:
+            if subscriber.token_name in names and subscriber.token_name not in still:
+                self.unsubscribe(subscriber)
+                self._put(subscriber, REVOKED)
+
+    @staticmethod
+    def _put(subscriber: Subscriber, message) -> None:
+        try:
+            subscriber.messages.put_nowait(message)
+        except queue.Full:
+            # A client that reads nothing must not hold memory forever; it reconnects.
+            if not subscriber.overflowed:
+                subscriber.overflowed = True
+                subscriber.drop()
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -314,7 +344,7 @@ class FeedThreads:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target in (self._record_loop, self._log_loop, self._broadcast_loop, self._repair_loop):
+        for target in (self._record_loop, self._log_loop, self._broadcast_loop, self._repair_loop, self._token_loop):
             thread = threading.Thread(target=target, name=f"previewbot-{target.__name__.strip('_')}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -485,6 +515,13 @@ class FeedThreads:
                 log.warning("repair skipped: %s", exc)
 
     # -- broadcaster -------------------------------------------------------------------------
+
+    def _token_loop(self) -> None:
+        while not self.stop.wait(TOKEN_CHECK_SECONDS):
+            try:
+                self.hub.close_refused(self.store.active_token_names)
+            except sqlite3.Error as exc:
+                log.warning("token check skipped: %s", exc)
 
     def _broadcast_loop(self) -> None:
         last_id = "$"

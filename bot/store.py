@@ -1,5 +1,5 @@
 """The web process's SQLite store: deployments and their history, pull requests, webhook
-deliveries, API tokens and installations.
+deliveries, API tokens (dashboard sessions included), sign-in codes and installations.
 
 Dicts in, dicts out through sqlite-utils; the schema changes only through the migrations below.
 Workers never open this file: what they do reaches it as events (see `bot.feed`).
@@ -15,6 +15,7 @@ import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -168,6 +169,16 @@ def m005_current_deployments(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m006_session_tokens_and_signin_codes(db: sqlite_utils.Database) -> None:
+    """Tokens say what made them (`kind`: `api` from `previewbot token create`, `session` from
+    a dashboard sign-in) and may expire (`expires_at`; null: until revoked). `signin_codes`
+    holds the one-time codes of sign-in links, hashed like tokens, until they are exchanged."""
+    db["api_tokens"].add_column("kind", str, not_null_default="api")
+    db["api_tokens"].add_column("expires_at", str)
+    db["signin_codes"].create({"code_hash": str, "created_at": str, "expires_at": str}, pk="code_hash")
+
+
 # Each environment's current deployment: `{CURRENT} WHERE …` with `c` the current row, `d` the deployment.
 CURRENT = "SELECT d.* FROM current_deployments c JOIN deployments d ON d.id = c.deployment_id"
 
@@ -175,6 +186,10 @@ PULL_REQUEST_FIELDS = (
     "repository", "number", "title", "branch_name", "head_repository", "head_sha", "author", "state", "installation_id",
 )
 
+
+# A sign-in link works once, for a few minutes; the session it opens lasts a month.
+SIGNIN_CODE_TTL = timedelta(minutes=10)
+SESSION_TTL = timedelta(days=30)
 
 # Lines kept in SQLite per deployment: the first ones; later ones are counted as dropped. At
 # the 4,000 characters a line may have, that is at most 400 MB for one deployment.
@@ -211,6 +226,14 @@ class Store:
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
+
+    def release(self) -> None:
+        """Close this thread's connection: a long-lived greenlet that is done with the database
+        (an open WebSocket) should not hold one."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.conn.close()
 
     @contextmanager
     def write(self):
@@ -454,23 +477,37 @@ class Store:
 
     def create_token(self, name: str, repositories: list[str] | None = None) -> str:
         """Create a token and return it in clear, once; only its hash is stored."""
-        token = "pvb_" + secrets.token_urlsafe(32)
         try:
-            self.db["api_tokens"].insert(
-                {
-                    "name": name,
-                    "token_hash": hash_token(token),
-                    "repositories": json.dumps(sorted(repositories)) if repositories else None,
-                    "created_at": utcnow(),
-                    "revoked_at": None,
-                }
-            )
+            return self._insert_token(self.db, name, repositories=repositories)
         except sqlite3.IntegrityError:
             raise ValueError(f"a token named {name!r} already exists") from None
+
+    def _insert_token(
+        self,
+        db: sqlite_utils.Database,
+        name: str,
+        *,
+        repositories: list[str] | None = None,
+        kind: str = "api",
+        expires_at: str | None = None,
+    ) -> str:
+        token = "pvb_" + secrets.token_urlsafe(32)
+        db["api_tokens"].insert(
+            {
+                "name": name,
+                "token_hash": hash_token(token),
+                "repositories": json.dumps(sorted(repositories)) if repositories else None,
+                "created_at": utcnow(),
+                "revoked_at": None,
+                "kind": kind,
+                "expires_at": expires_at,
+            }
+        )
         return token
 
     def verify_token(self, token: str | None) -> dict | None:
-        """The token's row (with `repositories` as a list or None for all) if valid, else None."""
+        """The token's row (`name`, `kind`, `expires_at`, and `repositories` as a list or None
+        for all) if it is neither revoked nor expired, else None."""
         if not token or len(token) > 200:
             return None
         digest = hash_token(token)
@@ -478,8 +515,22 @@ class Store:
         if not rows or not hmac.compare_digest(rows[0]["token_hash"], digest) or rows[0]["revoked_at"]:
             return None
         row = dict(rows[0])
+        if row["expires_at"] and row["expires_at"] <= utcnow():
+            return None
         row["repositories"] = json.loads(row["repositories"]) if row["repositories"] else None
         return row
+
+    def active_token_names(self, names: set[str]) -> set[str]:
+        """Those of `names` whose tokens are neither revoked nor expired, in one query: the
+        WebSocket feed asks every few seconds, to close the connections of the others."""
+        if not names:
+            return set()
+        rows = self.db.execute(
+            """SELECT name FROM api_tokens WHERE name IN (SELECT value FROM json_each(?))
+               AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)""",
+            [json.dumps(sorted(names)), utcnow()],
+        ).fetchall()
+        return {name for (name,) in rows}
 
     def list_tokens(self) -> list[dict]:
         return [
@@ -493,8 +544,38 @@ class Store:
         )
         return cursor.rowcount == 1
 
-    def count_tokens(self) -> int:
-        return self.db["api_tokens"].count
+    # -- dashboard sign-in -------------------------------------------------------------------
+
+    def create_signin_code(self) -> str:
+        """A one-time code for a sign-in link, returned in clear once and valid for
+        SIGNIN_CODE_TTL; only its hash is kept. Codes that ran out unused are dropped here."""
+        code = "pvc_" + secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        with self.write() as db:
+            db.execute("DELETE FROM signin_codes WHERE expires_at <= ?", [timestamp(now)])
+            db["signin_codes"].insert(
+                {"code_hash": hash_token(code), "created_at": timestamp(now), "expires_at": timestamp(now + SIGNIN_CODE_TTL)}
+            )
+        return code
+
+    def exchange_signin_code(self, code: str) -> tuple[str, str] | None:
+        """A new session token and its expiry for a valid code; None for an unknown, expired or
+        used one alike. The code is deleted in the transaction that creates the token, so of
+        two exchanges of one code only one gets a token."""
+        if not code or len(code) > 200:
+            return None
+        now = datetime.now(timezone.utc)
+        expires_at = timestamp(now + SESSION_TTL)
+        with self.write() as db:
+            used = db.execute(
+                "DELETE FROM signin_codes WHERE code_hash = ? AND expires_at > ?", [hash_token(code), timestamp(now)]
+            )
+            if used.rowcount != 1:
+                return None
+            # An expired session can never be used again; listing it forever would only be noise.
+            db.execute("DELETE FROM api_tokens WHERE kind = 'session' AND expires_at <= ?", [timestamp(now)])
+            token = self._insert_token(db, f"session-{secrets.token_hex(6)}", kind="session", expires_at=expires_at)
+        return token, expires_at
 
     # -- installations -----------------------------------------------------------------------
 
@@ -531,6 +612,11 @@ class Store:
     def installation_for(self, repository: str) -> int | None:
         rows = list(self.db["installation_repositories"].rows_where("repository = ?", [repository]))
         return rows[0]["installation_id"] if rows else None
+
+
+def timestamp(moment: datetime) -> str:
+    """A UTC moment written like `utcnow()`, so stored times compare as text."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def hash_token(token: str) -> str:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from bot.embedded_redis import free_port
+from bot.store import Store
 
 from .harness import process_alive, wait_for
 
@@ -54,11 +55,17 @@ def test_run_starts_embedded_redis_web_and_worker_and_ctrl_c_stops_all(tmp_path)
     process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         output = lambda: (tmp_path / "run.log").read_text()
-        match = wait_for(lambda: re.search(r"\?token=(pvb_\S+)", output()), message="the dashboard URL with a token")
-        assert "local mode: GitHub is off" in wait_for(lambda: output() if "local mode" in output() else None)
-        token = match.group(1)
         base = f"http://127.0.0.1:{port}"
+        match = wait_for(lambda: re.search(rf"{re.escape(base)}/\?code=(pvc_[\w-]+)$", output(), re.MULTILINE), message="the sign-in link")
+        assert "local mode: GitHub is off" in wait_for(lambda: output() if "local mode" in output() else None)
         wait_for(lambda: httpx.get(f"{base}/api/health", timeout=1).status_code == 200, message="health")
+        # The link's code works once, for a session token; no permanent token was made or shown.
+        session = httpx.post(f"{base}/api/sessions", json={"code": match.group(1)})
+        assert session.status_code == 201
+        assert httpx.post(f"{base}/api/sessions", json={"code": match.group(1)}).status_code == 401
+        token = session.json()["token"]
+        assert "pvb_" not in output() and "?token=" not in output()
+        assert [row["kind"] for row in Store(str(tmp_path / "previewbot.db")).list_tokens()] == ["session"]
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.post(f"{base}/api/repos/octo/app/pull-requests/1/deploy", json={"branchName": "main"}, headers=headers).status_code == 202
         wait_for(lambda: httpx.get(f"{base}/api/repos/octo/app/pull-requests/1/deployment", headers=headers).json()["status"] == "deployed", message="deployed")
@@ -73,12 +80,13 @@ def test_run_starts_embedded_redis_web_and_worker_and_ctrl_c_stops_all(tmp_path)
     assert "could not connect to Redis" not in output() and "dispatcher paused" not in output()
     assert "the worker loop stopped" not in output()
     assert not (tmp_path / ".previewbot" / "redis.sock").exists()
-    # A second start keeps the data and creates no new token.
+    # A second start keeps the data (the session included) and prints a new link, no token.
     second = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         first_line = wait_for(lambda: second.stdout.readline(), message="output")
         lines = [first_line] + [second.stdout.readline() for _ in range(1)]
-        assert any("token create" in line for line in lines), lines
+        links = [line for line in lines if "/?code=pvc_" in line]
+        assert links and match.group(1) not in links[0] and "pvb_" not in "".join(lines), lines
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/repos/octo/app/pull-requests/1/deployment", headers=headers, timeout=1).json()["status"] == "deployed", message="data kept")
     finally:
         os.killpg(second.pid, signal.SIGINT)

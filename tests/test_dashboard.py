@@ -7,6 +7,7 @@ kept under test-output/ for review.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -112,10 +113,28 @@ def badge(page, repository: str, number: int):
     return card(page, repository, number).locator(".badge-text")
 
 
+def silent_feed(ws):
+    """A stand-in for /ws that accepts the page's auth message and answers its pings, and
+    delivers nothing else."""
+
+    def answer(message):
+        if message == "ping":
+            ws.send('{"type":"pong"}')
+        elif json.loads(message).get("type") == "auth":
+            ws.send('{"type":"auth","ok":true}')
+
+    ws.on_message(answer)
+
+
 def open_dashboard(page, bot, query: str = ""):
-    """Sign in with ?token= and wait until the live feed is subscribed."""
-    page.goto(f"{bot.url}/?token={bot.token}{'&' + query if query else ''}")
+    """Sign in with a one-time sign-in link, as `previewbot signin` prints one, and wait until
+    the live feed is subscribed."""
+    page.goto(f"{bot.url}/?code={bot.store.create_signin_code()}{'&' + query if query else ''}")
     expect(page.locator("#connection")).to_have_text("Live")
+
+
+def stored_token(page) -> str | None:
+    return page.evaluate("localStorage.getItem('previewbot.token')")
 
 
 def command_bot(make_bot, tmp_path: Path, script: str, env: dict | None = None):
@@ -136,9 +155,9 @@ def test_deploy_from_a_card_shows_deploying_then_deployed(make_bot, page, output
     seed(bot, "acme/blog", 4, "docs/intro", None, None)
 
     open_dashboard(page, bot)
-    # The token moved from the address bar to localStorage.
-    assert "token=" not in page.url
-    assert page.evaluate("localStorage.getItem('previewbot.token')") == bot.token
+    # The code left the address bar; the session token it was exchanged for is in localStorage.
+    assert "code=" not in page.url
+    assert bot.store.verify_token(stored_token(page))["kind"] == "session"
 
     # One card per pull request, newest first.
     expect(page.locator("li.card .card-number")).to_have_text(["#4", "#13", "#12"])
@@ -260,10 +279,7 @@ def test_a_deploy_already_running_is_not_started_twice(make_bot, page):
     bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "3"}).start()
     seed(bot, "acme/api", 8, "feat/export", "CSV export", "octocat")
 
-    def silent_feed(ws):  # answers the page's ping, delivers nothing else
-        ws.on_message(lambda message: ws.send('{"type":"pong"}') if message == "ping" else None)
-
-    page.route_web_socket(re.compile(r"/ws\?"), silent_feed)
+    page.route_web_socket(re.compile(r"/ws$"), silent_feed)
     open_dashboard(page, bot)
     item = card(page, "acme/api", 8)
     expect(badge(page, "acme/api", 8)).to_have_text("Idle")
@@ -314,6 +330,77 @@ def test_a_dropped_connection_reconnects_and_catches_up(make_bot, page, output_d
     assert page.evaluate("window.__sameDocument") is True
 
 
+def test_a_sign_in_link_leaves_the_address_bar_and_signs_in_once(make_bot, browser, page, output_dir):
+    bot = make_bot().start()
+    seed(bot, "acme/shop", 50, "feat/sign-in", "Sign in by link", "octocat")
+    code = bot.store.create_signin_code()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    sockets, sent, received = [], [], []
+
+    def on_websocket(ws):
+        sockets.append(ws.url)
+        ws.on("framesent", lambda payload: sent.append(payload))
+        ws.on("framereceived", lambda payload: received.append(payload))
+
+    page.on("websocket", on_websocket)
+    # What the address bar says when the code is sent to be exchanged.
+    address_at_exchange: list[str] = []
+
+    def exchange(route):
+        address_at_exchange.append(page.url)
+        route.continue_()
+
+    page.route("**/api/sessions", exchange)
+
+    page.goto(f"{bot.url}/?code={code}&repository=acme/shop")
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(card(page, "acme/shop", 50)).to_be_visible()
+    # The code left the address bar before it was used; the filter stayed.
+    assert address_at_exchange == [f"{bot.url}/?repository=acme%2Fshop"]
+    assert page.url == f"{bot.url}/?repository=acme%2Fshop"
+    token = stored_token(page)
+    assert bot.store.verify_token(token)["kind"] == "session"
+    page.screenshot(path=output_dir / "signed-in-by-link.png")
+
+    # Live data over the WebSocket, which got the token in its first message, not its URL.
+    assert bot.deploy("acme/shop", 50, "feat/sign-in").status_code == 202
+    expect(badge(page, "acme/shop", 50)).to_have_text("Deployed")
+    assert sockets == [f"ws://127.0.0.1:{bot.port}/ws"]
+    assert json.loads(sent[0]) == {"type": "auth", "token": token}
+    assert any(json.loads(frame).get("type") == "deployment:update" for frame in received)
+    assert not any(token in url for url in requested)
+    assert [url for url in requested if code in url] == [f"{bot.url}/?code={code}&repository=acme/shop"]
+
+    # The link works once: opened again (another browser profile), it says so.
+    context = browser.new_context()
+    try:
+        again = context.new_page()
+        again.goto(f"{bot.url}/?code={code}")
+        expect(again.locator("#sign-in-message")).to_contain_text("This sign-in link is not valid")
+        expect(again.locator("#main")).to_be_hidden()
+        expect(again.get_by_label("API token")).to_be_visible()
+        assert "code=" not in again.url and stored_token(again) is None
+        again.screenshot(path=output_dir / "used-link.png")
+    finally:
+        context.close()
+
+
+def test_revoking_the_session_signs_the_page_out(make_bot, page, output_dir):
+    bot = make_bot().start()
+    seed(bot, "acme/shop", 51, "feat/revoke", "Revoked session", "octocat")
+    open_dashboard(page, bot)
+    expect(card(page, "acme/shop", 51)).to_be_visible()
+    assert bot.store.revoke_token(bot.store.verify_token(stored_token(page))["name"])
+    # The server closes the session's WebSocket with 4401 within 5 s; the page signs out.
+    message = page.locator("#sign-in-message")
+    expect(message).to_contain_text("Your sign-in is no longer accepted")
+    expect(page.locator("#main")).to_be_hidden()
+    expect(page.locator("li.card")).to_have_count(0)
+    assert stored_token(page) is None
+    page.screenshot(path=output_dir / "revoked.png")
+
+
 def test_a_bad_token_is_refused_and_nothing_is_shown(make_bot, page, output_dir):
     bot = make_bot().start()
     seed(bot, "acme/shop", 1, "feat/secret-project", "Secret project", "octocat")
@@ -323,18 +410,24 @@ def test_a_bad_token_is_refused_and_nothing_is_shown(make_bot, page, output_dir)
     expect(page.get_by_label("API token")).to_be_visible()
     expect(page.locator("#main")).to_be_hidden()
 
-    # A bad token from the address bar: refused with a message, taken off the URL, not kept.
-    page.goto(f"{bot.url}/?token=not-a-real-token")
+    # A bad token, typed in: refused with a message, not kept.
+    page.get_by_label("API token").fill("not-a-real-token")
+    page.get_by_role("button", name="Sign in").click()
     message = page.locator("#sign-in-message")
     expect(message).to_contain_text("This API token was not accepted")
-    expect(message).to_contain_text("Invalid or revoked API token")
+    expect(message).to_contain_text("Invalid, expired or revoked API token")
     expect(page.locator("#main")).to_be_hidden()
     expect(page.locator("li.card")).to_have_count(0)
     expect(page.get_by_text("Secret project")).to_have_count(0)
     expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
-    assert "token=" not in page.url
-    assert page.evaluate("localStorage.getItem('previewbot.token')") is None
+    assert stored_token(page) is None
     page.screenshot(path=output_dir / "bad-token.png")
+
+    # A token in the address (an old link), even a good one, is taken off the URL and not used.
+    page.goto(f"{bot.url}/?token={bot.token}")
+    expect(message).to_contain_text("no longer takes a token from its address")
+    expect(page.locator("#main")).to_be_hidden()
+    assert "token=" not in page.url and stored_token(page) is None
 
     # The right token, typed in.
     page.get_by_label("API token").fill(bot.token)
@@ -347,7 +440,7 @@ def test_a_bad_token_is_refused_and_nothing_is_shown(make_bot, page, output_dir)
     expect(message).to_have_text("You are signed out.")
     expect(page.locator("li.card")).to_have_count(0)
     expect(page.locator("#main")).to_be_hidden()
-    assert page.evaluate("localStorage.getItem('previewbot.token')") is None
+    assert stored_token(page) is None
     page.screenshot(path=output_dir / "signed-out.png")
     page.reload()
     expect(page.get_by_label("API token")).to_be_visible()
@@ -466,9 +559,10 @@ def test_next_public_api_url_is_the_api_and_websocket_base(make_bot, page):
 
     open_dashboard(page, bot)
     expect(card(page, "acme/shop", 30)).to_be_visible()
-    assert api_requests and all(url.startswith(f"{api_base}/api/pull-requests") for url in api_requests)
+    assert api_requests[0] == f"{api_base}/api/sessions"  # the sign-in link's code, exchanged
+    assert all(url.startswith(f"{api_base}/api/pull-requests") for url in api_requests[1:])
     assert not own_origin
-    assert sockets and all(url.startswith(f"ws://localhost:{bot.port}/ws?token=") for url in sockets)
+    assert sockets and all(url == f"ws://localhost:{bot.port}/ws" for url in sockets)
 
 
 def test_cancel_a_running_deploy_from_its_card(make_bot, page, output_dir):
@@ -576,10 +670,7 @@ def test_cancel_when_nothing_is_running_shows_the_error_on_the_card(make_bot, pa
     bot = make_bot({"PREVIEW_SIMULATED_SECONDS": "2"}).start()
     seed(bot, "acme/api", 44, "feat/quick", "Quick build", "octocat")
 
-    def silent_feed(ws):  # answers the page's ping, delivers nothing else
-        ws.on_message(lambda message: ws.send('{"type":"pong"}') if message == "ping" else None)
-
-    page.route_web_socket(re.compile(r"/ws\?"), silent_feed)
+    page.route_web_socket(re.compile(r"/ws$"), silent_feed)
     assert bot.deploy("acme/api", 44, "feat/quick").status_code == 202
     open_dashboard(page, bot)
     item = card(page, "acme/api", 44)

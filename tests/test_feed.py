@@ -1,9 +1,10 @@
 """The web process's fan-out to WebSocket clients: a client that cannot keep up is dropped,
-the others are not slowed."""
+the others are not slowed; a client whose token is no longer accepted is closed."""
 
+import json
 import queue
 
-from bot.feed import Hub, Subscriber
+from bot.feed import REVOKED, Hub, Subscriber
 
 
 def update(n: int) -> dict:
@@ -18,5 +19,33 @@ def test_a_client_that_cannot_keep_up_is_dropped_once_and_the_others_get_everyth
     for n in range(10):
         hub.publish(update(n))
     assert dropped == ["slow"] and slow.overflowed
-    assert [fast.messages.get_nowait()["n"] for _ in range(10)] == list(range(10))
+    assert [json.loads(fast.messages.get_nowait())["n"] for _ in range(10)] == list(range(10))
     assert slow.messages.qsize() == 3  # bounded: what it could not take was never kept
+
+
+def test_an_update_is_encoded_once_for_all_the_clients_that_want_it():
+    hub = Hub()
+    clients = [hub.subscribe(Subscriber()) for _ in range(3)]
+    other = hub.subscribe(Subscriber(repository="octo/other"))
+    hub.publish(update(1))
+    texts = [c.messages.get_nowait() for c in clients]
+    assert all(t is texts[0] for t in texts) and json.loads(texts[0])["n"] == 1
+    assert other.messages.empty()
+
+
+def test_clients_of_a_token_no_longer_accepted_are_closed_and_the_others_stay():
+    hub = Hub()
+    kept = hub.subscribe(Subscriber(token_name="ci"))
+    gone = hub.subscribe(Subscriber(token_name="session-1"))
+    asked = []
+
+    def accepted(names):
+        asked.append(set(names))
+        return names - {"session-1"}
+
+    hub.close_refused(accepted)
+    assert asked == [{"ci", "session-1"}]
+    assert gone.messages.get_nowait() is REVOKED and kept.messages.empty()
+    hub.publish(update(2))
+    assert gone.messages.empty() and json.loads(kept.messages.get_nowait())["n"] == 2
+    assert len(hub) == 1

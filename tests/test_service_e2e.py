@@ -3,6 +3,7 @@ a real Redis and a real SQLite file."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -210,8 +211,9 @@ def test_bad_token_on_the_websocket_is_refused(make_bot):
     import websocket
 
     bot = make_bot().start()
+    # Without a token in the address the server waits 5 s for the auth message, then closes.
     for url in (bot.ws_url(token="pvb_wrong"), f"ws://127.0.0.1:{bot.port}/ws"):
-        ws = websocket.create_connection(url, timeout=5)
+        ws = websocket.create_connection(url, timeout=10)
         with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
             ws.recv()
             ws.recv()
@@ -238,3 +240,67 @@ def test_websocket_messages_carry_the_environment_and_can_be_filtered_by_it(make
     finally:
         everything.close()
         staging_only.close()
+
+
+def test_the_token_may_come_as_the_first_message_and_is_answered(make_bot):
+    import websocket
+
+    bot = make_bot().start()
+    url = f"ws://127.0.0.1:{bot.port}/ws?repository=octo/app"
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        ws.send(json.dumps({"type": "auth", "token": bot.token}))
+        assert json.loads(ws.recv()) == {"type": "auth", "ok": True}
+        assert bot.deploy("octo/app", 21, "feat/auth").status_code == 202
+        while (message := json.loads(ws.recv())).get("status") != "deployed":
+            assert message["type"] == "deployment:update" and message["repository"] == "octo/app"
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("first", [
+    json.dumps({"type": "auth", "token": "pvb_wrong"}),
+    json.dumps({"type": "subscribe", "token": "anything"}),
+    "ping",
+    "not json",
+])
+def test_a_first_message_that_is_no_valid_auth_closes_with_4401(make_bot, first):
+    import websocket
+
+    bot = make_bot().start()
+    ws = websocket.create_connection(f"ws://127.0.0.1:{bot.port}/ws", timeout=10)
+    try:
+        ws.send(first)
+        opcode, frame = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(frame[:2], "big") == 4401
+    finally:
+        ws.close()
+
+
+def test_revoking_a_token_closes_its_websockets_within_seconds(make_bot):
+    import websocket
+
+    bot = make_bot().start()
+    doomed = bot.store.create_token("doomed")
+    feeds = []
+    for _ in range(2):
+        ws = websocket.create_connection(f"ws://127.0.0.1:{bot.port}/ws", timeout=10)
+        ws.send(json.dumps({"type": "auth", "token": doomed}))
+        assert json.loads(ws.recv())["ok"] is True
+        feeds.append(ws)
+    script = FeedClient(bot.ws_url(token=doomed)).ready()
+    other = FeedClient(bot.ws_url()).ready()
+    try:
+        assert bot.store.revoke_token("doomed")
+        for ws in [*feeds, script.ws]:
+            ws.settimeout(5 + 1)  # the contract: closed within 5 s (checks run every 2 s)
+            opcode, frame = ws.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame[:2], "big") == 4401
+        other.ws.send("ping")
+        assert other.until(lambda m: True) == {"type": "pong"}
+    finally:
+        for ws in feeds:
+            ws.close()
+        script.close()
+        other.close()

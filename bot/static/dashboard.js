@@ -2,6 +2,9 @@
  *
  * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel,
  * each for one of a pull request's environments) and live updates from the WebSocket at /ws.
+ * A token never goes in a URL: a sign-in link carries a one-time code (`/?code=…`) that the page
+ * trades for a session token (POST /api/sessions), and the WebSocket gets the token in its first
+ * message.
  * Everything taken from the API is written with textContent or setAttribute, never innerHTML,
  * so a branch called `<img src=x onerror=alert(1)>` is text.
  */
@@ -146,7 +149,8 @@
 
   function api(path, options) {
     options = options || {};
-    var headers = { Authorization: "Bearer " + state.token, Accept: "application/json" };
+    var headers = { Accept: "application/json" };
+    if (!options.anonymous) headers.Authorization = "Bearer " + state.token;
     var init = { method: options.method || "GET", headers: headers, cache: "no-store", signal: options.signal };
     if (options.body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -202,7 +206,7 @@
       function (error) {
         if (generation !== state.generation || (error && error.name === "AbortError")) return;
         if (error.status === 401) {
-          signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
           return;
         }
         els.loadError.textContent = "Could not refresh the pull requests: " + error.message + ". Retrying shortly.";
@@ -902,7 +906,7 @@
         if (generation !== state.generation) return;
         env.pending = false;
         if (error.status === 401) {
-          signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
           return;
         }
         if (error.status === 409) {
@@ -958,7 +962,7 @@
         if (generation !== state.generation) return;
         env.cancelPending = false;
         if (error.status === 401) {
-          signOut("Your API token is no longer accepted (" + error.message + "). Sign in again.", "error");
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
           return;
         }
         env.message = error.status === 429 ? error.message : "Could not cancel the deploy: " + error.message;
@@ -989,7 +993,7 @@
     setConnection(state.everLive ? "reconnecting" : "connecting", state.attempt ? "Attempt " + (state.attempt + 1) : "");
     var ws;
     try {
-      ws = new WebSocket(WS_BASE + "/ws?token=" + encodeURIComponent(state.token));
+      ws = new WebSocket(WS_BASE + "/ws");
     } catch (e) {
       scheduleReconnect();
       return;
@@ -997,14 +1001,15 @@
     state.ws = ws;
     ws.onopen = function () {
       if (state.ws !== ws) return;
-      sendPing(ws);
+      sendAuth(ws);
     };
     ws.onmessage = function (event) {
       if (state.ws !== ws) return;
       var message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
       if (!message || typeof message !== "object") return;
-      if (message.type === "pong") onPong(ws);
+      if (message.type === "auth" && message.ok === true) sendPing(ws);
+      else if (message.type === "pong") onPong(ws);
       else if (message.type === "deployment:update") onUpdate(message);
     };
     ws.onerror = function () { /* the close event follows and schedules the reconnect */ };
@@ -1015,22 +1020,34 @@
       window.clearTimeout(state.pongTimer);
       if (!state.token) return;
       if (event.code === 4401) {
-        // The server refused the token: find out over REST whether it was revoked.
-        loadList();
+        // The server refused the token, or stopped accepting it (revoked, expired).
+        signOut("Your sign-in is no longer accepted: its token was revoked or has expired. Sign in again.", "error");
+        return;
       }
       scheduleReconnect();
     };
   }
 
+  /* The token goes in the first message, never in the URL (which servers and proxies log);
+   * the answer {"type": "auth", "ok": true} leads to the first ping. */
+  function sendAuth(ws) {
+    send(ws, JSON.stringify({ type: "auth", token: state.token }));
+  }
+
   function sendPing(ws) {
+    send(ws, "ping");
+  }
+
+  /* Send, and start over unless an answer comes in time: a connection can be dead before the
+   * socket notices. */
+  function send(ws, text) {
     try {
-      ws.send("ping");
+      ws.send(text);
     } catch (e) {
       return;
     }
     window.clearTimeout(state.pongTimer);
     state.pongTimer = window.setTimeout(function () {
-      // No answer: the connection is dead even if the socket has not noticed; start over.
       if (state.ws === ws) {
         state.ws = null;
         try { ws.close(); } catch (e) { /* already closed */ }
@@ -1237,6 +1254,34 @@
     );
   }
 
+  /* Trade a sign-in link's one-time code for a session token, then sign in with that. */
+  function signInWithCode(code) {
+    resetSession();
+    var generation = state.generation;
+    els.signInSubmit.disabled = true;
+    els.signInSubmit.textContent = "Signing in\u2026";
+    return api("/api/sessions", { method: "POST", body: { code: code }, anonymous: true }).then(
+      function (session) {
+        if (generation !== state.generation) return;
+        if (!session || typeof session.token !== "string" || !session.token) {
+          showSignIn("Could not sign in: the server's answer had no token. Paste an API token instead.", "error");
+          return;
+        }
+        signIn(session.token);
+      },
+      function (error) {
+        if (generation !== state.generation) return;
+        if (error.status === 401) {
+          showSignIn("This sign-in link is not valid: it was already used, has expired (links last 10 minutes) " +
+            "or is mistyped. Ask for a new one (make signin on the server) or paste an API token.", "error");
+        } else {
+          showSignIn("Could not sign in with this link: " + error.message + ". Open the link again to retry.", "error");
+        }
+        els.tokenInput.focus();
+      }
+    );
+  }
+
   function signOut(message, kind) {
     resetSession();
     state.token = null;
@@ -1315,21 +1360,26 @@
       if (event.key === TOKEN_KEY && !event.newValue && state.token) signOut("You signed out in another tab.");
     });
 
-    // A token in the address bar is taken once, kept in localStorage and removed from the URL
-    // (and so from history and bookmarks).
+    // A sign-in link's code leaves the address bar at once (and so history and bookmarks), before
+    // it is used. A token there (an old link) is removed too, and not used: tokens stay out of URLs.
     var params = new URLSearchParams(window.location.search);
-    var fromUrl = params.get("token");
-    if (fromUrl !== null) {
+    var code = params.get("code");
+    var urlToken = params.get("token");
+    if (code !== null || urlToken !== null) {
+      params.delete("code");
       params.delete("token");
       var qs = params.toString();
       window.history.replaceState(null, "", window.location.pathname + (qs ? "?" + qs : "") + window.location.hash);
-      if (fromUrl.trim()) storage("set", fromUrl.trim());
     }
     readFiltersFromUrl(params);
 
-    var token = fromUrl && fromUrl.trim() ? fromUrl.trim() : storage("get");
-    if (token) signIn(token);
-    else showSignIn("");
+    var token = storage("get");
+    if (code !== null && code.trim()) signInWithCode(code.trim());
+    else if (token) signIn(token);
+    else if (urlToken !== null) {
+      showSignIn("The dashboard no longer takes a token from its address. Paste the token below, " +
+        "or open a sign-in link (make signin on the server).", "error");
+    } else showSignIn("");
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
