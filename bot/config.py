@@ -12,12 +12,24 @@ import os
 import re
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from .model import ENVIRONMENT_NAME, RESERVED_NAMES
 
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
+
+
+# Values of PREVIEW_COMMAND_ENV variables shorter than this are not secrets worth masking: they
+# are too likely to be ordinary words ("true", "eu-west") in the text people read.
+MIN_SECRET_LENGTH = 8
+# One entry of PREVIEW_URL_ALLOWED_HOSTS: the end of a host name, `.example.com` or `example.com`.
+HOST_SUFFIX = re.compile(r"\.?[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+# A URL that may become a link: http(s), a plain host name (no user info: browsers and parsers
+# disagree on the host of `https://a.example.com\@evil.test`), an optional port, and nothing
+# that could end an HTML attribute or a table cell.
+LINKABLE_URL = re.compile(r"https?://(?P<host>[A-Za-z0-9.-]+)(?::\d{1,5})?(?:[/?#][^\s\\<>\"'`|]*)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +46,12 @@ class Settings:
     provisioner: str = "simulated"
     simulated_seconds: tuple[float, float] = (5.0, 10.0)
     url_template: str = "https://{environment}-{pr}.{repo}.example.com"
+    url_allowed_hosts: tuple[str, ...] = (".example.com",)
     deploy_command: str | None = None
     destroy_command: str | None = None
     command_env: tuple[str, ...] = ()
+    # The values of the variables `command_env` names, MIN_SECRET_LENGTH or longer: masked in output.
+    command_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     command_timeout: float = 1800.0
     lease_seconds: float = 60.0
     cancel_grace_seconds: float = 30.0
@@ -44,9 +59,15 @@ class Settings:
     auto_deploy: bool = False
     rate_limit_per_minute: int = 60
     public_api_url: str | None = None
+    public_url: str | None = None  # PUBLIC_URL; see base_url
     environments: tuple[str, ...] = ("preview",)
     # Each named environment's settings where the operator set PREVIEW_ENV_<NAME>_* values.
     overrides: Mapping[str, "Settings"] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def base_url(self) -> str:
+        """Where people and GitHub reach previewbot: PUBLIC_URL behind a proxy, else HOST:PORT."""
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     def for_environment(self, name: str) -> "Settings":
         """The settings of environment `name`: its PREVIEW_ENV_<NAME>_* values over the plain
@@ -59,8 +80,19 @@ class Settings:
         return bool(self.app_id and self.private_key and self.webhook_secret)
 
     def secrets(self) -> list[str]:
-        """Values that must never be logged; used by the log redaction filter."""
-        return [s for s in (self.private_key, self.webhook_secret) if s]
+        """Values that must never be logged nor shown: the App's private key and webhook secret,
+        and the values of the variables PREVIEW_COMMAND_ENV names, in every environment. Used by
+        the log redaction filter and by `bot.masking.Masker`."""
+        values = [s for s in (self.private_key, self.webhook_secret) if s]
+        for settings in (self, *self.overrides.values()):
+            values += settings.command_secrets
+        return list(dict.fromkeys(values))
+
+    def allows_url(self, url: str) -> bool:
+        """Whether the preview URL may be a link: http(s), with a host ending in one of
+        PREVIEW_URL_ALLOWED_HOSTS. Any other URL is shown as text."""
+        match = LINKABLE_URL.fullmatch(url)
+        return bool(match) and match.group("host").lower().endswith(self.url_allowed_hosts)
 
 
 GITHUB_VARIABLES = "APP_ID, PRIVATE_KEY (or PRIVATE_KEY_PATH) and WEBHOOK_SECRET"
@@ -140,6 +172,7 @@ def _load(env: dict) -> Settings:
 
     url_template = get("PREVIEW_URL_TEMPLATE") or Settings.url_template
     _check_url_template(url_template)
+    command_env = _names("PREVIEW_COMMAND_ENV", get("PREVIEW_COMMAND_ENV"))
 
     lease_seconds = _number("PREVIEW_LEASE_SECONDS", get("PREVIEW_LEASE_SECONDS"), 60.0, float, low=1)
     cancel_grace_seconds = _number("PREVIEW_CANCEL_GRACE_SECONDS", get("PREVIEW_CANCEL_GRACE_SECONDS"), 30.0, float, low=0.1)
@@ -163,9 +196,11 @@ def _load(env: dict) -> Settings:
         provisioner=provisioner,
         simulated_seconds=_seconds_range(get("PREVIEW_SIMULATED_SECONDS")),
         url_template=url_template,
+        url_allowed_hosts=_allowed_hosts(get("PREVIEW_URL_ALLOWED_HOSTS"), url_template),
         deploy_command=deploy_command,
         destroy_command=get("PREVIEW_DESTROY_COMMAND"),
-        command_env=_names("PREVIEW_COMMAND_ENV", get("PREVIEW_COMMAND_ENV")),
+        command_env=command_env,
+        command_secrets=tuple(value for name in command_env if len(value := env.get(name) or "") >= MIN_SECRET_LENGTH),
         command_timeout=_number("PREVIEW_COMMAND_TIMEOUT", get("PREVIEW_COMMAND_TIMEOUT"), 1800.0, float, low=1),
         lease_seconds=lease_seconds,
         cancel_grace_seconds=cancel_grace_seconds,
@@ -173,6 +208,7 @@ def _load(env: dict) -> Settings:
         auto_deploy=_boolean("PREVIEW_AUTO_DEPLOY", get("PREVIEW_AUTO_DEPLOY")),
         rate_limit_per_minute=_number("PREVIEW_API_RATE_LIMIT", get("PREVIEW_API_RATE_LIMIT"), 60, int, low=1),
         public_api_url=_optional_url("NEXT_PUBLIC_API_URL", get("NEXT_PUBLIC_API_URL")),
+        public_url=_optional_url("PUBLIC_URL", get("PUBLIC_URL")),
     )
 
 
@@ -266,6 +302,24 @@ def _names(name: str, raw: str | None) -> tuple[str, ...]:
     if bad:
         raise ConfigError(f"{name} must list environment variable names, got {bad[0]!r}")
     return names
+
+
+def _allowed_hosts(raw: str | None, url_template: str) -> tuple[str, ...]:
+    """PREVIEW_URL_ALLOWED_HOSTS, a comma list of host suffixes; unset, the template's host after
+    its last placeholder (`.example.com` for `https://{environment}-{pr}.{repo}.example.com`),
+    and none when the host ends with a placeholder."""
+    if raw is None:
+        try:
+            host = urlsplit(url_template).hostname or ""
+        except ValueError:  # e.g. an unclosed `[` of an IPv6 address
+            raise ConfigError("PREVIEW_URL_TEMPLATE is not a URL whose host can be read; set PREVIEW_URL_ALLOWED_HOSTS") from None
+        suffix = host.rpartition("}")[2]
+        return (suffix,) if suffix else ()
+    suffixes = tuple(part.strip().lower() for part in raw.split(","))
+    bad = [s for s in suffixes if not HOST_SUFFIX.fullmatch(s)]
+    if bad:
+        raise ConfigError(f"PREVIEW_URL_ALLOWED_HOSTS must be a comma list of host suffixes like .example.com, got {bad[0]!r}")
+    return suffixes
 
 
 def _check_command(name: str, raw: str | None) -> None:

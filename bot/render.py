@@ -1,12 +1,17 @@
 """What the bot writes on GitHub, as pure functions of a deployment: the PR comment, the
-check run and the deployment status."""
+check run and the deployment status.
+
+Untrusted text (branch names, errors, URLs a provisioner printed, the words of a command) is
+masked (§4.18) and made inert here: no markup, no `@` mention, no issue reference, no link but a
+preview URL on a host the operator allows."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Mapping
 
+from .config import Settings
+from .masking import Masker
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 
 COMMENT_MARKER = "<!-- previewbot:status -->"
@@ -44,61 +49,90 @@ STATUS_WORDS = {
 }
 
 
+HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+BLOCK_ENTITIES = {**HTML_ENTITIES, "`": "&#96;", "[": "&#91;", "]": "&#93;"}
+# Markdown's punctuation, plus `:` and `@`, where cmark-gfm's autolinks start (`https://…`,
+# `a@b.c`), and `$`, where GitHub's math starts.
+MARKDOWN_PUNCTUATION = frozenset("\\`*_{}[]()#+-.!|~:@$")
+# After `@` or `#` it keeps GitHub from reading a mention (`@org/team`) or a reference (`fixes #1`).
+ZERO_WIDTH_JOINER = "\u200d"
+
+
 def text(value: object) -> str:
-    """Untrusted text (branch names, errors) made inert in GitHub Markdown: HTML-escaped and
-    with Markdown punctuation backslash-escaped, so `<img onerror=…>` or `[x](javascript:…)`
-    show as the characters they are."""
-    escaped = html.escape(str(value), quote=True)
+    """Untrusted text made inert in GitHub Markdown: `<img onerror=…>`, `[x](javascript:…)`,
+    `https://evil.test`, `@org/team` and `fixes #1` show as the characters they are."""
+    return _escape(value, join_after="@#")
+
+
+def code(value: object) -> str:
+    """Untrusted text as inline code that keeps every character (a branch name can be copied):
+    GitHub makes no mention or reference inside `<code>`, and the escapes stop the markup and
+    autolinks that Markdown would still make between the tags."""
+    return f"<code>{_escape(value, join_after='')}</code>"
+
+
+def _escape(value: object, *, join_after: str) -> str:
     out = []
-    for char in escaped:
-        if char in "\\`*_{}[]()#+-.!|~":
+    for char in str(value):
+        if char in HTML_ENTITIES:
+            out.append(HTML_ENTITIES[char])
+        elif char in MARKDOWN_PUNCTUATION:
             out.append("\\" + char)
         elif char in "\r\n":
             out.append(" ")
         else:
             out.append(char)
+        if char in join_after:
+            out.append(ZERO_WIDTH_JOINER)
     return "".join(out)
 
 
-def render_status_comment(environments: Mapping[str, Deployment | None], *, note: str | None = None, show_help: bool = False) -> str:
+def render_status_comment(
+    environments: Mapping[str, Deployment | None], *, note: str | None = None, show_help: bool = False, settings: Settings | None = None
+) -> str:
     """The one bot comment per pull request, found again by its hidden marker: a section per
-    environment (name -> its current deployment, None when it never had one), in order."""
+    environment (name -> its current deployment, None when it never had one), in order.
+    `settings` names the secrets to mask and the hosts a preview URL may link to."""
+    settings = settings or Settings()
+    mask = Masker.from_settings(settings)
     lines = [COMMENT_MARKER, "### Preview environment" if list(environments) == [DEFAULT_ENVIRONMENT] else "### Preview environments", ""]
     for name, deployment in environments.items():
         if len(environments) > 1:
             lines += [f"#### {text(name)}", ""]
-        lines += _environment_section(name, deployment) + [""]
+        lines += _environment_section(name, deployment, settings.for_environment(name), mask) + [""]
     if note:
-        lines += [f"> {note}", ""]
+        lines += [f"> {mask(note)}", ""]
     if show_help:
         lines += [HELP, ""]
     lines += ["<sub>Commands: `/preview [ENV]`, `/preview destroy [ENV]`, `/preview cancel [ENV]`, `/preview status`, `/preview help`</sub>"]
     return "\n".join(lines)
 
 
-def _environment_section(name: str, deployment: Deployment | None) -> list[str]:
+def _environment_section(name: str, deployment: Deployment | None, settings: Settings, mask: Masker) -> list[str]:
     if deployment is None:
         command = "/preview" if name == DEFAULT_ENVIRONMENT else f"/preview {name}"
         return [f"No preview has been deployed here yet. Comment `{command}` to deploy one."]
     status = deployment.state
     rows = [
         ("Status", STATUS_WORDS[status]),
-        ("Branch", f"<code>{text(deployment.branch_name)}</code>"),
+        ("Branch", code(mask(deployment.branch_name))),
     ]
     if status == "deployed" and deployment.preview_url:
-        rows.append(("Preview", _link(deployment.preview_url)))
+        rows.append(("Preview", _preview_link(mask(deployment.preview_url), settings)))
     if deployment.head_sha:
-        rows.append(("Commit", f"<code>{text(deployment.head_sha[:12])}</code>"))
+        rows.append(("Commit", code(deployment.head_sha[:12])))
     rows.append(("Updated", text(deployment.updated_at)))
-    if status == "failed" and deployment.error:
-        rows.append(("Error", text(_shorten(deployment.error, 1000))))
     if status == "idle" and deployment.status == "cancelled":
         rows.append(("Cancelled", text(deployment.updated_at)))
     if status == "idle" and deployment.destroyed_at:
         rows.append(("Destroyed", text(deployment.destroyed_at)))
+    # Errors are blocks of code, which a table cell cannot hold: they follow the table.
+    blocks = []
+    if status == "failed" and deployment.error:
+        blocks += ["", "**Error**", "", _error(deployment.error, mask, 1000)]
     if deployment.teardown_error:
-        rows.append(("Teardown", f"failed, retrying: {text(_shorten(deployment.teardown_error, 500))}"))
-    return ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows]
+        blocks += ["", "**Teardown failed; previewbot keeps retrying:**", "", _error(deployment.teardown_error, mask, 500)]
+    return ["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in rows] + blocks
 
 
 def check_name(environment: str) -> str:
@@ -118,31 +152,38 @@ def check_run_environment(name: str | None, external_id: str | None) -> str | No
     return match.group(1) if match else None
 
 
-def check_run_fields(deployment: Deployment | None) -> dict:
-    """Status, conclusion, output and buttons of the Preview check run for a deployment."""
+def check_run_fields(deployment: Deployment | None, *, settings: Settings | None = None) -> dict:
+    """Status, conclusion, output and buttons of the Preview check run for a deployment.
+    `settings` names the secrets to mask and the hosts a preview URL may link to."""
+    settings = settings or Settings()
+    mask = Masker.from_settings(settings)
     status = deployment.state if deployment else "idle"
-    branch = text(deployment.branch_name) if deployment else ""
+    branch = code(mask(deployment.branch_name)) if deployment else ""
     if status == "deploying":
         return {
             "status": "in_progress",
-            "output": {"title": "Deploying preview", "summary": f"Deploying <code>{branch}</code>…"},
+            "output": {"title": "Deploying preview", "summary": f"Deploying {branch}…"},
             "actions": [ACTIONS["cancel"]],
         }
     if status == "deployed":
-        url = deployment.preview_url or ""
+        environment = settings.for_environment(deployment.environment)
+        url = mask(deployment.preview_url or "")
         return {
             "status": "completed",
             "conclusion": "success",
-            "details_url": url if url.startswith("https://") or url.startswith("http://") else None,
-            "output": {"title": "Preview deployed", "summary": f"The preview of <code>{branch}</code> is live at {_link(url)}{_teardown_note(deployment)}"},
+            "details_url": url if environment.allows_url(url) else None,
+            "output": {
+                "title": "Preview deployed",
+                "summary": f"The preview of {branch} is live at {_preview_link(url, environment)}{_teardown_note(deployment, mask)}",
+            },
             "actions": [ACTIONS["redeploy"], ACTIONS["destroy"]],
         }
     if status == "failed":
-        error = text(_shorten(deployment.error or "unknown error", 2000))
+        error = _error(deployment.error or "unknown error", mask, 2000)
         return {
             "status": "completed",
             "conclusion": "failure",
-            "output": {"title": "Preview failed", "summary": f"The deploy of <code>{branch}</code> failed:\n\n{error}{_teardown_note(deployment)}"},
+            "output": {"title": "Preview failed", "summary": f"The deploy of {branch} failed:\n\n{error}{_teardown_note(deployment, mask)}"},
             "actions": [ACTIONS["retry"]],
         }
     summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
@@ -158,10 +199,29 @@ def check_run_fields(deployment: Deployment | None) -> dict:
     }
 
 
-def _teardown_note(deployment: Deployment) -> str:
+def _teardown_note(deployment: Deployment, mask: Masker) -> str:
     if not deployment.teardown_error:
         return ""
-    return f"\n\n**Teardown failed; previewbot keeps retrying:** {text(_shorten(deployment.teardown_error, 1000))}"
+    return f"\n\n**Teardown failed; previewbot keeps retrying:**\n\n{_error(deployment.teardown_error, mask, 1000)}"
+
+
+def deployment_status_fields(deployment: Deployment, state: str, *, settings: Settings | None = None) -> dict:
+    """A GitHub deployment status: its state, a description (plain text, at most 140 characters,
+    masked, no mention or reference) and the environment URL when its host is allowed."""
+    settings = settings or Settings()
+    mask = Masker.from_settings(settings)
+    words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview destroyed"}
+    if state == "failure":
+        description = _plain("Failed: " + mask(deployment.error or "unknown error"))
+    else:
+        description = words.get(state, state)
+    fields = {"state": state, "description": _shorten(description, 140)}
+    url = mask(deployment.preview_url or "")
+    if state == "success" and settings.for_environment(deployment.environment).allows_url(url):
+        fields["environment_url"] = url
+    if state == "inactive":
+        fields["auto_inactive"] = False
+    return fields
 
 
 def environment_name(key: PreviewKey) -> str:
@@ -169,11 +229,25 @@ def environment_name(key: PreviewKey) -> str:
     return f"{key.environment}-pr-{int(key.pr_number)}"
 
 
-def _link(url: str) -> str:
-    if not (url.startswith("https://") or url.startswith("http://")):
-        return text(url)
-    safe = html.escape(url, quote=True)
-    return f'<a href="{safe}">{safe}</a>'
+def _preview_link(url: str, settings: Settings) -> str:
+    """The preview URL: a link when its host is one the operator allows, else inert code."""
+    if not settings.allows_url(url):
+        return code(url)
+    return f'<a href="{"".join(HTML_ENTITIES.get(char, char) for char in url)}">{_escape(url, join_after="")}</a>'
+
+
+def _error(value: str, mask: Masker, limit: int) -> str:
+    """An error as a block of code: masked before it is shortened (half a secret is no mask),
+    then HTML-escaped inside `<pre>`, so nothing in it can end the block, and GitHub makes no
+    mention, reference or link inside. Backticks and brackets are entities too, so even a
+    renderer that read Markdown there would find no code fence to break out of and no link."""
+    shortened = re.sub(r"\r\n?", "\n", _shorten(mask(value), limit))
+    return f"<pre>{''.join(BLOCK_ENTITIES.get(char, char) for char in shortened)}</pre>"
+
+
+def _plain(value: str) -> str:
+    """Text GitHub shows unrendered: one line, no mention, no reference."""
+    return re.sub(r"[\r\n]+", " ", value).replace("@", "@" + ZERO_WIDTH_JOINER).replace("#", "#" + ZERO_WIDTH_JOINER)
 
 
 def _shorten(value: str, limit: int) -> str:

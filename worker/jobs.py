@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import redis
 
 from bot import previews, state
+from bot.masking import Masker
 from bot.model import Deployment, utcnow
 
 from .context import WorkerContext, get_context
@@ -25,6 +26,8 @@ log = logging.getLogger("previewbot.worker")
 
 LOST_WHILE_QUEUED = "Superseded: the branch lock was lost while the deploy waited in the queue."
 LEASE_LOST = "Stopped: this worker could not renew the branch lease in time. Retry to deploy again."
+# What a provisioner's output reaches in a recorded outcome (a secret in them is masked).
+PROVISIONER_TEXT = ("error", "teardown_error", "preview_url")
 
 
 def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
@@ -106,7 +109,10 @@ def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: 
     """Change `deployment` from the status this job saw to `status`, waiting through a short
     Redis outage. Returns it as recorded (`superseded` when a newer deployment took its
     environment meanwhile), or None when someone else changed it first (a cancel, the
-    reconciler): a stale outcome changes nothing."""
+    reconciler): a stale outcome changes nothing. Errors and the URL are masked here, where every
+    outcome is recorded, whatever provisioner they came from."""
+    mask = Masker.from_settings(ctx.settings)
+    changes = {name: mask(value) if name in PROVISIONER_TEXT and value else value for name, value in changes.items()}
     result = deployment.changed(status=status, **changes)
     recorded = _while_redis_returns(lambda: state.publish(ctx.redis, result, expect=deployment.status, message=message))
     if recorded is None:
@@ -276,6 +282,8 @@ def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
 
 
 def _provision_request(ctx: WorkerContext, deployment: Deployment, stop: threading.Event) -> ProvisionRequest:
+    """What the provisioner is told; each line it logs is masked before it is published."""
+    mask = Masker.from_settings(ctx.settings)
     return ProvisionRequest(
         repository=deployment.repository,
         pr_number=deployment.pr_number,
@@ -284,6 +292,6 @@ def _provision_request(ctx: WorkerContext, deployment: Deployment, stop: threadi
         sha=deployment.head_sha,
         deployment_id=deployment.id,
         preview_url=deployment.preview_url,
-        log=lambda line: _log_line(ctx, deployment.id, line),
+        log=lambda line: _log_line(ctx, deployment.id, mask(line)),
         cancelled=stop,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from bot.config import Settings
+from bot.masking import Masker
 from bot.model import DEFAULT_ENVIRONMENT
 
 from . import reaper
@@ -106,7 +107,8 @@ class CommandProvisioner:
     Branch names and other request data reach the command only as environment values, so a
     branch called `feat/$(reboot)` is just text. A command that is stopped (lost lock, timeout)
     gets SIGTERM, with all of its processes, and SIGKILL `grace` seconds later; none of them
-    outlives the worker (see `worker.reaper`).
+    outlives the worker (see `worker.reaper`). Every line it prints is masked (`mask`) before
+    anything keeps it: the log, the URL it names, the error made of its stderr.
     """
 
     name = "command"
@@ -120,6 +122,7 @@ class CommandProvisioner:
         url_template: str,
         passthrough: tuple[str, ...] = (),
         grace: float = Settings.cancel_grace_seconds,
+        mask: Callable[[str], str] = Masker(),
     ):
         self.deploy_argv = shlex.split(deploy_command)
         self.destroy_argv = shlex.split(destroy_command) if destroy_command else None
@@ -127,6 +130,7 @@ class CommandProvisioner:
         self.grace = grace
         self.url_template = url_template
         self.passthrough = passthrough
+        self.mask = mask
 
     def deploy(self, request: ProvisionRequest) -> str:
         stdout = self._run(self.deploy_argv, request, action="deploy")
@@ -171,8 +175,8 @@ class CommandProvisioner:
         stdout: list[str] = []
         stderr_tail: deque[str] = deque(maxlen=20)
         readers = [
-            threading.Thread(target=_pump, args=(process.stdout, stdout.append, request.log), daemon=True),
-            threading.Thread(target=_pump, args=(process.stderr, stderr_tail.append, request.log), daemon=True),
+            threading.Thread(target=_pump, args=(process.stdout, self.mask, stdout.append, request.log), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, self.mask, stderr_tail.append, request.log), daemon=True),
         ]
         for reader in readers:
             reader.start()
@@ -198,9 +202,10 @@ class CommandProvisioner:
         return stdout
 
 
-def _pump(stream, keep: Callable[[str], None], log: Callable[[str], None]) -> None:
+def _pump(stream, mask: Callable[[str], str], keep: Callable[[str], None], log: Callable[[str], None]) -> None:
     for line in stream:
-        line = line.rstrip("\n")
+        # Line by line, as they come: a secret printed across two lines is not caught.
+        line = mask(line.rstrip("\n"))
         keep(line)
         log(line)
 
@@ -213,7 +218,7 @@ def _exit_code(process: subprocess.Popen, seconds: float) -> int | None:
         return None
 
 
-def make_provisioner(settings) -> Provisioner:
+def make_provisioner(settings: Settings) -> Provisioner:
     if settings.provisioner == "command":
         return CommandProvisioner(
             settings.deploy_command,
@@ -222,5 +227,6 @@ def make_provisioner(settings) -> Provisioner:
             url_template=settings.url_template,
             passthrough=settings.command_env,
             grace=settings.cancel_grace_seconds,
+            mask=Masker.from_settings(settings),
         )
     return SimulatedProvisioner(settings.simulated_seconds, settings.url_template)

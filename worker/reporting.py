@@ -8,6 +8,11 @@ attempt that ends at its first failure; the writes handlers make (`react`, `upda
 `update_check_run`) are each attempted on their own, so the handler goes on to act. What a
 command decides on (the permission check, the pull request) is read outside the reporter,
 and a failure there fails the handler's job for RQ to retry.
+
+Every step is safe to repeat: a job run again (RQ's retry, a dead worker's job queued again)
+finds the comment by its hidden marker, the check run by its name and external id, and the
+GitHub deployment by its payload, where the first run may have created them without
+remembering their ids; the client itself never sends a creating POST twice (`bot.github`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import httpx
 import redis
 
 from bot import render, state
-from bot.github import GitHubSession, github_session
+from bot.github import GitHubGaveUp, GitHubSession, find_check_run, find_deployment, github_session
 from bot.model import Deployment, PreviewKey, utcnow
+
+from .context import github_deadline
 
 log = logging.getLogger("previewbot.reporting")
 
@@ -30,6 +37,9 @@ CHECK_RUNS = f"{state.PREFIX}:check-runs"  # "repo@sha" -> check run id
 COMMENTS = f"{state.PREFIX}:comments"  # "repo#pr" -> comment id
 GH_DEPLOYMENTS = f"{state.PREFIX}:gh-deployments"  # deployment id -> GitHub deployment id
 REPORT_ERRORS = (gidgethub.GitHubException, httpx.HTTPError, redis.RedisError, KeyError, ValueError)
+# One report gives up on GitHub after this long, and never after its job's timeout: a deploy job
+# reports before and after its provisioner, and RQ gives a failure callback 60 s.
+REPORT_SECONDS = 45.0
 
 
 def best_effort(write):
@@ -69,7 +79,8 @@ class GitHubReporter:
                 await report(session, deployment)
 
         try:
-            asyncio.run(go())
+            with github_deadline(at_most=REPORT_SECONDS):
+                asyncio.run(go())
         except REPORT_ERRORS as exc:
             log.error("could not report deployment %s to GitHub: %s", deployment.id, _describe(exc))
 
@@ -77,14 +88,14 @@ class GitHubReporter:
 
     async def report_started(self, session: GitHubSession, deployment: Deployment) -> None:
         await self._update_check_run(session, deployment)
-        github_id = await self._create_github_deployment(session, deployment)
+        github_id = self._github_deployment_id(deployment) or await self._create_github_deployment(session, deployment)
         if github_id:
             await self._deployment_status(session, deployment, github_id, "in_progress")
         await self._update_comment(session, deployment.key)
 
     async def report_finished(self, session: GitHubSession, deployment: Deployment) -> None:
         await self._update_check_run(session, deployment)
-        github_id = self._github_deployment_id(deployment)
+        github_id = self._github_deployment_id(deployment) or await self._find_github_deployment(session, deployment)
         if github_id is None and deployment.status == "deployed":
             github_id = await self._create_github_deployment(session, deployment)
         if github_id:
@@ -110,12 +121,15 @@ class GitHubReporter:
         head_sha = head_sha or (deployment.head_sha if deployment else None)
         if not head_sha:
             return
-        fields = {k: v for k, v in render.check_run_fields(deployment).items() if v is not None}
+        fields = {k: v for k, v in render.check_run_fields(deployment, settings=self.settings).items() if v is not None}
         if fields["status"] == "completed":
             fields["completed_at"] = utcnow()
         name = render.check_name(key.environment)
+        # The external id tells a button's handler which pull request and environment it acts
+        # on (GitHub lists no pull requests on check runs of forks).
+        external_id = f"{pr_number}:{key.environment}"
         cache_key = f"{repository}@{head_sha}#{key.environment}"
-        check_run_id = _text(self.redis.hget(CHECK_RUNS, cache_key)) or await self._find_check_run(session, repository, head_sha, name)
+        check_run_id = _text(self.redis.hget(CHECK_RUNS, cache_key)) or await self._find_check_run(session, repository, head_sha, name, external_id)
         if check_run_id:
             await session.call(
                 "PATCH", "/repos/{+repository}/check-runs/{id}", url_vars={"repository": repository, "id": check_run_id}, data=fields
@@ -125,21 +139,14 @@ class GitHubReporter:
                 "POST",
                 "/repos/{+repository}/check-runs",
                 url_vars={"repository": repository},
-                # The external id tells a button's handler which pull request and environment it
-                # acts on (GitHub lists no pull requests on check runs of forks).
-                data={"name": name, "head_sha": head_sha, "external_id": f"{pr_number}:{key.environment}", **fields},
+                data={"name": name, "head_sha": head_sha, "external_id": external_id, **fields},
             )
             check_run_id = str(created["id"])
         self.redis.hset(CHECK_RUNS, cache_key, check_run_id)
 
-    async def _find_check_run(self, session: GitHubSession, repository: str, head_sha: str, name: str) -> str | None:
-        data = await session.call(
-            "GET",
-            "/repos/{+repository}/commits/{ref}/check-runs{?check_name,app_id}",
-            url_vars={"repository": repository, "ref": head_sha, "check_name": name, "app_id": self.settings.app_id},
-        )
-        runs = [r for r in data.get("check_runs", []) if str((r.get("app") or {}).get("id")) == str(self.settings.app_id)]
-        return str(runs[0]["id"]) if runs else None
+    async def _find_check_run(self, session: GitHubSession, repository: str, head_sha: str, name: str, external_id: str) -> str | None:
+        run = await find_check_run(session, repository, head_sha, name, app_id=self.settings.app_id, external_id=external_id)
+        return str(run["id"]) if run else None
 
     # -- the PR comment ----------------------------------------------------------------------
 
@@ -147,7 +154,7 @@ class GitHubReporter:
         """Edit the bot's one comment on the pull request, a section per environment, creating it
         the first time."""
         repository, pr_number = key.repository, key.pr_number
-        body = render.render_status_comment(self._environments(key), note=note, show_help=show_help)
+        body = render.render_status_comment(self._environments(key), note=note, show_help=show_help, settings=self.settings)
         cache_key = f"{repository}#{pr_number}"
         # One writer per pull request at a time, so two jobs never both create the comment.
         guard = self.redis.lock(f"{state.PREFIX}:comment-lock:{cache_key}", timeout=60, blocking_timeout=30)
@@ -208,14 +215,14 @@ class GitHubReporter:
             "/repos/{+repository}/deployments",
             url_vars={"repository": deployment.repository},
             data={
-                "ref": deployment.head_sha or deployment.branch_name,
+                "ref": _ref(deployment),
                 "environment": render.environment_name(deployment.key),
                 "description": f"Preview of PR #{deployment.pr_number}",
                 "transient_environment": True,
                 "production_environment": False,
                 "auto_merge": False,
                 "required_contexts": [],
-                "payload": {"previewbotDeploymentId": deployment.id},
+                "payload": _payload(deployment),
             },
         )
         if "id" not in data:  # 202: GitHub is merging; nothing to attach statuses to
@@ -226,6 +233,16 @@ class GitHubReporter:
     def _github_deployment_id(self, deployment: Deployment) -> int | None:
         raw = _text(self.redis.hget(GH_DEPLOYMENTS, deployment.id))
         return int(raw) if raw else None
+
+    async def _find_github_deployment(self, session: GitHubSession, deployment: Deployment) -> int | None:
+        """The GitHub deployment an earlier report created without remembering its id."""
+        found = await find_deployment(
+            session, deployment.repository, ref=_ref(deployment), environment=render.environment_name(deployment.key), payload=_payload(deployment)
+        )
+        if found is None:
+            return None
+        self.redis.hset(GH_DEPLOYMENTS, deployment.id, str(found["id"]))
+        return int(found["id"])
 
     async def _github_deployments_of_pr(self, session: GitHubSession, deployment: Deployment) -> list[int]:
         ids = []
@@ -238,11 +255,7 @@ class GitHubReporter:
         return ids
 
     async def _deployment_status(self, session: GitHubSession, deployment: Deployment, github_id: int, status: str) -> None:
-        data = {"state": status, "description": _status_description(deployment, status)}
-        if status == "success" and deployment.preview_url:
-            data["environment_url"] = deployment.preview_url
-        if status == "inactive":
-            data["auto_inactive"] = False
+        data = render.deployment_status_fields(deployment, status, settings=self.settings)
         await session.call(
             "POST",
             "/repos/{+repository}/deployments/{id}/statuses",
@@ -257,17 +270,21 @@ class GitHubReporter:
     react = best_effort(_react)
 
 
-def _status_description(deployment: Deployment, status: str) -> str:
-    words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview destroyed"}
-    if status == "failure":
-        return ("Failed: " + (deployment.error or "unknown error"))[:140]
-    return words.get(status, status)
+def _ref(deployment: Deployment) -> str:
+    return deployment.head_sha or deployment.branch_name
+
+
+def _payload(deployment: Deployment) -> dict:
+    """What marks a GitHub deployment as this deployment's."""
+    return {"previewbotDeploymentId": deployment.id}
 
 
 def _describe(exc: Exception) -> str:
     """What went wrong, without the request or the answer (a token could be in either)."""
     if isinstance(exc, gidgethub.HTTPException):
         return f"GitHub answered {int(exc.status_code)}"
+    if isinstance(exc, GitHubGaveUp):
+        return str(exc)  # our own words: the path, the wait, the deadline
     return type(exc).__name__
 
 
