@@ -54,6 +54,19 @@ def parse_command(body: str | None) -> Command | None:
     return None
 
 
+def command_in(payload: dict) -> Command | None:
+    """The command of an `issue_comment.created` delivery, or None: only a person's comment on
+    a pull request gives one (never a bot's, the App's own included)."""
+    comment, issue = payload.get("comment") or {}, payload.get("issue") or {}
+    if "pull_request" not in issue or is_bot(comment.get("user") or {}):
+        return None
+    return parse_command(comment.get("body"))
+
+
+def is_bot(user: dict) -> bool:
+    return user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
+
+
 def _command(words: list[str], rest: str) -> Command:
     """`/preview [ENV]`, `/preview destroy|cancel [ENV]`, `/preview status|help`."""
     if not words:

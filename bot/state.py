@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
@@ -397,6 +398,59 @@ def environments_of(conn: redis.Redis, repository: str, pr_number: int) -> dict[
     names = sorted(_text(n) for n in conn.smembers(_environments_key(repository, pr_number)))
     raws = conn.mget([env_key(PreviewKey(repository, pr_number, name)) for name in names]) if names else []
     return {name: Deployment.from_json(raw) for name, raw in zip(names, raws) if raw}
+
+
+# The heads previewbot saw of each pull request, so that a command on a fork's pull request
+# deploys the commit that was there when it was given (`issue_comment` names no commit): one
+# sorted set per pull request, member "{ms}:{sha}", score the time in ms previewbot learnt of
+# the head (a delivery's receipt, or a fetch). Only changes are kept, at most HEADS_KEPT, for
+# HEADS_SECONDS after the last one.
+HEADS_KEPT = 50
+HEADS_SECONDS = 30 * 24 * 3600
+
+
+class HeadSeen(NamedTuple):
+    sha: str
+    at: float  # epoch seconds
+
+
+def _heads_key(repository: str, pr_number: int) -> str:
+    return f"{PREFIX}:heads:{repository}#{int(pr_number)}"
+
+
+# KEYS[1] the heads; ARGV[1] sha, ARGV[2] ms, ARGV[3] how many to keep, ARGV[4] TTL. A head
+# that was already the head at that time adds nothing; one learnt of late (a delivery handled
+# after a fetch saw its head) moves its entry back to the earlier time.
+_RECORD_HEAD = """
+local function sha_of(member) return string.match(member, '^%d+:(.*)$') end
+local before = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'LIMIT', 0, 1)[1]
+if not before or sha_of(before) ~= ARGV[1] then
+  local after = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, 1)[1]
+  if after and sha_of(after) == ARGV[1] then
+    redis.call('ZREM', KEYS[1], after)
+  end
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2] .. ':' .. ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+"""
+
+
+def record_head(conn: redis.Redis, repository: str, pr_number: int, sha: str, *, at: float) -> None:
+    """Remember that the pull request's head was `sha` at `at` (epoch seconds)."""
+    script(conn, _RECORD_HEAD)(keys=[_heads_key(repository, pr_number)], args=[sha, int(at * 1000), HEADS_KEPT, HEADS_SECONDS])
+
+
+def heads_seen(conn: redis.Redis, repository: str, pr_number: int) -> list[HeadSeen]:
+    """The pull request's heads as previewbot learnt of them, oldest first."""
+    entries = conn.zrange(_heads_key(repository, pr_number), 0, -1, withscores=True)
+    return [HeadSeen(_text(member).partition(":")[2], score / 1000) for member, score in entries]
+
+
+def claim_reply(conn: redis.Redis, repository: str, pr_number: int, *, seconds: int) -> bool:
+    """Whether previewbot may answer someone without write access on this pull request now: once
+    every `seconds` per pull request, so a flood of comments costs GitHub one edit."""
+    return bool(conn.set(f"{PREFIX}:outsider-reply:{repository}#{int(pr_number)}", "1", nx=True, ex=seconds))
 
 
 def active_deployments(conn: redis.Redis) -> list[Deployment]:

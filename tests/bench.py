@@ -233,10 +233,10 @@ def mixed_deliveries(count: int, *, first_pr: int = 1) -> list[Request]:
         pr = first_pr + i % 500
         kind = ("comment", "/preview", "synchronize")[i % 3]
         if kind == "comment":
-            payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({i})", user="alice", installation_id=INSTALLATION)
+            payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({i})", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
             requests.append(delivery("issue_comment", payload, kind))
         elif kind == "/preview":
-            payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", installation_id=INSTALLATION)
+            payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
             requests.append(delivery("issue_comment", payload, kind))
         else:
             payload = webhooks.pull_request("synchronize", GITHUB_REPO, pr, f"bench/branch-{pr}", sha_for("sync", i), installation_id=INSTALLATION)
@@ -567,7 +567,7 @@ def bench_comments(ctx: Context) -> dict:
             fake.add_pull(GITHUB_REPO, pr, f"bench/comment-{pr}", sha)
             seeded = fake.add_comment(GITHUB_REPO, pr, "/preview", user="alice")
             comment_id = seeded["id"]
-            request = delivery("issue_comment", webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", comment_id=comment_id, installation_id=INSTALLATION))
+            request = delivery("issue_comment", webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", comment_id=comment_id, installation_id=INSTALLATION))
             with fake.lock:
                 first = len(fake.calls)
 
@@ -774,14 +774,14 @@ def idle_cores(session: int, seconds: float = 3.0) -> float:
 def preview_delivery(fake: FakeGitHub, pr: int) -> Request:
     """A `/preview` comment on pull request `pr`, seeded on the fake GitHub so the bot can react."""
     seeded = fake.add_comment(GITHUB_REPO, pr, "/preview", user="alice")
-    payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", comment_id=seeded["id"], installation_id=INSTALLATION)
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body="/preview", user="alice", author_association="COLLABORATOR", comment_id=seeded["id"], installation_id=INSTALLATION)
     request = delivery("issue_comment", payload, "/preview")
     request.headers["X-Bench-Comment-Id"] = str(seeded["id"])
     return request
 
 
 def chatter_delivery(pr: int, n: int) -> Request:
-    payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({n})", user="alice", installation_id=INSTALLATION)
+    payload = webhooks.issue_comment(GITHUB_REPO, pr, body=f"Looks good to me, thanks! ({n})", user="alice", author_association="COLLABORATOR", installation_id=INSTALLATION)
     return delivery("issue_comment", payload, "comment")
 
 

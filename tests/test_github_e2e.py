@@ -4,7 +4,9 @@ description and authenticates like GitHub."""
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from bot import state
 from bot.model import PreviewKey
 
 from . import webhooks
@@ -71,8 +74,13 @@ def send(bot, event, payload, delivery_id=None, secret=SECRET):
 
 
 def comment(fake, body="/preview", user="alice", pr=1):
+    """A comment as GitHub would deliver it: its id, time and the author's association with the
+    repository (COLLABORATOR for people given write access) are the fake GitHub's."""
     seeded = fake.add_comment(REPO, pr, body, user=user)
-    return webhooks.issue_comment(REPO, pr, body=body, user=user, comment_id=seeded["id"], installation_id=INSTALLATION)
+    payload = webhooks.issue_comment(REPO, pr, body=body, user=user, comment_id=seeded["id"], installation_id=INSTALLATION,
+                                     author_association=seeded["author_association"])
+    payload["comment"]["created_at"] = payload["comment"]["updated_at"] = seeded["created_at"]
+    return payload
 
 
 def check_runs(fake, sha=SHA1):
@@ -427,7 +435,8 @@ def test_a_command_deploys_while_github_fails_every_write(start_bot, fake):
     assert (deployed["headSha"], deployed["trigger"], deployed["requestedBy"]) == (SHA1, "comment", "alice")
     assert fake.calls_to("POST", rf"/repos/octo/app/issues/comments/{payload['comment']['id']}/reactions")  # tried
     assert fake.reactions == {} and bot_comments(fake) == [] and deployments(fake) == []
-    assert "could not react on GitHub: GitHub answered 502" in bot.log_text()
+    # The reaction is retried with backoff apart from the deploy (reactions are idempotent).
+    wait_for(lambda: "could not react on GitHub: GitHub answered 502" in bot.log_text(), timeout=60, message="the reaction given up")
 
     with fake.lock:  # GitHub recovers: the next command is answered as usual
         for fault in outage:
@@ -496,6 +505,9 @@ def test_fork_pull_requests_deploy_only_on_a_maintainers_command(start_bot, fake
     send(bot, "pull_request", webhooks.pull_request("opened", REPO, 2, "main", SHA2, head_repo="eve/app", user="eve", installation_id=INSTALLATION))
     fake.wait_for(lambda: check_runs(fake, SHA2), message="idle check run")
     assert check_runs(fake, SHA2)[0]["conclusion"] == "neutral" and deployments(fake) == []
+    # GitHub dates comments to the second; the head must have been seen before the comment's second.
+    [(_, seen_at)] = state.heads_seen(redis.Redis.from_url(bot.env["REDIS_URL"]), REPO, 2)
+    wait_for(lambda: time.time() >= math.floor(seen_at) + 1, message="the next second")
     send(bot, "issue_comment", comment(fake, pr=2, user="mona"))
     deployed = bot.wait_status(REPO, 2, "deployed")
     assert deployed["headSha"] == SHA2 and deployed["headRepository"] == "eve/app"

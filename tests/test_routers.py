@@ -155,7 +155,8 @@ def bot_comment(gh: FakeGH) -> str:
 def test_preview_by_a_writer_queues_a_deploy_of_the_pull_requests_head(ctx, gh, redis_conn):
     deliver(ctx, gh, "issue_comment", comment("/preview"))
 
-    assert gh.requests() == [("POST", reactions(555)), ("GET", permission("alice")), ("GET", PULL)]
+    # Who asks is checked first, so a refusal costs one reaction, not two.
+    assert gh.requests() == [("GET", permission("alice")), ("POST", reactions(555)), ("GET", PULL)]
     assert gh.writes("POST", reactions(555)) == [{"content": "eyes"}]
     current = state.current(redis_conn, KEY)
     assert (current.status, current.head_sha, current.branch_name) == ("deploying", HEAD_SHA, "feature")
@@ -169,7 +170,7 @@ def test_preview_by_a_writer_queues_a_deploy_of_the_pull_requests_head(ctx, gh, 
 def test_preview_by_a_reader_is_refused_and_starts_nothing(ctx, gh, redis_conn):
     deliver(ctx, gh, "issue_comment", comment("/preview", user="rita"))
 
-    assert gh.writes("POST", reactions(555)) == [{"content": "eyes"}, {"content": "confused"}]
+    assert gh.writes("POST", reactions(555)) == [{"content": "confused"}]
     assert ("GET", PULL) not in gh.requests()
     assert "@rita: only people with write access to this repository can deploy previews." in bot_comment(gh)
     assert state.current(redis_conn, KEY) is None
@@ -206,7 +207,7 @@ def test_preview_destroy_queues_a_destroy_of_the_live_preview(ctx, gh, redis_con
     live = seed(redis_conn)
     deliver(ctx, gh, "issue_comment", comment("/preview destroy"))
 
-    assert gh.requests() == [("POST", reactions(555)), ("GET", permission("alice"))]  # a teardown needs no open pull request
+    assert gh.requests() == [("GET", permission("alice")), ("POST", reactions(555))]  # a teardown needs no open pull request
     job = only_job(redis_conn, "worker.jobs.destroy_preview")
     assert job.kwargs["deployment"]["id"] == live.id and job.kwargs["reason"] == "destroyed by @alice"
     assert locks(redis_conn) == {lock_key(): job.kwargs["lock_id"]}
@@ -219,10 +220,10 @@ def test_preview_destroy_without_a_preview_says_none_is_running(ctx, gh, redis_c
     assert jobs(redis_conn) == [] and locks(redis_conn) == {}
 
 
-def test_preview_help_answers_in_the_bot_comment_without_a_permission_check(ctx, gh, redis_conn):
+def test_preview_help_answers_a_reader_in_the_bot_comment(ctx, gh, redis_conn):
     deliver(ctx, gh, "issue_comment", comment("/preview help", user="rita"))
 
-    assert gh.requests() == [("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR)]
+    assert gh.requests() == [("GET", permission("rita")), ("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR)]
     assert HELP in bot_comment(gh)
     assert redis_conn.hget(COMMENTS, f"{REPO}#1") == b"9001"  # the id FakeGH gave the new comment
     assert jobs(redis_conn) == []
@@ -240,7 +241,7 @@ def test_preview_status_edits_the_existing_bot_comment(ctx, gh, redis_conn):
     gh.listing(COMMENTS_OF_PR, [{"id": 11, "body": "nice work"}, {"id": 12, "body": f"{COMMENT_MARKER}\nold"}])
     deliver(ctx, gh, "issue_comment", comment("/preview status", user="rita"))
 
-    assert gh.requests() == [("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("PATCH", f"/repos/{REPO}/issues/comments/12")]
+    assert gh.requests() == [("GET", permission("rita")), ("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("PATCH", f"/repos/{REPO}/issues/comments/12")]
     (edit,) = gh.writes("PATCH", f"/repos/{REPO}/issues/comments/12")
     assert "🟢 Deployed" in edit["body"] and HELP not in edit["body"]
     assert jobs(redis_conn) == []
@@ -424,7 +425,7 @@ def test_preview_deploys_while_github_fails_every_write(ctx, gh, redis_conn, cap
     gh.fail_writes(502)
     deliver(ctx, gh, "issue_comment", comment("/preview"))
 
-    assert gh.requests() == [("POST", reactions(555)), ("GET", permission("alice")), ("GET", PULL)]
+    assert gh.requests() == [("GET", permission("alice")), ("POST", reactions(555)), ("GET", PULL)]
     current = state.current(redis_conn, KEY)
     assert (current.status, current.head_sha, current.comment_id) == ("deploying", HEAD_SHA, 555)
     assert only_job(redis_conn, "worker.jobs.deploy_preview").id == f"deploy-{current.id}"
@@ -661,3 +662,238 @@ def test_the_comment_has_a_section_per_environment(make_ctx, gh, redis_conn):
     deliver(make_ctx(**TWO_ENVIRONMENTS), gh, "issue_comment", comment("/preview status"))
     body = bot_comment(gh)
     assert body.index("#### preview") < body.index("No preview has been deployed here yet") < body.index("#### staging") < body.index("🟢 Deployed")
+
+
+# -- the approved commit (issue #13) ------------------------------------------------------------
+# A command on a fork's pull request deploys the head previewbot saw before the comment was
+# written; a button deploys its check run's commit. Times count from T0; comments are written at
+# T0 + 60 unless told.
+
+FORK = "eve/app"
+T0 = 1_700_000_000.0
+
+
+def at(seconds: float) -> str:
+    """GitHub's timestamp (whole seconds) of T0 + seconds."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(T0 + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deliver_at(ctx: WorkerContext, gh: FakeGH, event: str, payload: dict, *, received: float, now: float | None = None) -> None:
+    """Deliver as the worker would a delivery received at T0 + `received`, its clock reading
+    T0 + `now` (a second after receipt unless told)."""
+    clock_at = T0 + (received + 1 if now is None else now)
+    handling = Handling(ctx, gh, received_at=T0 + received, clock=lambda: clock_at)
+    asyncio.run(router.dispatch(sansio.Event(payload, event=event, delivery_id=str(uuid.uuid4())), handling))
+
+
+def written_at(payload: dict, seconds: float = 60) -> dict:
+    payload["comment"]["created_at"] = payload["comment"]["updated_at"] = at(seconds)
+    return payload
+
+
+def fork_pull(sha: str = HEAD_SHA) -> dict:
+    pull = pull_answer(head_repo=FORK)
+    pull["head"]["sha"] = sha
+    return pull
+
+
+def fork_event(action: str, sha: str) -> dict:
+    return webhooks.pull_request(action, REPO, 1, head_ref="feature", head_sha=sha, head_repo=FORK, installation_id=INSTALLATION)
+
+
+@pytest.fixture
+def fork_gh(gh):
+    """PR #1 comes from eve's fork; check runs of OLD_SHA and NEW_SHA can be looked up too."""
+    gh.answer("GET", PULL, fork_pull())
+    for sha in (OLD_SHA, NEW_SHA):
+        gh.answer("GET", f"/repos/{REPO}/commits/{sha}/check-runs", {"total_count": 0, "check_runs": []})
+    return gh
+
+
+def refused(gh: FakeGH, redis_conn) -> str:
+    """The note of a refused command, after checking that nothing was deployed."""
+    assert gh.writes("POST", reactions(555)) == [{"content": "eyes"}, {"content": "confused"}]
+    assert state.current(redis_conn, KEY) is None and jobs(redis_conn) == [] and locks(redis_conn) == {}
+    return bot_comment(gh)
+
+
+def test_pull_request_deliveries_and_fetches_record_the_heads_seen_with_their_time(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("synchronize", NEW_SHA), received=20)
+    assert state.heads_seen(redis_conn, REPO, 1) == [(HEAD_SHA, T0 + 10), (NEW_SHA, T0 + 20)]
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61, now=70)  # fetches HEAD_SHA
+    assert state.heads_seen(redis_conn, REPO, 1) == [(HEAD_SHA, T0 + 10), (NEW_SHA, T0 + 20), (HEAD_SHA, T0 + 70)]
+
+
+def test_a_command_on_a_fork_deploys_the_head_seen_before_the_comment(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61)
+
+    current = state.current(redis_conn, KEY)
+    assert (current.status, current.head_sha, current.head_repository) == ("deploying", HEAD_SHA, FORK)
+    assert only_job(redis_conn, "worker.jobs.deploy_preview").kwargs["deployment"]["headSha"] == HEAD_SHA
+
+
+def test_a_command_on_a_fork_that_pushed_after_the_comment_deploys_nothing(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("synchronize", NEW_SHA), received=62)  # handled before the command
+    fork_gh.answer("GET", PULL, fork_pull(NEW_SHA))
+    fork_gh.calls.clear()
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61, now=63)
+
+    note = refused(fork_gh, redis_conn)
+    assert f"@alice: nothing was deployed: the fork pushed after your comment. Look at its head `{NEW_SHA[:12]}`" in note
+    assert "comment `/preview` again, or use the button of the **Preview** check run" in note
+    # The check run on the new head, which the synchronize created, is there to click.
+    assert fork_gh.requests() == [
+        ("GET", permission("alice")), ("POST", reactions(555)), ("GET", PULL), ("POST", reactions(555)),
+        ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR), ("PATCH", f"{CHECK_RUNS_URL}/9001"),
+    ]
+    (patched,) = fork_gh.writes("PATCH", f"{CHECK_RUNS_URL}/9001")
+    assert [a["identifier"] for a in patched["actions"]] == ["deploy"]
+
+
+def test_a_command_on_a_fork_whose_head_moved_before_previewbot_heard_of_it_deploys_nothing(ctx, fork_gh, redis_conn):
+    """The push's delivery is still on its way (a command's job runs first): the head fetched
+    is not the one seen before the comment. The check run on it is created to be clicked."""
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    fork_gh.answer("GET", PULL, fork_pull(NEW_SHA))
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61)
+
+    assert "the fork pushed after your comment" in refused(fork_gh, redis_conn)
+    (created,) = [c for c in fork_gh.writes("POST", CHECK_RUNS_URL) if c["head_sha"] == NEW_SHA]
+    assert (created["name"], created["external_id"], created["conclusion"]) == ("Preview", "1:preview", "neutral")
+
+
+def test_a_command_on_a_fork_that_pushed_and_pushed_back_after_the_comment_deploys_nothing(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("synchronize", NEW_SHA), received=62)
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("synchronize", HEAD_SHA), received=63)
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61, now=64)
+
+    assert "the fork pushed after your comment" in refused(fork_gh, redis_conn)
+
+
+def test_a_push_received_before_the_comment_but_handled_after_it_is_the_approved_head(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    fork_gh.answer("GET", PULL, fork_pull(NEW_SHA))
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("synchronize", NEW_SHA), received=59, now=62)
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61, now=63)
+
+    assert state.current(redis_conn, KEY).head_sha == NEW_SHA
+
+
+def test_a_command_on_a_fork_whose_head_previewbot_never_saw_deploys_nothing_until_asked_again(ctx, fork_gh, redis_conn):
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment()), received=61)  # fetched, and seen, at 62
+    note = refused(fork_gh, redis_conn)
+    assert "nothing was deployed: previewbot had seen no commit of this fork before your comment" in note
+
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment(comment_id=556), 120), received=121)
+    assert state.current(redis_conn, KEY).head_sha == HEAD_SHA
+
+
+@pytest.mark.parametrize("created_at", ["", "yesterday", None], ids=["empty", "garbage", "missing"])
+def test_a_command_on_a_fork_without_a_readable_time_deploys_nothing(ctx, fork_gh, redis_conn, created_at):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    payload = comment()
+    if created_at is None:
+        del payload["comment"]["created_at"]
+    else:
+        payload["comment"]["created_at"] = created_at
+    deliver_at(ctx, fork_gh, "issue_comment", payload, received=61)
+    refused(fork_gh, redis_conn)
+
+
+def test_a_comment_time_ahead_of_its_receipt_counts_from_the_receipt(ctx, fork_gh, redis_conn):
+    """GitHub's clock ahead of ours must not make a head seen after the command look approved."""
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", HEAD_SHA), received=10)
+    fork_gh.answer("GET", PULL, fork_pull(NEW_SHA))
+    deliver_at(ctx, fork_gh, "issue_comment", written_at(comment(), 90), received=61, now=62)  # NEW_SHA fetched at 62
+    refused(fork_gh, redis_conn)
+
+
+def test_a_command_on_a_branch_of_the_repository_deploys_its_head_when_the_job_runs(ctx, gh, redis_conn):
+    """Only people with write access push to the repository's branches: no pinning there."""
+    gh.answer("GET", f"/repos/{REPO}/commits/{OLD_SHA}/check-runs", {"total_count": 0, "check_runs": []})
+    deliver_at(ctx, gh, "pull_request", webhooks.pull_request("opened", REPO, 1, head_ref="feature", head_sha=OLD_SHA), received=10)
+    # pushed at HEAD_SHA after the comment; GitHub's answer has it
+    deliver_at(ctx, gh, "issue_comment", written_at(comment()), received=61)
+    assert state.current(redis_conn, KEY).head_sha == HEAD_SHA
+
+
+def test_a_button_on_a_check_run_the_pull_request_moved_past_deploys_nothing(ctx, gh, redis_conn):
+    deliver(ctx, gh, "check_run", webhooks.check_run("requested_action", REPO, OLD_SHA, identifier="deploy", head_ref="feature",
+                                                     app_id=APP_ID, pr_number=1, installation_id=INSTALLATION))
+
+    note = bot_comment(gh)
+    assert f"@alice: that check run is out of date: it is on `{OLD_SHA[:12]}`, and the head of this pull request is now `{HEAD_SHA[:12]}`" in note
+    assert "Nothing was deployed; use the **Preview** check run on" in note
+    assert state.current(redis_conn, KEY) is None and jobs(redis_conn) == [] and locks(redis_conn) == {}
+    assert gh.requests() == [("GET", permission("alice")), ("GET", PULL), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR),
+                             ("GET", FIND_CHECK_RUN), ("POST", CHECK_RUNS_URL)]
+    assert gh.writes("POST", CHECK_RUNS_URL)[0]["head_sha"] == HEAD_SHA
+
+
+@pytest.mark.parametrize("action", ["requested_action", "rerequested"])
+def test_a_button_on_a_fork_deploys_its_check_runs_commit_whatever_was_seen(ctx, fork_gh, redis_conn, action):
+    deliver_at(ctx, fork_gh, "pull_request", fork_event("opened", OLD_SHA), received=10)
+    payload = webhooks.check_run(action, REPO, HEAD_SHA, identifier="deploy" if action == "requested_action" else None, external_id="1:preview",
+                                 app_id=APP_ID, installation_id=INSTALLATION)
+    deliver_at(ctx, fork_gh, "check_run", payload, received=61)
+    current = state.current(redis_conn, KEY)
+    assert (current.head_sha, current.head_repository, current.trigger) == (HEAD_SHA, FORK, "button")
+
+
+# -- cheap requests (issue #13) -----------------------------------------------------------------
+# Who asks is checked first. Someone without write access costs one reaction, the permission
+# check and at most one reply a minute per pull request; writers are answered every time.
+
+
+def test_a_readers_command_costs_a_reaction_the_permission_check_and_one_reply(ctx, gh, redis_conn):
+    deliver(ctx, gh, "issue_comment", comment("/preview", user="rita"))
+
+    assert gh.requests() == [("GET", permission("rita")), ("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR)]
+    assert gh.writes("POST", reactions(555)) == [{"content": "confused"}]
+    assert "@rita: only people with write access to this repository can deploy previews." in bot_comment(gh)
+    assert state.current(redis_conn, KEY) is None and jobs(redis_conn) == [] and locks(redis_conn) == {}
+
+
+@pytest.mark.parametrize("body", ["/preview status", "/preview help", "/preview frobnicate", "/preview", "/preview destroy"])
+def test_readers_are_answered_at_most_once_a_minute_per_pull_request(ctx, gh, redis_conn, body):
+    gh.answer("GET", permission("mallory"), http_error(404))
+    deliver(ctx, gh, "issue_comment", comment(body, user="rita"))
+    deliver(ctx, gh, "issue_comment", comment(body, user="rita", comment_id=556))
+    deliver(ctx, gh, "issue_comment", comment("/preview help", user="mallory", comment_id=557))
+
+    replies = gh.writes("POST", COMMENTS_OF_PR) + gh.writes("PATCH", f"/repos/{REPO}/issues/comments/9001")
+    assert len(replies) == 1
+    assert [r for r in gh.requests() if r[0] == "GET"] == [("GET", permission("rita"))] * 2 + [("GET", permission("mallory"))]
+    assert 0 < redis_conn.ttl(f"previewbot:outsider-reply:{REPO}#1") <= 60
+    assert jobs(redis_conn) == []
+
+
+def test_readers_of_another_pull_request_get_their_own_answer(ctx, gh, redis_conn):
+    gh.listing(f"/repos/{REPO}/issues/2/comments", [])
+    deliver(ctx, gh, "issue_comment", comment("/preview status", user="rita"))
+    deliver(ctx, gh, "issue_comment", webhooks.issue_comment(REPO, 2, body="/preview status", user="rita", comment_id=556, installation_id=INSTALLATION))
+    assert len(gh.writes("POST", COMMENTS_OF_PR)) == 1 and len(gh.writes("POST", f"/repos/{REPO}/issues/2/comments")) == 1
+
+
+def test_writers_are_answered_every_time_after_the_permission_check(ctx, gh, redis_conn):
+    deliver(ctx, gh, "issue_comment", comment("/preview status"))
+    deliver(ctx, gh, "issue_comment", comment("/preview help", comment_id=556))
+
+    assert gh.requests() == [
+        ("GET", permission("alice")), ("POST", reactions(555)), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR),
+        ("GET", permission("alice")), ("POST", reactions(556)), ("PATCH", f"/repos/{REPO}/issues/comments/9001"),
+    ]
+    assert HELP in gh.writes("PATCH", f"/repos/{REPO}/issues/comments/9001")[0]["body"]
+
+
+def test_a_readers_button_is_answered_at_most_once_a_minute_too(ctx, gh, redis_conn):
+    deliver(ctx, gh, "check_run", button("deploy", sender="rita"))
+    deliver(ctx, gh, "check_run", button("deploy", sender="rita"))
+    assert gh.requests() == [("GET", permission("rita")), ("GETITER", COMMENTS_OF_PR), ("POST", COMMENTS_OF_PR), ("GET", permission("rita"))]
+    assert state.current(redis_conn, KEY) is None and jobs(redis_conn) == []

@@ -1,4 +1,10 @@
-"""Buttons on the Preview check run, and "Re-run" on it."""
+"""Buttons on the Preview check run, and "Re-run" on it.
+
+A deploy button deploys its check run's own commit (`head_sha`), and only while that is still
+the pull request's head: a click approves the commit the check run shows, so a check run the
+pull request has moved past deploys nothing and says it is out of date. This holds for every
+pull request, from a fork or not.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ from gidgethub import routing
 from bot import previews
 from bot.github import may_deploy
 from bot.model import PreviewKey
-from bot.render import check_run_environment
+from bot.render import check_name, check_run_environment, text
 
-from .on_comment import fetch_pull, not_an_environment, start_deploy_from_github
+from .on_comment import fetch_pull_for_deploy, not_an_environment, refusal, reply_to_outsider, short_sha, show_check_run, start_deploy_from_github
 
 router = routing.Router()
 
@@ -39,9 +45,7 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
     key = PreviewKey(data["repository"]["full_name"], pr_number, environment)
     login = data["sender"]["login"]
     if not await may_deploy(session, key.repository, login):
-        await ctx.reporter.update_comment(
-            session, key, note=f"@{login}: only people with write access to this repository can {identifier} previews."
-        )
+        await reply_to_outsider(handling, key, note=refusal(login, identifier))
         return
     if identifier == "destroy":
         previews.request_destroy(ctx.redis, ctx.settings, key, reason=f"destroyed by @{login}")
@@ -52,10 +56,22 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
     if environment not in ctx.settings.environments:
         await ctx.reporter.update_comment(session, key, note=not_an_environment(ctx.settings, environment))
         return
-    pull = await fetch_pull(session, key.repository, key.pr_number)
+    pull = await fetch_pull_for_deploy(handling, key)
     if pull is None or pull["state"] != "open":
         return
+    head = pull["head"]["sha"]
+    if check_run.get("head_sha") != head:
+        await ctx.reporter.update_comment(session, key, note=out_of_date_note(login, check_run.get("head_sha"), head, environment))
+        await show_check_run(handling, key, head)
+        return
     await start_deploy_from_github(handling, pull, key=key, trigger="button", requested_by=login)
+
+
+def out_of_date_note(login: str, clicked: str | None, head: str, environment: str) -> str:
+    return (
+        f"@{login}: that check run is out of date: it is on `{short_sha(clicked)}`, and the head of this pull request is now "
+        f"`{short_sha(head)}`. Nothing was deployed; use the **{text(check_name(environment))}** check run on `{short_sha(head)}`."
+    )
 
 
 def pull_request_number(check_run: dict) -> int | None:

@@ -19,6 +19,7 @@ async def opened(event, handling) -> None:
     set to deploy automatically deploy (never a fork's code)."""
     ctx, session = handling.ctx, handling.session
     pull = event.data["pull_request"]
+    record_head(event.data, handling)
     for environment in ctx.settings.environments:
         key = _key(event.data, environment)
         if ctx.settings.for_environment(environment).auto_deploy and not is_fork(pull, key.repository):
@@ -34,6 +35,7 @@ async def pushed(event, handling) -> None:
     without a new command."""
     ctx, session = handling.ctx, handling.session
     pull = event.data["pull_request"]
+    record_head(event.data, handling)
     live = state.environments_of(ctx.redis, event.data["repository"]["full_name"], int(pull["number"]))
     for environment in dict.fromkeys([*ctx.settings.environments, *live]):
         key = _key(event.data, environment)
@@ -52,6 +54,13 @@ async def closed(event, handling) -> None:
     reason = "pull request merged" if pull.get("merged") else "pull request closed"
     for environment in state.environments_of(ctx.redis, event.data["repository"]["full_name"], int(pull["number"])):
         previews.request_destroy(ctx.redis, ctx.settings, _key(event.data, environment), reason=reason)
+
+
+def record_head(data: dict, handling) -> None:
+    """The head as of the delivery's receipt: what a later command on a fork's pull request may
+    deploy (see `worker.on_comment`)."""
+    pull = data["pull_request"]
+    state.record_head(handling.ctx.redis, data["repository"]["full_name"], int(pull["number"]), pull["head"]["sha"], at=handling.received_at)
 
 
 def _key(data: dict, environment: str) -> PreviewKey:
