@@ -25,7 +25,9 @@ Strictness, in the order a request is checked:
 5. The JSON body must parse (400) and validate against the operation's
    ``requestBody`` schema (422 "Validation Failed").
 6. Faults injected with :meth:`FakeGitHub.fail` (or a write-only outage,
-   :meth:`FakeGitHub.fail_writes`) answer here.
+   :meth:`FakeGitHub.fail_writes`) answer here. Those of
+   :meth:`FakeGitHub.fail_after_performing` answer after step 8 instead: the
+   request is performed, and the client gets a 502 (or a dropped connection).
 7. Authentication: app endpoints need an app JWT (RS256, iss, iat, exp checked
    like GitHub); repository endpoints need an unexpired installation token of
    the installation that owns the repository, with the needed permission.
@@ -48,6 +50,7 @@ import json
 import math
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -101,6 +104,8 @@ DEFAULT_INSTALLATION_PERMISSIONS = {
     "statuses": "write",
 }
 DEFAULT_EVENTS = ["check_run", "issue_comment", "pull_request"]
+#: ``Call.status`` of a request whose connection the fake closed without answering.
+DROPPED = 0
 REACTION_CONTENTS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "eyes", "rocket")
 SHA_RE = re.compile(r"[0-9a-f]{40}")
 
@@ -307,12 +312,12 @@ class Call:
     query: dict[str, str]
     json: Any
     headers: dict[str, str]  # lower-case names
-    status: int
+    status: int  # what the client got; DROPPED when the connection was closed instead
     response: Any = None
 
     def __str__(self) -> str:
         query = f"?{urlencode(self.query)}" if self.query else ""
-        return f"{self.method} {self.path}{query} -> {self.status}"
+        return f"{self.method} {self.path}{query} -> {self.status or 'dropped'}"
 
 
 @dataclass
@@ -325,6 +330,9 @@ class Fault:
     remaining: int
     headers: dict[str, str]
     body: Any
+    skip: int = 0  # matching calls answered as usual before the fault's turn
+    after_performing: bool = False  # the endpoint runs first; its answer is replaced
+    drop_connection: bool = False  # no answer at all: the connection is closed
 
     def matches(self, method: str, path: str) -> bool:
         return self.remaining > 0 and self.method in ("*", method) and bool(self.path_regex.fullmatch(path))
@@ -725,6 +733,21 @@ class FakeGitHub:
             self._faults.append(fault)
         return fault
 
+    def fail_after_performing(self, method: str, path_regex: str, status: int = 502, *, nth: int = 1,
+                              times: int = 1, drop_connection: bool = False) -> Fault:
+        """Perform the ``nth`` matching call (and the ``times - 1`` after it) like
+        GitHub, then answer ``status`` instead of its answer, or with
+        ``drop_connection`` close the connection without a byte of answer: the
+        resource exists, the client sees a failure (a proxy that lost GitHub's
+        answer). A call the endpoint refuses gets that refusal and leaves the fault
+        for the next one. The client's view is recorded (``Call.status`` is
+        ``DROPPED`` for a dropped connection); such calls are not violations.
+        """
+        fault = self.fail(method, path_regex, status, times)
+        with self.lock:
+            fault.skip, fault.after_performing, fault.drop_connection = nth - 1, True, drop_connection
+        return fault
+
     WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
 
     def fail_writes(self, status: int = 502, path_regex: str = r"/.*",
@@ -794,6 +817,9 @@ class FakeGitHub:
         raw_path = raw_uri.split("?", 1)[0]
         with self.lock:
             status, body, headers = self._handle(request, raw_path)
+        if status == DROPPED:
+            environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError("fake GitHub dropped the connection")  # werkzeug: a dropped connection
         response = Response(json.dumps(body) if body is not None else b"", status=status, headers=headers)
         return response(environ, start_response)
 
@@ -831,7 +857,10 @@ class FakeGitHub:
         query = self._check_query(op, request)
         body = self._check_body(op, data)
         fault = next((f for f in self._faults if f.matches(method, unquote(raw_path))), None)
-        if fault is not None:
+        if fault is not None and fault.skip:
+            fault.skip -= 1
+            fault = None
+        if fault is not None and not fault.after_performing:
             return self._apply_fault(fault, headers)
         ctx = _Context(op=op, params=params, query=query, body=body, headers=headers,
                        path=unquote(raw_path), raw_path=raw_path)
@@ -840,7 +869,11 @@ class FakeGitHub:
         else:
             self._authenticate_installation(request, ctx)
         handler = getattr(self, "_op_" + re.sub(r"\W", "_", op.operation_id))
-        return handler(ctx)
+        answer = handler(ctx)
+        if fault is not None:  # performed: the client gets the fault instead of the answer
+            headers.remove("Location")
+            return self._apply_fault(fault, headers)
+        return answer
 
     # -------------------------------------------------------- request checks
 
@@ -902,6 +935,8 @@ class FakeGitHub:
 
     def _apply_fault(self, fault: Fault, headers: Headers) -> tuple[int, Any]:
         fault.remaining -= 1
+        if fault.drop_connection:
+            return DROPPED, None
         for name, value in fault.headers.items():
             headers.set(name, value)
         if fault.body is not None:

@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from tests import webhooks
-from tests.fakegithub import FakeGitHub, stable_id
+from tests.fakegithub import DROPPED, FakeGitHub, stable_id
 
 APP_ID = 4242
 SHA = "a" * 40
@@ -752,3 +752,49 @@ def test_deliver_signs_like_github():
     assert headers["x-hub-signature-256"] == webhooks.sign(received["body"], "s3cret")
     event = gidgethub.sansio.Event.from_http(headers, received["body"], secret="s3cret")
     assert (event.event, event.delivery_id, event.data) == ("issue_comment", "abc", payload)
+
+
+# --------------------------------------------------------------------------
+# Faults after performing: the resource exists, the client sees a failure
+# --------------------------------------------------------------------------
+
+
+def test_a_fault_after_performing_creates_the_resource_and_answers_502(fake, client, token):
+    fake.fail_after_performing("POST", r"/repos/octo/app/issues/\d+/comments", nth=2)
+    first = client.post("/repos/octo/app/issues/1/comments", headers=auth(token), json={"body": "one"})
+    failed = client.post("/repos/octo/app/issues/1/comments", headers=auth(token), json={"body": "two"})
+    third = client.post("/repos/octo/app/issues/1/comments", headers=auth(token), json={"body": "three"})
+    assert (first.status_code, failed.status_code, third.status_code) == (201, 502, 201)
+    assert failed.json()["message"] == "Server Error" and "location" not in failed.headers
+    # The failed one was performed all the same: it is there, and listed like any other.
+    assert [c["body"] for c in fake.comments["octo/app"][1]] == ["one", "two", "three"]
+    listed = client.get("/repos/octo/app/issues/1/comments", headers=auth(token)).json()
+    assert [c["body"] for c in listed] == ["one", "two", "three"]
+    assert [c.status for c in fake.calls_to("POST", r"/repos/octo/app/issues/1/comments")] == [201, 502, 201]
+    assert fake.violations == []
+
+
+def test_a_fault_after_performing_can_drop_the_connection(fake, client, token):
+    fake.fail_after_performing("POST", r"/repos/octo/app/check-runs", drop_connection=True)
+    body = {"name": "Preview", "head_sha": SHA, "status": "in_progress", "external_id": "1:preview"}
+    with pytest.raises(httpx.RemoteProtocolError):  # not a byte of answer
+        client.post("/repos/octo/app/check-runs", headers=auth(token), json=body)
+    [run] = fake.check_runs.values()
+    assert (run["name"], run["external_id"], run["status"]) == ("Preview", "1:preview", "in_progress")
+    [call] = fake.calls_to("POST", r"/repos/octo/app/check-runs")
+    assert call.status == DROPPED and str(call).endswith("-> dropped")
+    # The fault is spent; the fake serves as usual afterwards.
+    assert client.post("/repos/octo/app/check-runs", headers=auth(token), json=body).status_code == 201
+    assert len(fake.check_runs) == 2 and fake.violations == []
+
+
+def test_a_fault_after_performing_waits_for_a_call_the_endpoint_accepts(fake, client, token, private_pem):
+    fake.fail_after_performing("POST", r"/repos/octo/app/deployments", times=2)
+    fake.expire_tokens()
+    refused = client.post("/repos/octo/app/deployments", headers=auth(token), json={"ref": "feature"})
+    assert refused.status_code == 401 and fake.deployments == {}  # nothing performed, the fault kept
+    fresh = get_token(client, private_pem)
+    answers = [client.post("/repos/octo/app/deployments", headers=auth(fresh), json={"ref": "feature"}).status_code
+               for _ in range(3)]
+    assert answers == [502, 502, 201]
+    assert len(fake.deployments) == 3 and fake.violations == []

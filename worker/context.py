@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import redis
+from rq import Queue, get_current_job
 
-from bot import state
+from bot import github, state
 from bot.config import Settings, load_settings
 from bot.model import Deployment
 
@@ -45,6 +48,10 @@ class WorkerContext:
 
 _context: WorkerContext | None = None
 
+# A job's GitHub calls stop this long before RQ stops the job, so that the job ends with an
+# error of its own (logged, and retried by RQ where it is a webhook's) rather than killed mid-call.
+DEADLINE_MARGIN_SECONDS = 5.0
+
 
 def build_context(settings: Settings) -> WorkerContext:
     # A call that hangs must fail well before the lease needs renewing again.
@@ -69,3 +76,24 @@ def get_context() -> WorkerContext:
     if _context is None:
         _context = build_context(load_settings())
     return _context
+
+
+def job_seconds_left() -> float | None:
+    """Seconds until RQ stops the job running now (its timeout counts from its start), or None
+    outside a job (a failure callback, the reconciler's thread)."""
+    job = get_current_job()
+    if job is None or job.started_at is None:
+        return None
+    timeout = job.timeout or Queue.DEFAULT_TIMEOUT  # what RQ applies
+    if timeout <= 0:  # -1: no timeout
+        return None
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+    return timeout - (datetime.now(timezone.utc) - started).total_seconds()
+
+
+def github_deadline(*, at_most: float | None = None) -> AbstractContextManager[None]:
+    """The deadline of the GitHub calls made inside: at most `at_most` seconds, and never past
+    the running job's timeout (less a margin)."""
+    left = job_seconds_left()
+    limits = [s for s in (at_most, None if left is None else left - DEADLINE_MARGIN_SECONDS) if s is not None]
+    return github.deadline(max(0.0, min(limits))) if limits else nullcontext()

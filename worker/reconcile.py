@@ -27,7 +27,7 @@ from bot.github import github_session
 from bot.model import Deployment
 from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
 
-from .context import get_context
+from .context import get_context, github_deadline
 from .jobs import finish
 from .on_comment import fetch_pull
 from .reporting import REPORT_ERRORS
@@ -64,7 +64,9 @@ def reconcile() -> list[Deployment]:
     retry_failed_teardowns(ctx)
     if ctx.settings.github_enabled:
         requeue_github_jobs_of_dead_workers(ctx.redis)
-        repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
+        # The pass runs in the reconciler's thread, not a job: its GitHub calls get a deadline of their own.
+        with github_deadline(at_most=CLOSED_LOOKUP_SECONDS):
+            repaired += asyncio.run(destroy_previews_of_closed_pull_requests(ctx))
     return repaired
 
 
@@ -93,7 +95,9 @@ def retry_failed_teardowns(ctx) -> list[Deployment]:
 
 
 # The jobs that talk to GitHub only (webhook handling, reports), safe to run again.
-GITHUB_JOB_PREFIXES = ("webhook-", "report-")
+GITHUB_JOB_PREFIXES = ("webhook-", "report-", "acknowledge-")
+# How long one pass may spend asking GitHub which pull requests closed.
+CLOSED_LOOKUP_SECONDS = 30
 # A job whose workers keep dying is left to RQ's own abandoned-job handling after this many.
 MAX_REQUEUES_AFTER_DEATH = 2
 
