@@ -2,20 +2,31 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps, so `make run` installs only what the program needs and `make test` adds the test
+# tools; a stamp newer than pyproject.toml makes a repeated run instant.
+RUNTIME := $(VENV)/.installed-runtime
+TEST_TOOLS := $(VENV)/.installed-test
 
-.PHONY: install run test bench soak browser-deps bench-deps clean
+.PHONY: install run signin test bench soak browser-deps bench-deps clean
 
-install: $(STAMP)
+install: $(RUNTIME)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $@
 
-run: $(STAMP)
+$(TEST_TOOLS): $(RUNTIME)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(RUNTIME)
 	$(BIN)/previewbot run
+
+# A one-time sign-in link for the dashboard of the database in this directory.
+signin: $(RUNTIME)
+	@$(BIN)/previewbot signin
 
 # Headless Chromium for the dashboard tests comes from Debian's packages.
 browser-deps:
@@ -23,7 +34,7 @@ browser-deps:
 		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser-deps
+test: $(TEST_TOOLS) browser-deps
 	$(BIN)/pytest -q
 
 # wrk, the load tool of the throughput benchmark; without it (no apt) the benchmark falls back
@@ -34,10 +45,10 @@ bench-deps:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
 		|| echo "could not install wrk: the benchmark uses its Python load loop"; }
 
-bench: $(STAMP) bench-deps
+bench: $(TEST_TOOLS) bench-deps
 	$(BIN)/python -m tests.bench
 
-soak: $(STAMP)
+soak: $(TEST_TOOLS)
 	$(BIN)/python -m tests.soak
 
 clean:

@@ -1,0 +1,55 @@
+"""`make install` (and `make run`) install what the program needs and nothing more; `make test`
+adds the test tools. The install is real: a fresh virtual environment from PyPI, as a newcomer's
+first `make run` makes it (about 45 s here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_TOOLS = ("pytest", "playwright", "schemathesis", "hypothesis", "pytest-timeout")
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("install") / "venv"
+    done = make("install", f"VENV={path}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return path
+
+
+def installed_distributions(venv: Path) -> set[str]:
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+    )
+    return {package["name"].lower() for package in json.loads(listed.stdout)}
+
+
+@pytest.mark.slow
+def test_the_runtime_install_holds_no_test_tool(venv):
+    names = installed_distributions(venv)
+    assert "previewbot" in names and "gunicorn" in names
+    assert not names & set(TEST_TOOLS)
+    assert not (venv / "bin" / "pytest").exists()
+    assert subprocess.run([str(venv / "bin" / "previewbot"), "--help"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_second_run_installs_nothing_and_test_adds_only_the_test_tools(venv):
+    assert make("-q", "install", f"VENV={venv}").returncode == 0  # up to date: nothing to do
+    run = make("-n", "run", f"VENV={venv}").stdout.splitlines()
+    assert run == [f"{venv}/bin/previewbot run"]
+    test = make("-n", "test", f"VENV={venv}").stdout
+    assert f"{venv}/bin/pip install --quiet -e '.[test]'" in test
+    assert "-m venv" not in test and "pip install --quiet -e .\n" not in test
+    assert f"{venv}/bin/pytest -q" in test
