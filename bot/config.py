@@ -15,6 +15,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .model import ENVIRONMENT_NAME, RESERVED_NAMES
+from .repo_config import parse_duration
 
 
 class ConfigError(Exception):
@@ -30,6 +31,27 @@ HOST_SUFFIX = re.compile(r"\.?[a-z0-9-]+(?:\.[a-z0-9-]+)*")
 # disagree on the host of `https://a.example.com\@evil.test`), an optional port, and nothing
 # that could end an HTML attribute or a table cell.
 LINKABLE_URL = re.compile(r"https?://(?P<host>[A-Za-z0-9.-]+)(?::\d{1,5})?(?:[/?#][^\s\\<>\"'`|]*)?")
+# The provisioners `worker.provisioners` registers, by name; each has its own section below.
+PROVISIONERS = ("simulated", "command", "ec2")
+# What a PREVIEW_EC2_USER_DATA template may say as `{{name}}`; each value is put in shell-quoted.
+USER_DATA_PLACEHOLDERS = ("source_url", "start", "vars", "repository", "pr", "environment", "branch", "sha", "deployment_id")
+USER_DATA_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EC2Settings:
+    """The `ec2` provisioner's section: PREVIEW_EC2_*. Credentials are boto3's own."""
+
+    ami: str | None = None
+    instance_type: str = "t3.small"
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    key_name: str | None = None
+    instance_profile: str | None = None  # a name or an ARN
+    # AWS_REGION, which the AWS SDKs share; unset, boto3's own chain (AWS_DEFAULT_REGION, profile).
+    region: str | None = None
+    # The text of the PREVIEW_EC2_USER_DATA template, read at start; None: the default script.
+    user_data: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +79,15 @@ class Settings:
     cancel_grace_seconds: float = 30.0
     reconcile_seconds: float = 60.0
     auto_deploy: bool = False
+    health_path: str | None = None  # PREVIEW_HEALTH_PATH; unset, no health check (see worker.health)
+    health_timeout: float = 300.0  # PREVIEW_HEALTH_TIMEOUT, a duration
     rate_limit_per_minute: int = 60
     public_api_url: str | None = None
     public_url: str | None = None  # PUBLIC_URL; see base_url
+    worker_nice: int = 5  # WORKER_NICE: workers yield the CPU to the web process when both want it
     environments: tuple[str, ...] = ("preview",)
+    ec2: EC2Settings = EC2Settings()
+    hourly_cost: float | None = None  # PREVIEW_HOURLY_COST, USD, when nothing better is known
     # Each named environment's settings where the operator set PREVIEW_ENV_<NAME>_* values.
     overrides: Mapping[str, "Settings"] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -162,8 +189,8 @@ def _load(env: dict) -> Settings:
         raise ConfigError(f"WEBHOOK_PATH must start with '/', got {webhook_path!r}")
 
     provisioner = (get("PREVIEW_PROVISIONER") or "simulated").lower()
-    if provisioner not in ("simulated", "command"):
-        raise ConfigError(f"PREVIEW_PROVISIONER must be 'simulated' or 'command', got {provisioner!r}")
+    if provisioner not in PROVISIONERS:
+        raise ConfigError(f"PREVIEW_PROVISIONER must be one of {', '.join(PROVISIONERS)}, got {provisioner!r}")
     deploy_command = get("PREVIEW_DEPLOY_COMMAND")
     if provisioner == "command" and not deploy_command:
         raise ConfigError("PREVIEW_DEPLOY_COMMAND is required when PREVIEW_PROVISIONER=command")
@@ -171,7 +198,7 @@ def _load(env: dict) -> Settings:
         _check_command(name, get(name))
 
     url_template = get("PREVIEW_URL_TEMPLATE") or Settings.url_template
-    _check_url_template(url_template)
+    _check_url_template(url_template, provisioner)
     command_env = _names("PREVIEW_COMMAND_ENV", get("PREVIEW_COMMAND_ENV"))
 
     lease_seconds = _number("PREVIEW_LEASE_SECONDS", get("PREVIEW_LEASE_SECONDS"), 60.0, float, low=1)
@@ -201,14 +228,19 @@ def _load(env: dict) -> Settings:
         destroy_command=get("PREVIEW_DESTROY_COMMAND"),
         command_env=command_env,
         command_secrets=tuple(value for name in command_env if len(value := env.get(name) or "") >= MIN_SECRET_LENGTH),
-        command_timeout=_number("PREVIEW_COMMAND_TIMEOUT", get("PREVIEW_COMMAND_TIMEOUT"), 1800.0, float, low=1),
+        command_timeout=_duration("PREVIEW_COMMAND_TIMEOUT", get("PREVIEW_COMMAND_TIMEOUT"), 1800.0, low=1),
         lease_seconds=lease_seconds,
         cancel_grace_seconds=cancel_grace_seconds,
         reconcile_seconds=_number("PREVIEW_RECONCILE_SECONDS", get("PREVIEW_RECONCILE_SECONDS"), 60.0, float, low=1),
         auto_deploy=_boolean("PREVIEW_AUTO_DEPLOY", get("PREVIEW_AUTO_DEPLOY")),
+        health_path=_health_path(get("PREVIEW_HEALTH_PATH")),
+        health_timeout=_duration("PREVIEW_HEALTH_TIMEOUT", get("PREVIEW_HEALTH_TIMEOUT"), 300.0, low=1),
         rate_limit_per_minute=_number("PREVIEW_API_RATE_LIMIT", get("PREVIEW_API_RATE_LIMIT"), 60, int, low=1),
         public_api_url=_optional_url("NEXT_PUBLIC_API_URL", get("NEXT_PUBLIC_API_URL")),
         public_url=_optional_url("PUBLIC_URL", get("PUBLIC_URL")),
+        worker_nice=_number("WORKER_NICE", get("WORKER_NICE"), 5, int, low=0, high=19),
+        ec2=_ec2_settings(get, required=provisioner == "ec2"),
+        hourly_cost=_number("PREVIEW_HOURLY_COST", get("PREVIEW_HOURLY_COST"), None, float, low=0),
     )
 
 
@@ -249,6 +281,25 @@ def _number(name, raw, default, kind, *, low=None, high=None):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
         raise ConfigError(f"{name} must be {bounds}, got {raw!r}")
     return value
+
+
+def _duration(name: str, raw: str | None, default: float, *, low: float) -> float:
+    """A duration: seconds, or a number with s, m, h or d (`bot.repo_config.parse_duration`)."""
+    if raw is None:
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a duration (seconds, or a number with s, m, h or d), got {raw!r}") from None
+    if seconds < low:
+        raise ConfigError(f"{name} must be at least {low:g}s, got {raw!r}")
+    return seconds
+
+
+def _health_path(raw: str | None) -> str | None:
+    if raw is not None and not re.fullmatch(r"/\S*", raw):
+        raise ConfigError(f"PREVIEW_HEALTH_PATH must be a path starting with /, got {raw!r}")
+    return raw
 
 
 def _seconds_range(raw: str | None) -> tuple[float, float]:
@@ -333,10 +384,63 @@ def _check_command(name: str, raw: str | None) -> None:
         raise ConfigError(f"{name} cannot be split into words: {exc}") from None
 
 
-def _check_url_template(template: str) -> None:
+def _check_url_template(template: str, provisioner: str) -> None:
+    # Only an EC2 instance has a public address to put in the URL.
+    addresses = {"public_dns": "d", "public_ip": "1"} if provisioner == "ec2" else {}
     try:
-        template.format(environment="preview", pr="1", repo="r", owner="o", branch="b")
+        template.format(environment="preview", pr="1", repo="r", owner="o", branch="b", **addresses)
     except (KeyError, IndexError, ValueError) as exc:
+        extra = ", {public_dns}, {public_ip} (ec2 only)"
         raise ConfigError(
-            f"PREVIEW_URL_TEMPLATE may use only {{environment}}, {{pr}}, {{repo}}, {{owner}}, {{branch}}: {exc!r}"
+            f"PREVIEW_URL_TEMPLATE may use only {{environment}}, {{pr}}, {{repo}}, {{owner}}, {{branch}}{extra}: {exc!r}"
         ) from None
+
+
+AWS_ID = {
+    "PREVIEW_EC2_AMI": re.compile(r"ami-[0-9a-f]{8,17}"),
+    "PREVIEW_EC2_SUBNET_ID": re.compile(r"subnet-[0-9a-f]{8,17}"),
+    "PREVIEW_EC2_SECURITY_GROUP_IDS": re.compile(r"sg-[0-9a-f]{8,17}"),
+    "PREVIEW_EC2_INSTANCE_TYPE": re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+"),
+    # An instance profile's name, or its ARN.
+    "PREVIEW_EC2_INSTANCE_PROFILE": re.compile(r"[\w+=,.@-]{1,128}|arn:aws[\w-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]{1,128}"),
+}
+
+
+def _ec2_settings(get, *, required: bool) -> EC2Settings:
+    """PREVIEW_EC2_*: checked whenever given, the AMI required when the provisioner is `ec2`."""
+
+    def checked(name: str, value: str | None) -> str | None:
+        if value is not None and not AWS_ID[name].fullmatch(value):
+            raise ConfigError(f"{name} is not valid: {value!r}")
+        return value
+
+    ami = checked("PREVIEW_EC2_AMI", get("PREVIEW_EC2_AMI"))
+    if required and ami is None:
+        raise ConfigError("PREVIEW_EC2_AMI is required when PREVIEW_PROVISIONER=ec2 (the image previews boot from)")
+    groups = tuple(g.strip() for g in (get("PREVIEW_EC2_SECURITY_GROUP_IDS") or "").split(",") if g.strip())
+    for group in groups:
+        checked("PREVIEW_EC2_SECURITY_GROUP_IDS", group)
+    return EC2Settings(
+        ami=ami,
+        instance_type=checked("PREVIEW_EC2_INSTANCE_TYPE", get("PREVIEW_EC2_INSTANCE_TYPE")) or EC2Settings.instance_type,
+        subnet_id=checked("PREVIEW_EC2_SUBNET_ID", get("PREVIEW_EC2_SUBNET_ID")),
+        security_group_ids=groups,
+        key_name=get("PREVIEW_EC2_KEY_NAME"),
+        instance_profile=checked("PREVIEW_EC2_INSTANCE_PROFILE", get("PREVIEW_EC2_INSTANCE_PROFILE")),
+        region=get("AWS_REGION"),
+        user_data=_user_data_template(get("PREVIEW_EC2_USER_DATA")),
+    )
+
+
+def _user_data_template(path: str | None) -> str | None:
+    """The operator's user-data template, read at start so a bad path stops start-up."""
+    if path is None:
+        return None
+    try:
+        template = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"PREVIEW_EC2_USER_DATA cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    unknown = sorted(set(USER_DATA_PLACEHOLDER.findall(template)) - set(USER_DATA_PLACEHOLDERS))
+    if unknown:
+        raise ConfigError(f"PREVIEW_EC2_USER_DATA may use only {{{{{'}}, {{'.join(USER_DATA_PLACEHOLDERS)}}}}}, not {{{{{unknown[0]}}}}}")
+    return template

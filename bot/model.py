@@ -8,6 +8,7 @@ the seed's four values and is derived from its latest record.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import datetime, timezone
@@ -54,6 +55,21 @@ class PreviewKey(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.repository}#{self.pr_number}:{self.environment}"
+
+
+class Resource(BaseModel):
+    """Something a provisioner made for a deployment, so people can find it in their cloud."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    kind: str
+    """What it is, e.g. `ec2:instance`."""
+    id: str
+    """The cloud's id, e.g. `i-0abc…`."""
+    type: str | None = None
+    """Its size, e.g. `t3.small`."""
+    region: str | None = None
+    """Where it runs, e.g. `eu-west-1`."""
 
 
 class Deployment(BaseModel):
@@ -105,6 +121,22 @@ class Deployment(BaseModel):
     it was another branch."""
     teardown_error: str | None = None
     """Why tearing the environment down failed; the reconciler retries until it succeeds."""
+    resources: tuple[Resource, ...] = ()
+    """What the provisioner made for it, e.g. its EC2 instance."""
+    hourly_cost: float | None = None
+    """USD an hour while the preview runs, when known."""
+    # What the repository's `.github/preview.yml` says of the environment (bot.repo_config), as
+    # read at the commit deployed; None (or empty) where the operator's setting applies.
+    ttl_seconds: float | None = None
+    """The repository's `ttl` in seconds, 0 = never expires."""
+    vars: dict[str, str] = {}
+    """The repository's non-secret `vars`; the provisioner gets them as `PREVIEW_VAR_<NAME>`."""
+    start: str | None = None
+    """The repository's `start` command, run on the preview VM (the EC2 provisioner's user data)."""
+    health_check_path: str | None = None
+    """The repository's `health_check.path`, requested on the preview URL before it is deployed."""
+    health_check_timeout: float | None = None
+    """The repository's `health_check.timeout` in seconds."""
 
     @classmethod
     def new(cls, *, repository: str, pr_number: int, branch_name: str, environment: str = DEFAULT_ENVIRONMENT, id: str | None = None, **fields) -> Deployment:
@@ -183,6 +215,8 @@ class Deployment(BaseModel):
             "destroyed_at": self.destroyed_at,
             "replaces": self.replaces,
             "teardown_error": self.teardown_error,
+            "resources": json.dumps([r.model_dump(by_alias=True) for r in self.resources]) if self.resources else None,
+            "hourly_cost": self.hourly_cost,
         }
 
     @classmethod
@@ -207,6 +241,8 @@ class Deployment(BaseModel):
             destroyed_at=row.get("destroyed_at"),
             replaces=row.get("replaces"),
             teardown_error=row.get("teardown_error"),
+            resources=json.loads(row["resources"]) if row.get("resources") else (),
+            hourly_cost=row.get("hourly_cost"),
         )
 
     def ws_message(self) -> dict:

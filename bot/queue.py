@@ -89,7 +89,8 @@ def _enqueue_provisioning(conn: redis.Redis, settings, func: str, job_id: str, v
         deployment=deployment.to_json(),
         **kwargs,
         job_id=job_id,
-        job_timeout=int(settings.command_timeout) + 120,
+        # The provisioner, then the health check, each within its own limit; then the report.
+        job_timeout=int(settings.command_timeout + settings.health_timeout) + 120,
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         on_failure=Callback("worker.jobs.job_crashed"),

@@ -262,7 +262,10 @@ class OpenAPISpec:
 
         def segment(match: re.Match) -> str:
             name = match.group(1)
-            pattern = "[0-9]+" if path_params[name].get("type") == "integer" else "[^/]+"
+            if path_params[name].get("type") == "integer":
+                pattern = "[0-9]+"
+            else:  # a file's `path` spans segments (octokit expands it as `{+path}`)
+                pattern = ".+" if name == "path" else "[^/]+"
             return f"(?P<{name}>{pattern})"
 
         regex = re.compile(re.sub(r"\{(\w+)\}", segment, re.escape(template).replace(r"\{", "{").replace(r"\}", "}")))
@@ -401,6 +404,7 @@ class Repo:
     issues: set[int] = field(default_factory=set)
     pulls: dict[int, dict] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)  # lower-case login -> role
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit sha -> path -> content
 
     @property
     def owner(self) -> str:
@@ -429,6 +433,7 @@ OPERATION_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "repos/create-deployment": (("deployments", "write"),),
     "repos/list-deployment-statuses": (("deployments", "read"),),
     "repos/create-deployment-status": (("deployments", "write"),),
+    "repos/get-content": (("contents", "read"),),
 }
 
 #: Operations authenticated as the app (JWT) rather than as an installation.
@@ -620,6 +625,21 @@ class FakeGitHub:
             r.commits.add(sha)
             if branch:
                 r.branches[branch] = sha
+
+    def add_file(self, repo: str, path: str, content: str | bytes, *, ref: str | None = None) -> None:
+        """Put a file at ``path`` in the commit ``ref`` names (a branch, a known
+        sha or a new sha; default: the default branch), for the contents API."""
+        with self.lock:
+            r = self._repo(repo)
+            ref = ref or r.default_branch
+            sha = self._resolve_ref(r, ref)
+            if sha is None:
+                if not SHA_RE.fullmatch(ref):
+                    raise KeyError(f"unknown ref {ref!r} in {repo}; add_commit or add_pull first")
+                sha = ref
+                r.commits.add(sha)
+            data = content.encode() if isinstance(content, str) else content
+            r.files.setdefault(sha, {})[path.strip("/")] = data
 
     def add_issue(self, repo: str, number: int) -> None:
         """Make issue ``number`` exist (pull requests exist as issues already)."""
@@ -1143,6 +1163,33 @@ class FakeGitHub:
                             "to the parent installation.", docs=docs,
                             violation=f"token requested for repositories outside installation {inst.id}")
         return chosen
+
+    # ------------------------------------------------------------- contents
+
+    def _op_repos_get_content(self, ctx: _Context) -> tuple[int, Any]:
+        """A file's contents, base64 in lines of 60 like GitHub; 404 for a ref or file that
+        does not exist (directories are not served)."""
+        ref = ctx.query.get("ref") or ctx.repo.default_branch
+        sha = self._resolve_ref(ctx.repo, ref)
+        if sha is None:
+            raise Rejection(404, f"No commit found for the ref {ref}", docs=ctx.op.docs_url)
+        path = ctx.params["path"].strip("/")
+        data = ctx.repo.files.get(sha, {}).get(path)
+        if data is None:
+            raise _not_found(ctx.op.docs_url)
+        encoded = base64.b64encode(data).decode()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        api = f"{self.url}/repos/{ctx.repo.full_name}"
+        url = f"{api}/contents/{path}?ref={ref}"
+        html_url = f"{WEB_URL}/{ctx.repo.full_name}/blob/{ref}/{path}"
+        git_url = f"{api}/git/blobs/{blob}"
+        return 200, {
+            "type": "file", "encoding": "base64", "size": len(data), "name": path.rsplit("/", 1)[-1],
+            "path": path, "sha": blob, "url": url, "git_url": git_url, "html_url": html_url,
+            "download_url": f"https://raw.githubusercontent.com/{ctx.repo.full_name}/{ref}/{path}",
+            "content": "\n".join(encoded[i:i + 60] for i in range(0, len(encoded), 60)) + "\n",
+            "_links": {"self": url, "git": git_url, "html": html_url},
+        }
 
     # ---------------------------------------------------------------- pulls
 

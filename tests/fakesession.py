@@ -30,6 +30,11 @@ KNOWN_WRITES = [
 ]
 
 
+# Files read through the contents API (`.github/preview.yml`): absent unless a test answers them,
+# like most repositories.
+CONTENTS = re.compile(r"^/repos/[^/]+/[^/]+/contents/.+$")
+
+
 class UnexpectedRequest(AssertionError):
     pass
 
@@ -95,6 +100,8 @@ class FakeGH:
                 return value
         if any(method == m and pattern.match(bare) for m, pattern in KNOWN_WRITES):
             return {"id": next(self._ids)} if method == "POST" else dict(data or {})
+        if method == "GET" and CONTENTS.match(bare):
+            raise http_error(404)
         self.unexpected.append(call)
         raise UnexpectedRequest(f"no canned answer for {method} {path}")
 

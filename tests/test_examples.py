@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.provisioners import CommandProvisioner, ProvisionError, ProvisionRequest
+from worker.provisioners import ProvisionError, ProvisionRequest
+from worker.provisioners.command import CommandProvisioner
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SHA = "1" * 40
@@ -132,7 +133,7 @@ def work_dir(calls: list[dict]) -> str:
 
 def test_compose_deploy_uploads_the_commit_and_starts_the_project(tools):
     lines = []
-    url = provisioner("compose-over-ssh", **COMPOSE).deploy(request(log=lines.append))
+    url = provisioner("compose-over-ssh", **COMPOSE).deploy(request(log=lines.append)).url
 
     assert url == f"https://{PROJECT}.previews.example.net"
     assert lines[-1] == url
@@ -148,7 +149,7 @@ def test_compose_redeploy_updates_the_same_project_in_place(tools):
     compose.deploy(request())
     tools.calls()
 
-    assert compose.deploy(request(sha=NEXT_SHA)) == f"https://{PROJECT}.previews.example.net"
+    assert compose.deploy(request(sha=NEXT_SHA)).url == f"https://{PROJECT}.previews.example.net"
     calls = tools.calls()
     assert argvs(calls) == compose_deploy_commands(work_dir(calls), NEXT_SHA)
 
@@ -214,7 +215,7 @@ def kube_deploy_commands(sha: str, branch: str = "feat/login", namespace: str = 
 
 def test_kubernetes_deploy_makes_the_namespace_and_installs_the_release(tools):
     lines = []
-    url = provisioner("kubernetes", **KUBE).deploy(request(log=lines.append))
+    url = provisioner("kubernetes", **KUBE).deploy(request(log=lines.append)).url
 
     assert url == f"https://{NAMESPACE}.previews.example.net"
     assert lines[-1] == url

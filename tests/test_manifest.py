@@ -10,7 +10,7 @@ def test_manifest_permissions_and_events_match_the_code():
     import yaml
 
     manifest = yaml.safe_load((ROOT / "app.yml").read_text())
-    assert manifest["default_permissions"] == {"checks": "write", "deployments": "write", "pull_requests": "write", "metadata": "read"}
+    assert manifest["default_permissions"] == {"checks": "write", "deployments": "write", "pull_requests": "write", "metadata": "read", "contents": "read"}
     assert sorted(manifest["default_events"]) == ["check_run", "issue_comment", "pull_request"]
     assert manifest["hook_attributes"]["url"].endswith("/api/github/webhooks")
     # Every event the receiver plans work for is subscribed to.

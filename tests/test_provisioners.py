@@ -10,7 +10,10 @@ import pytest
 
 from .harness import process_alive, wait_for
 
-from worker.provisioners import CommandProvisioner, ProvisionError, ProvisionRequest, SimulatedProvisioner, branch_slug, render_url
+from bot.config import PROVISIONERS, load_settings
+from worker.provisioners import REGISTRY, ProvisionError, ProvisionRequest, branch_slug, make_provisioner, render_url
+from worker.provisioners.command import CommandProvisioner
+from worker.provisioners.simulated import SimulatedProvisioner
 
 TEMPLATE = "https://preview-{pr}.{repo}.example.com"
 
@@ -30,7 +33,7 @@ def script(tmp_path, body):
 
 def test_simulated_waits_and_answers_the_template():
     provisioner = SimulatedProvisioner((0.0, 0.0), "https://{branch}.{owner}.example.com")
-    assert provisioner.deploy(request(branch="Feat/Login_Page")) == "https://feat-login-page.octo.example.com"
+    assert provisioner.deploy(request(branch="Feat/Login_Page")).url == "https://feat-login-page.octo.example.com"
 
 
 def test_a_lost_lock_stops_the_simulated_provisioner_and_the_command(tmp_path):
@@ -41,6 +44,12 @@ def test_a_lost_lock_stops_the_simulated_provisioner_and_the_command(tmp_path):
     command = script(tmp_path, "import time\ntime.sleep(600)\n")
     with pytest.raises(ProvisionError, match="lock was lost"):
         CommandProvisioner(command, None, timeout=600, url_template=TEMPLATE).deploy(stopped)
+
+
+def test_the_registry_holds_every_provisioner_the_settings_accept():
+    assert set(REGISTRY) == set(PROVISIONERS)
+    assert make_provisioner(load_settings({"PREVIEW_SIMULATED_SECONDS": "0"})).name == "simulated"
+    assert make_provisioner(load_settings({"PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": "true"})).name == "command"
 
 
 def test_slugs():
@@ -55,7 +64,7 @@ def test_command_gets_only_the_documented_environment(tmp_path, monkeypatch):
     out = tmp_path / "env.json"
     command = script(tmp_path, f"json.dump(dict(os.environ), open({str(out)!r}, 'w'))\nprint('https://one.example.test')\nprint('done')\n")
     provisioner = CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE, passthrough=("OPERATOR_VAR",))
-    url = provisioner.deploy(request(branch="feat/$(reboot);a"))
+    url = provisioner.deploy(request(branch="feat/$(reboot);a")).url
     assert url == "https://one.example.test"
     import json
 
@@ -71,7 +80,7 @@ def test_the_environment_reaches_the_command_and_the_url_template(tmp_path):
     out = tmp_path / "environment"
     command = script(tmp_path, f"open({str(out)!r}, 'w').write(os.environ['PREVIEW_ENVIRONMENT'])\n")
     provisioner = CommandProvisioner(command, None, timeout=30, url_template="https://{environment}-{pr}.{repo}.example.com")
-    assert provisioner.deploy(request(environment="staging")) == "https://staging-7.app.example.com"
+    assert provisioner.deploy(request(environment="staging")).url == "https://staging-7.app.example.com"
     assert out.read_text() == "staging"
 
 
@@ -87,9 +96,9 @@ def test_branch_is_never_interpreted_by_a_shell(tmp_path):
 
 def test_last_url_line_wins_and_template_is_the_fallback(tmp_path):
     two = script(tmp_path, "print('http://first.test')\nprint('see https://not-alone.test here')\nprint('https://second.test')\n")
-    assert CommandProvisioner(two, None, timeout=30, url_template=TEMPLATE).deploy(request()) == "https://second.test"
+    assert CommandProvisioner(two, None, timeout=30, url_template=TEMPLATE).deploy(request()).url == "https://second.test"
     none = script(tmp_path, "print('no url')\n")
-    assert CommandProvisioner(none, None, timeout=30, url_template=TEMPLATE).deploy(request()) == "https://preview-7.app.example.com"
+    assert CommandProvisioner(none, None, timeout=30, url_template=TEMPLATE).deploy(request()).url == "https://preview-7.app.example.com"
 
 
 def test_failure_carries_the_end_of_stderr(tmp_path):
@@ -238,7 +247,7 @@ def test_processes_a_finished_command_leaves_behind_are_stopped(tmp_path):
         tmp_path,
         PROCESSES + f"child = subprocess.Popen(['sleep', '60'])\nwrite_pids({str(pidfile)!r}, child.pid, daemon())\nprint('https://done.test')\n",
     )
-    assert CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE, grace=1).deploy(request()) == "https://done.test"
+    assert CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE, grace=1).deploy(request()).url == "https://done.test"
     assert_gone(pids_in(pidfile))
 
 

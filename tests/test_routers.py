@@ -37,6 +37,7 @@ PULL = f"/repos/{REPO}/pulls/1"
 COMMENTS_OF_PR = f"/repos/{REPO}/issues/1/comments"
 CHECK_RUNS_URL = f"/repos/{REPO}/check-runs"
 FIND_CHECK_RUN = f"/repos/{REPO}/commits/{HEAD_SHA}/check-runs"
+REPO_CONFIG = f"/repos/{REPO}/contents/.github/preview.yml"
 
 
 def permission(login: str) -> str:
@@ -333,8 +334,9 @@ def test_re_run_of_our_check_run_redeploys(ctx, gh, redis_conn):
 def test_opened_creates_the_preview_check_run_with_a_deploy_button_and_deploys_nothing(ctx, gh, redis_conn):
     deliver(ctx, gh, "pull_request", webhooks.pull_request("opened", REPO, 1, head_ref="feature", head_sha=HEAD_SHA))
 
-    assert gh.requests() == [("GET", FIND_CHECK_RUN), ("POST", CHECK_RUNS_URL)]
-    assert gh.calls[0].path == f"{FIND_CHECK_RUN}?check_name=Preview&app_id={APP_ID}"
+    assert gh.requests() == [("GET", REPO_CONFIG), ("GET", FIND_CHECK_RUN), ("POST", CHECK_RUNS_URL)]
+    assert gh.calls[0].path == f"{REPO_CONFIG}?ref={HEAD_SHA}"
+    assert gh.calls[1].path == f"{FIND_CHECK_RUN}?check_name=Preview&app_id={APP_ID}"
     (created,) = gh.writes("POST", CHECK_RUNS_URL)
     assert (created["name"], created["head_sha"], created["external_id"]) == ("Preview", HEAD_SHA, "1:preview")
     assert (created["status"], created["conclusion"]) == ("completed", "neutral")
@@ -347,7 +349,7 @@ def test_opened_with_auto_deploy_queues_a_deploy_instead(make_ctx, gh, redis_con
     deliver(make_ctx(PREVIEW_AUTO_DEPLOY="true"), gh, "pull_request",
             webhooks.pull_request("opened", REPO, 1, head_ref="feature", head_sha=HEAD_SHA))
 
-    assert gh.calls == []
+    assert gh.requests() == [("GET", REPO_CONFIG)]
     assert state.current(redis_conn, KEY).trigger == "auto"
     only_job(redis_conn, "worker.jobs.deploy_preview")
 
@@ -459,7 +461,7 @@ def test_opened_while_github_fails_every_write_ends_quietly(ctx, gh, redis_conn)
     gh.fail_writes(502)
     deliver(ctx, gh, "pull_request", webhooks.pull_request("opened", REPO, 1, head_ref="feature", head_sha=HEAD_SHA))
 
-    assert gh.requests() == [("GET", FIND_CHECK_RUN), ("POST", CHECK_RUNS_URL)]
+    assert gh.requests() == [("GET", REPO_CONFIG), ("GET", FIND_CHECK_RUN), ("POST", CHECK_RUNS_URL)]
     assert redis_conn.hget(CHECK_RUNS, f"{REPO}@{HEAD_SHA}") is None
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import gidgethub
+import httpx
 import redis
 from rq import Queue, get_current_job
 
@@ -14,7 +17,7 @@ from bot import github, state
 from bot.config import Settings, load_settings
 from bot.model import Deployment
 
-from .provisioners import Provisioner, make_provisioner
+from .provisioners import ProvisionError, Provisioner, make_provisioner
 
 log = logging.getLogger("previewbot.worker")
 
@@ -97,3 +100,33 @@ def github_deadline(*, at_most: float | None = None) -> AbstractContextManager[N
     left = job_seconds_left()
     limits = [s for s in (at_most, None if left is None else left - DEADLINE_MARGIN_SECONDS) if s is not None]
     return github.deadline(max(0.0, min(limits))) if limits else nullcontext()
+
+
+# Asking GitHub for a source archive's link gives up after this long.
+SOURCE_LINK_SECONDS = 30.0
+
+
+def source_archive_link(settings: Settings, deployment: Deployment) -> str | None:
+    """A short-lived download link of the commit's source archive (GitHub answers the tarball
+    endpoint with a redirect to it), asked for with the installation token so that the link,
+    never the token, is what a preview VM gets (a fork's commits are the base repository's too).
+    None in local mode."""
+    if not (settings.github_enabled and deployment.installation_id and deployment.head_sha):
+        return None
+
+    async def ask() -> str:
+        async with github.github_session(settings, deployment.installation_id) as session:
+            try:
+                await session.call("GET", "/repos/{+repository}/tarball/{sha}", url_vars={"repository": deployment.repository, "sha": deployment.head_sha})
+            except gidgethub.RedirectionException as exc:
+                if "location" in exc.headers:
+                    return exc.headers["location"]
+                raise
+        raise ProvisionError("GitHub answered the source archive request without a download link.")
+
+    try:
+        with github_deadline(at_most=SOURCE_LINK_SECONDS):
+            return asyncio.run(ask())
+    except (gidgethub.GitHubException, httpx.HTTPError) as exc:
+        why = f"GitHub answered {int(exc.status_code)}" if isinstance(exc, gidgethub.HTTPException) else type(exc).__name__
+        raise ProvisionError(f"Could not get the commit's source archive ({why}). Retry to deploy again.") from None

@@ -8,22 +8,33 @@ by its own clock before the lease can run out, so a branch never has two provisi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from contextlib import contextmanager
 
+import gidgethub
+import httpx
 import redis
 
 from bot import previews, state
+from bot.github import GitHubGaveUp, github_session
 from bot.masking import Masker
 from bot.model import Deployment, utcnow
+from bot.repo_config import CONFIG_PATH, RepoConfig, RepoConfigError
 
-from .context import WorkerContext, get_context
-from .provisioners import ProvisionError, ProvisionRequest
+from . import health
+from .context import WorkerContext, get_context, github_deadline, job_seconds_left, source_archive_link
+from .pulls import config_ref, fetch_pull, read_repo_config
+from .provisioners import ProvisionError, ProvisionRequest, ProvisionResult
 
 log = logging.getLogger("previewbot.worker")
 
+# Reading `.github/preview.yml` gives up on GitHub after this long.
+REPO_CONFIG_SECONDS = 30.0
+# The health check ends this long before RQ would stop the job, leaving time to tear down and report.
+HEALTH_MARGIN_SECONDS = 90.0
 LOST_WHILE_QUEUED = "Superseded: the branch lock was lost while the deploy waited in the queue."
 LEASE_LOST = "Stopped: this worker could not renew the branch lease in time. Retry to deploy again."
 # What a provisioner's output reaches in a recorded outcome (a secret in them is masked).
@@ -41,11 +52,16 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
             return _report(ctx, _ended_unbuilt(ctx, deployment, status="failed", error=LOST_WHILE_QUEUED))
         if lease.reason == "cancelled":
             return _report(ctx, _ended_unbuilt(ctx, deployment, status="cancelled", message=lease.cancel_reason))
+        deployment, config_error = _with_repo_config(ctx, deployment)
+        if config_error:
+            return _report(ctx, _ended_unbuilt(ctx, deployment, status="failed", error=config_error))
         state.supersede(ctx.redis, deployment)
         ctx.reporter.deploy_started(deployment)
         if deployment.replaces:
             _tear_down_replaced(ctx, deployment)
-        url, error = _provision(ctx, deployment, lease)
+        provisioned, error = _provision(ctx, deployment, lease)
+        if not error and lease.reason is None:
+            error = _check_health(ctx, deployment, provisioned.url, lease)
         if lease.reason == "cancelled":
             # Whatever the provisioner built before it stopped is torn down.
             _destroy_quietly(ctx, deployment)
@@ -55,7 +71,7 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
         elif error:
             result = finish(ctx, deployment, status="failed", error=error)
         else:
-            result = finish(ctx, deployment, status="deployed", preview_url=url)
+            result = finish(ctx, deployment, status="deployed", **_provisioned_fields(ctx, deployment, provisioned))
         return _report(ctx, result)
 
 
@@ -219,8 +235,8 @@ def _ended_unbuilt(ctx: WorkerContext, deployment: Deployment, **outcome) -> Dep
     return ended
 
 
-def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tuple[str | None, str | None]:
-    """Run the provisioner's deploy: (url, None) or (None, error)."""
+def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tuple[ProvisionResult | None, str | None]:
+    """Run the provisioner's deploy: (result, None) or (None, error)."""
     try:
         return ctx.provisioner_for(deployment.environment).deploy(_provision_request(ctx, deployment, lease.stop)), None
     except ProvisionError as exc:
@@ -228,6 +244,68 @@ def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tupl
     except Exception as exc:  # a provisioner bug must still end the deployment
         log.exception("provisioner crashed for deployment %s", deployment.id)
         return None, f"Provisioner error: {type(exc).__name__}"
+
+
+def _provisioned_fields(ctx: WorkerContext, deployment: Deployment, provisioned: ProvisionResult) -> dict:
+    """What a deployed record keeps of the provisioner's result. The hourly cost is the
+    provisioner's (the EC2 price), else the repository's `hourly_cost`, else PREVIEW_HOURLY_COST."""
+    costs = (provisioned.hourly_cost, deployment.hourly_cost, ctx.settings.for_environment(deployment.environment).hourly_cost)
+    return {
+        "preview_url": provisioned.url,
+        "resources": provisioned.resources,
+        "hourly_cost": next((cost for cost in costs if cost is not None), None),
+    }
+
+
+def _with_repo_config(ctx: WorkerContext, deployment: Deployment) -> tuple[Deployment, str | None]:
+    """The deployment with what its repository's `.github/preview.yml` says of its environment,
+    read at the commit deployed (a fork's at its base branch), or the error that stops it before
+    anything is built. Local mode has no repository to read."""
+    if not deployment.installation_id:
+        return deployment, None
+
+    async def read() -> RepoConfig:
+        async with github_session(ctx.settings, deployment.installation_id) as session:
+            ref = deployment.head_sha
+            if deployment.head_repository != deployment.repository or not ref:
+                pull = await fetch_pull(session, deployment.repository, deployment.pr_number)
+                if pull is None:
+                    raise RepoConfigError([f"{CONFIG_PATH}: the pull request was not found, so its configuration cannot be read"])
+                ref = config_ref(pull, deployment.repository)
+            return await read_repo_config(ctx, session, deployment.repository, ref)
+
+    try:
+        with github_deadline(at_most=REPO_CONFIG_SECONDS):
+            config = asyncio.run(read())
+    except RepoConfigError as exc:
+        return deployment, str(exc)
+    except (gidgethub.GitHubException, httpx.HTTPError, GitHubGaveUp) as exc:
+        why = f"GitHub answered {int(exc.status_code)}" if isinstance(exc, gidgethub.HTTPException) else type(exc).__name__
+        return deployment, f"Could not read {CONFIG_PATH} ({why}). Retry to deploy again."
+    return deployment.changed(**config.for_environment(deployment.environment).deployment_fields()), None
+
+
+def _check_health(ctx: WorkerContext, deployment: Deployment, url: str, lease: Lease) -> str | None:
+    """The health check, part of the deploy: the error when the preview never answered, after
+    tearing down what was built. A cancel or a lost lease stops it; the caller handles those."""
+    mask = Masker.from_settings(ctx.settings)
+
+    def log_attempt(line: str) -> None:
+        log.info("deployment %s: %s", deployment.id, line)
+        _log_line(ctx, deployment.id, mask(line))
+
+    left = job_seconds_left()
+    error = health.check_preview(
+        ctx.settings.for_environment(deployment.environment),
+        deployment,
+        url,
+        stop=lease.stop,
+        log=log_attempt,
+        at_most=None if left is None else left - HEALTH_MARGIN_SECONDS,
+    )
+    if error and lease.reason is None:
+        _destroy_quietly(ctx, deployment.changed(preview_url=url))
+    return error
 
 
 def _tear_down_replaced(ctx: WorkerContext, deployment: Deployment) -> None:
@@ -294,4 +372,7 @@ def _provision_request(ctx: WorkerContext, deployment: Deployment, stop: threadi
         preview_url=deployment.preview_url,
         log=lambda line: _log_line(ctx, deployment.id, mask(line)),
         cancelled=stop,
+        start=deployment.start,
+        vars=dict(deployment.vars),
+        source_archive=lambda: source_archive_link(ctx.settings, deployment),
     )

@@ -17,7 +17,6 @@ import asyncio
 import logging
 from datetime import datetime, timezone
 
-import gidgethub
 from gidgethub import routing
 
 from bot import previews, state
@@ -28,6 +27,7 @@ from bot.queue import acknowledged_first
 from bot.render import check_name, text
 
 from .context import get_context, github_deadline
+from .pulls import fetch_pull, head_repository, is_fork
 
 log = logging.getLogger("previewbot.commands")
 
@@ -217,29 +217,9 @@ async def start_deploy_from_github(handling, pull: dict, *, key: PreviewKey, tri
     return outcome.started or outcome.queued
 
 
-async def fetch_pull(session, repository: str, pr_number: int) -> dict | None:
-    try:
-        return await session.call("GET", "/repos/{+repository}/pulls/{number}", url_vars={"repository": repository, "number": pr_number})
-    except gidgethub.BadRequest as exc:
-        if exc.status_code == 404:
-            return None
-        raise
-
-
 async def fetch_pull_for_deploy(handling, key: PreviewKey) -> dict | None:
     """The pull request as GitHub has it now, its head recorded as seen now."""
     pull = await fetch_pull(handling.session, key.repository, key.pr_number)
     if pull is not None:
         state.record_head(handling.ctx.redis, key.repository, key.pr_number, pull["head"]["sha"], at=handling.clock())
     return pull
-
-
-def head_repository(pull: dict) -> str:
-    repo = pull["head"].get("repo")
-    # A fork that was deleted has no head repository; it is still not ours.
-    return repo["full_name"] if repo else f"(deleted fork)/{pull['head']['ref']}"
-
-
-def is_fork(pull: dict, repository: str) -> bool:
-    return head_repository(pull) != repository
-

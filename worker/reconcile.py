@@ -4,7 +4,8 @@ Every PREVIEW_RECONCILE_SECONDS one worker process (whichever claims the period 
 the reconcile in a thread beside its RQ loop. It looks at every deployment still `deploying` and fails the
 ones nobody is working on any more: the lease of their branch lock ran out (a worker died) or
 their job left the queue without running (Redis lost it). The repair is published like any
-other change, so it reaches SQLite's history, the feed and GitHub.
+other change, so it reaches SQLite's history, the feed and GitHub. It also removes what
+provisioners made that no live deployment owns (orphaned EC2 instances).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
 
 from .context import get_context, github_deadline
 from .jobs import finish
-from .on_comment import fetch_pull
+from .provisioners import ProvisionError, TaggedResource, TracksResources
+from .pulls import fetch_pull
 from .reporting import REPORT_ERRORS
 
 log = logging.getLogger("previewbot.reconcile")
@@ -62,6 +64,7 @@ def reconcile() -> list[Deployment]:
         lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         previews.release(ctx.redis, ctx.settings, lock, deployment.id)  # also when its lease already ran out
     retry_failed_teardowns(ctx)
+    terminate_orphans(ctx)
     if ctx.settings.github_enabled:
         requeue_github_jobs_of_dead_workers(ctx.redis)
         # The pass runs in the reconciler's thread, not a job: its GitHub calls get a deadline of their own.
@@ -92,6 +95,75 @@ def retry_failed_teardowns(ctx) -> list[Deployment]:
         if previews.request_destroy(ctx.redis, ctx.settings, deployment.key, reason="reconcile: teardown retried"):
             retried.append(deployment)
     return retried
+
+
+# A resource is an orphan only once it was seen without a live deployment for this many
+# reconcile periods (or leases, if longer), and is at least that old: a Redis that restarted
+# empty forgets every preview until the web process gives them back, within a period.
+ORPHAN_GRACE_PERIODS = 3
+
+
+def terminate_orphans(ctx) -> list[str]:
+    """Remove what provisioners made (EC2 instances, found by their tags) that no live
+    deployment owns: a deploy whose worker died mid-launch, a teardown nobody retried, an
+    instance a redeploy could not terminate."""
+    settings = ctx.settings
+    grace = ORPHAN_GRACE_PERIODS * max(settings.reconcile_seconds, settings.lease_seconds)
+    trackers = {}
+    for name in settings.environments:
+        try:
+            provisioner = ctx.provisioner_for(name)
+        except ProvisionError as exc:
+            log.warning("reconcile: no provisioner for %s: %s", name, exc)
+            continue
+        if isinstance(provisioner, TracksResources):
+            trackers.setdefault(type(provisioner), provisioner)  # one account per kind: list it once
+    removed = []
+    now = time.time()
+    for provisioner in trackers.values():
+        try:
+            resources = provisioner.tagged_resources()
+        except ProvisionError as exc:
+            log.warning("reconcile: could not list %s resources: %s", provisioner.name, exc)
+            continue
+        orphans = [r for r in resources if _orphaned_long_enough(ctx.redis, r, now=now, grace=grace)]
+        if not orphans:
+            continue
+        log.warning("reconcile: removing orphaned %s resources: %s", provisioner.name, ", ".join(f"{r.id} ({r.key})" for r in orphans))
+        try:
+            provisioner.remove_resources(r.id for r in orphans)
+        except ProvisionError as exc:
+            log.warning("reconcile: could not remove %s: %s", [r.id for r in orphans], exc)
+            continue
+        removed += [r.id for r in orphans]
+    return removed
+
+
+def _orphaned_long_enough(conn: redis.Redis, resource: TaggedResource, *, now: float, grace: float) -> bool:
+    seen_key = f"{state.PREFIX}:orphan-seen:{resource.id}"
+    owner = state.record(conn, resource.deployment_id) if resource.deployment_id else None
+    if not is_orphan(resource, state.current(conn, resource.key), owner, now=now, grace=grace):
+        conn.delete(seen_key)
+        return False
+    conn.set(seen_key, now, nx=True, ex=int(grace * 4) + 1)
+    return now - float(conn.get(seen_key) or now) >= grace
+
+
+def is_orphan(resource: TaggedResource, current: Deployment | None, owner: Deployment | None, *, now: float, grace: float) -> bool:
+    """Whether a tagged resource belongs to no live deployment. Pure.
+
+    Kept: anything younger than `grace`; what a deployment still `deploying` made (its job may
+    be launching it); the environment's current deployment's, unless that deployment failed
+    (a failed deploy removes what it launched, so whatever is left of it is a leftover);
+    and, while the current deployment is deploying or failed, its predecessors' (the last good
+    preview, which a redeploy keeps until it succeeds)."""
+    if now - resource.created_at < grace or (owner is not None and owner.status == "deploying"):
+        return False
+    if current is None or current.state == "idle":
+        return True
+    if resource.deployment_id == current.id:
+        return current.status == "failed"
+    return current.status == "deployed"
 
 
 # The jobs that talk to GitHub only (webhook handling, reports), safe to run again.

@@ -114,14 +114,17 @@ class GitHubReporter:
 
     # -- check runs --------------------------------------------------------------------------
 
-    async def _update_check_run(self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, head_sha: str | None = None) -> None:
-        """Create or update the environment's Preview check run on the head commit."""
+    async def _update_check_run(
+        self, session: GitHubSession, deployment: Deployment | None, *, key: PreviewKey | None = None, head_sha: str | None = None, config_error: str | None = None
+    ) -> None:
+        """Create or update the environment's Preview check run on the head commit; `config_error`
+        fails an idle one with what is wrong in `.github/preview.yml`."""
         key = key or deployment.key
         repository, pr_number = key.repository, key.pr_number
         head_sha = head_sha or (deployment.head_sha if deployment else None)
         if not head_sha:
             return
-        fields = {k: v for k, v in render.check_run_fields(deployment, settings=self.settings).items() if v is not None}
+        fields = {k: v for k, v in render.check_run_fields(deployment, settings=self.settings, config_error=config_error).items() if v is not None}
         if fields["status"] == "completed":
             fields["completed_at"] = utcnow()
         name = render.check_name(key.environment)

@@ -1,13 +1,8 @@
-"""Provisioners: what actually creates and removes a branch's environment.
-
-One small interface, `deploy(request) -> preview URL` and `destroy(request)`, so that a cloud
-provisioner can be added later without touching the jobs.
-"""
+"""The `command` provisioner: the operator's deploy and destroy commands."""
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shlex
 import signal
@@ -15,14 +10,13 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 from bot.config import Settings
 from bot.masking import Masker
-from bot.model import DEFAULT_ENVIRONMENT
 
-from . import reaper
+from .. import reaper
+from . import LOCK_LOST, ProvisionError, ProvisionRequest, ProvisionResult, render_url
 
 URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 
@@ -30,75 +24,6 @@ URL_LINE = re.compile(r"^\s*(https?://\S+)\s*$")
 # command can find its tools, plus what the operator names in PREVIEW_COMMAND_ENV. Nothing else:
 # the bot's own secrets never reach a command that builds untrusted code.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-
-
-LOCK_LOST = "Deploy stopped: the branch lock was lost (its lease ran out or Redis restarted). Retry to deploy again."
-
-
-class ProvisionError(Exception):
-    """Provisioning failed; the message is shown to people, so it says what went wrong."""
-
-
-@dataclass
-class ProvisionRequest:
-    repository: str
-    pr_number: int
-    branch: str
-    sha: str | None
-    deployment_id: str
-    environment: str = DEFAULT_ENVIRONMENT
-    preview_url: str | None = None
-    log: Callable[[str], None] = field(default=lambda line: None, repr=False)
-    # Set when the job lost its branch lock: stop, another deploy of the branch may start.
-    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-
-
-class Provisioner(Protocol):
-    name: str
-
-    def deploy(self, request: ProvisionRequest) -> str: ...
-
-    def destroy(self, request: ProvisionRequest) -> None: ...
-
-
-def branch_slug(branch: str) -> str:
-    """A DNS-safe label from a branch name: `feat/Login_page` → `feat-login-page`."""
-    slug = re.sub(r"[^a-z0-9]+", "-", branch.lower()).strip("-")
-    return slug[:50].strip("-") or "branch"
-
-
-def render_url(template: str, request: ProvisionRequest) -> str:
-    owner, _, repo = request.repository.partition("/")
-    return template.format(
-        environment=request.environment,
-        pr=request.pr_number,
-        repo=branch_slug(repo),
-        owner=branch_slug(owner),
-        branch=branch_slug(request.branch),
-    )
-
-
-class SimulatedProvisioner:
-    """Waits a while and answers the URL template: for trying the bot and for its tests."""
-
-    name = "simulated"
-
-    def __init__(self, seconds: tuple[float, float], url_template: str):
-        self.seconds = seconds
-        self.url_template = url_template
-
-    def deploy(self, request: ProvisionRequest) -> str:
-        low, high = self.seconds
-        duration = random.uniform(low, high)
-        request.log(f"simulated: provisioning {request.branch} for {duration:.1f}s")
-        if request.cancelled.wait(duration):
-            raise ProvisionError(LOCK_LOST)
-        url = render_url(self.url_template, request)
-        request.log(f"simulated: ready at {url}")
-        return url
-
-    def destroy(self, request: ProvisionRequest) -> None:
-        request.log(f"simulated: destroyed {request.branch}")
 
 
 class CommandProvisioner:
@@ -132,10 +57,10 @@ class CommandProvisioner:
         self.passthrough = passthrough
         self.mask = mask
 
-    def deploy(self, request: ProvisionRequest) -> str:
+    def deploy(self, request: ProvisionRequest) -> ProvisionResult:
         stdout = self._run(self.deploy_argv, request, action="deploy")
         urls = [m.group(1) for line in stdout if (m := URL_LINE.match(line))]
-        return urls[-1] if urls else render_url(self.url_template, request)
+        return ProvisionResult(urls[-1] if urls else render_url(self.url_template, request))
 
     def destroy(self, request: ProvisionRequest) -> None:
         if self.destroy_argv is None:
@@ -154,6 +79,8 @@ class CommandProvisioner:
             PREVIEW_DEPLOYMENT_ID=request.deployment_id,
             PREVIEW_ENVIRONMENT=request.environment,
         )
+        # The repository's `vars` (.github/preview.yml), prefixed so that none replaces a variable above.
+        env.update({f"PREVIEW_VAR_{name}": value for name, value in request.vars.items()})
         if action == "destroy" and request.preview_url:
             env["PREVIEW_URL"] = request.preview_url
         return env
@@ -218,15 +145,13 @@ def _exit_code(process: subprocess.Popen, seconds: float) -> int | None:
         return None
 
 
-def make_provisioner(settings: Settings) -> Provisioner:
-    if settings.provisioner == "command":
-        return CommandProvisioner(
-            settings.deploy_command,
-            settings.destroy_command,
-            timeout=settings.command_timeout,
-            url_template=settings.url_template,
-            passthrough=settings.command_env,
-            grace=settings.cancel_grace_seconds,
-            mask=Masker.from_settings(settings),
-        )
-    return SimulatedProvisioner(settings.simulated_seconds, settings.url_template)
+def from_settings(settings: Settings) -> CommandProvisioner:
+    return CommandProvisioner(
+        settings.deploy_command,
+        settings.destroy_command,
+        timeout=settings.command_timeout,
+        url_template=settings.url_template,
+        passthrough=settings.command_env,
+        grace=settings.cancel_grace_seconds,
+        mask=Masker.from_settings(settings),
+    )
