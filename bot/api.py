@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, abort, g, jsonify, request
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from werkzeug.exceptions import HTTPException
 
-from . import previews, state, validation
+from . import livelogs, previews, state, validation
 from .api_models import (
     Conflict,
     DeployRequest,
@@ -36,6 +36,8 @@ from .api_models import (
     ErrorBody,
     Health,
     HistoryQuery,
+    LogPage,
+    LogQuery,
     NotFound,
     OpenApiDocument,
     PullRequestList,
@@ -308,7 +310,7 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
         )
     _rate_limit()
     branch, sha = json.branch_name, json.head_sha
-    head_repository, installation_id, title, author = repository, None, None, None
+    head_repository, installation_id, title, author = repository, None, json.title, None
     if svc.github is not None:
         head = svc.github.pull_request_head(repository, pr_number)
         if head is None:
@@ -466,8 +468,10 @@ def history(owner: str, repo: str, prNumber: str, query: HistoryQuery):
     """The pull request's deployments, newest first, a page at a time"""
     key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
     before = query.before[:64] if query.before else None
-    page, cursor = services().store.deployment_history(key, limit=query.limit, before=before)
-    return jsonify({"deployments": [d.to_json() for d in page], "next": cursor})
+    store = services().store
+    page, cursor = store.deployment_history(key, limit=query.limit, before=before)
+    ends = store.deploy_ends([d.id for d in page])
+    return jsonify({"deployments": [{**d.to_json(), "finishedAt": ends.get(d.id)} for d in page], "next": cursor})
 
 
 @bp.get("/deployments/<deploymentId>")
@@ -496,6 +500,39 @@ def deployment_detail(deploymentId: str):
                 for e in store.deployment_events(row["id"])
             ],
             "logs": [{"seq": r["seq"], "line": r["line"], "at": r["created_at"]} for r in store.deployment_logs(row["id"])],
+        }
+    )
+
+
+@bp.get("/deployments/<deploymentId>/logs")
+@spec.validate(
+    query=LogQuery,
+    resp=Response(
+        HTTP_200=(LogPage, "Log lines of the deployment, in order."),
+        **TOKEN_ERRORS,
+        HTTP_400=(ErrorBody, "A malformed query parameter."),
+        HTTP_404=(ErrorBody, "No such deployment, or one in a repository the token may not see."),
+    ),
+    path_parameter_descriptions={"deploymentId": "A deployment's id (only its first 64 characters are looked at)."},
+    tags=["deployments"],
+    operation_id="getDeploymentLogs",
+)
+def deployment_logs(deploymentId: str, query: LogQuery):
+    """A deployment's log lines, live
+
+    The lines after `after`, or the last ones, from what SQLite recorded and the newest lines
+    Redis holds, so a deploy in progress shows its output as it comes. Ask again with
+    `after=lastSeq` to follow it (or subscribe on the WebSocket).
+    """
+    svc = services()
+    deployment = livelogs.find_deployment(svc.redis, svc.store, deploymentId[:64])
+    if deployment is None or not _may_see(deployment.repository):
+        raise ApiError(404, "No such deployment")
+    lines = livelogs.read_log(svc.redis, svc.store, deployment.id, after=query.after, limit=query.limit)
+    return jsonify(
+        {
+            "lines": [{"seq": e.seq, "at": e.at, "line": e.line} for e in lines],
+            "lastSeq": lines[-1].seq if lines else query.after or 0,
         }
     )
 

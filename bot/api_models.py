@@ -14,11 +14,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from . import validation
+from . import livelogs, validation
 from .model import DEFAULT_ENVIRONMENT, Deployment, EnvironmentState, RecordStatus
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+# Log line numbers fit SQLite's integers and Redis's stream ids with room to spare.
+MAX_SEQ = 2**53
+MAX_TITLE_LENGTH = 256
 
 
 class _Answer(BaseModel):
@@ -54,6 +57,17 @@ class DeployRequest(BaseModel):
         description="The environment to deploy to; one of those the operator lists in PREVIEW_ENVIRONMENTS.",
         json_schema_extra={"pattern": validation.ENVIRONMENT_NAME.pattern},
     )
+    title: str | None = Field(
+        None,
+        max_length=MAX_TITLE_LENGTH,
+        description="The pull request's title, shown on the dashboard. Kept until a later deploy sends another; "
+        "with the GitHub App configured, GitHub's title is used instead.",
+    )
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _title(cls, value: object) -> object:
+        return value.strip() or None if isinstance(value, str) else value
 
     @field_validator("head_sha", mode="before")
     @classmethod
@@ -77,6 +91,28 @@ class HistoryQuery(EnvironmentQuery):
         json_schema_extra={"minimum": 1, "maximum": MAX_PAGE_SIZE},
     )
     before: str | None = Field(None, description="The `next` of the previous page: answer the deployments after it.")
+
+
+class LogQuery(BaseModel):
+    after: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEQ,
+        description="Answer the lines after this one (a `seq`, e.g. the `lastSeq` of the previous answer); "
+        "without it, the last lines of the log.",
+    )
+    limit: Annotated[
+        int, BeforeValidator(partial(validation.page_limit, default=livelogs.TAIL_LINES, most=livelogs.MAX_PAGE_LINES))
+    ] = Field(
+        livelogs.TAIL_LINES,
+        description="How many lines to answer with at most.",
+        json_schema_extra={"minimum": 1, "maximum": livelogs.MAX_PAGE_LINES},
+    )
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _no_after(cls, value: object) -> object:
+        return value if value != "" else None
 
 
 class PullRequestQuery(BaseModel):
@@ -185,8 +221,16 @@ class EnvironmentList(_Answer):
     )
 
 
+class HistoryRecord(DeploymentRecord):
+    """A deployment record in a pull request's history."""
+
+    finished_at: str | None = Field(
+        description="When the deploy itself ended (`deployed`, `failed` or `cancelled`); null while it runs."
+    )
+
+
 class DeploymentPage(_Answer):
-    deployments: list[DeploymentRecord] = Field(max_length=MAX_PAGE_SIZE, description="Newest first.")
+    deployments: list[HistoryRecord] = Field(max_length=MAX_PAGE_SIZE, description="Newest first.")
     next: str | None = Field(description="The `before` of the next page; null on the last one.")
 
 
@@ -201,6 +245,15 @@ class LogLine(_Answer):
     seq: int = Field(ge=1, description="The line's number in its deployment's log, from 1.")
     line: str
     at: str | None
+
+
+class LogPage(_Answer):
+    lines: list[LogLine] = Field(max_length=livelogs.MAX_PAGE_LINES, description="In `seq` order.")
+    last_seq: int = Field(
+        ge=0,
+        description="The `seq` of the last line answered (`after`, or 0, when there is none): pass it as "
+        "`after` to get the lines that follow.",
+    )
 
 
 class DeploymentDetail(DeploymentRecord):

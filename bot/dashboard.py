@@ -1,7 +1,10 @@
-"""The dashboard page at `/`: static HTML, CSS and JavaScript, no build step, no CDN.
+"""The dashboard at `/` and each deployment's log page at `/deployments/<id>/logs`: static
+HTML, CSS and JavaScript, no build step, no CDN.
 
-The page learns where the API is from a meta tag: `NEXT_PUBLIC_API_URL` when set (its WebSocket
-is the same address with ws:// or wss://), otherwise the page's own origin.
+The pages learn where the API is from a meta tag: `NEXT_PUBLIC_API_URL` when set (its WebSocket
+is the same address with ws:// or wss://), otherwise the page's own origin. The log page is the
+same for every deployment (its script reads the id from the address), so it holds no data and
+needs no token to be served: what it shows comes from the API, with the reader's token.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 
+from .links import LOG_PAGE_PATH
 from .services import services
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
@@ -19,10 +23,19 @@ _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 def init_app(app: Flask) -> None:
     app.add_url_rule("/", "dashboard", index)
+    app.add_url_rule(LOG_PAGE_PATH, "log_page", log_page)
 
 
 def index() -> Response:
-    page = current_app.root_path + "/static/index.html"
+    return _page("index.html")
+
+
+def log_page(deployment_id: str) -> Response:
+    return _page("logs.html")
+
+
+def _page(name: str) -> Response:
+    page = current_app.root_path + "/static/" + name
     with open(page, encoding="utf-8") as f:
         text = f.read()
     api_url = services().settings.public_api_url or ""

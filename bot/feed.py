@@ -11,7 +11,9 @@ Loops per web process, reading the Redis streams the workers write to:
   SQLite holds, so a line is recorded when a web process next runs, as long as Redis still
   keeps it; a short lock per stream keeps two web processes from doing the same work;
 - the broadcaster reads the event stream on its own, so every web process sees every event
-  and passes it to its own WebSocket clients.
+  and passes it to its own WebSocket clients;
+- the log follower reads the log streams of the deployments this process's WebSocket clients
+  follow (`bot.livelogs`), apart from the broadcaster, so log traffic never delays an update.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datetime import datetime, timezone
 import redis
 
 from . import queue as job_queue
+from .livelogs import LogFollowers, log_entries, read_followed_logs
 from .model import Deployment
 from .state import (
     ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
@@ -76,10 +79,12 @@ return 0
 """
 
 
-# Put on a subscriber's queue instead of a message: its connection ended (wakes the sender), or
-# its token is no longer accepted (the sender closes the connection with 4401).
+# Put on a subscriber's queue instead of a message: its connection ended (wakes the sender), its
+# token is no longer accepted (the sender closes the connection with 4401), or lines of a log it
+# follows wait (the sender takes them, see `bot.livelogs`).
 CLOSED = object()
 REVOKED = object()
+LOGS_READY = object()
 # How often each web process looks for revoked or expired tokens among its clients'.
 TOKEN_CHECK_SECONDS = 2.0
 
@@ -96,13 +101,19 @@ class Subscriber:
     # Messages as the text sent on the wire, or CLOSED / REVOKED.
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
+    # Deployment id -> the last seq of its log sent, for each log the client follows.
+    log_cursors: dict[str, int] = field(default_factory=dict)
+    logs_pending: bool = False  # LOGS_READY is on the queue
     # Cuts the client's connection: a client that cannot keep up is dropped (its sender may be
     # stuck writing to it) and reconnects to a fresh list, as the dashboard does.
     drop: Callable[[], None] = lambda: None
 
+    def may_see(self, repository: str) -> bool:
+        return self.allowed is None or repository in self.allowed
+
     def wants(self, message: dict) -> bool:
         repository = message["repository"]
-        if self.allowed is not None and repository not in self.allowed:
+        if not self.may_see(repository):
             return False
         if self.repository and repository != self.repository:
             return False
@@ -117,6 +128,7 @@ class Hub:
     def __init__(self):
         self._subscribers: set[Subscriber] = set()
         self._lock = threading.Lock()
+        self.logs = LogFollowers(lambda subscriber: self._put(subscriber, LOGS_READY))
 
     def subscribe(self, subscriber: Subscriber) -> Subscriber:
         with self._lock:
@@ -126,6 +138,7 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._subscribers.discard(subscriber)
+        self.logs.unfollow(subscriber)
 
     def publish(self, message: dict) -> None:
         with self._lock:
@@ -188,15 +201,6 @@ def _deployments_in(items) -> set[str]:
             except (KeyError, ValueError, TypeError):
                 pass  # recorded (and reported) as malformed with the rest of the batch
     return found
-
-
-def _log_lines(items) -> list[tuple[int, str, str]]:
-    """Log stream entries as (seq, at, line); an entry's id is `{seq}-0`."""
-    lines = []
-    for entry_id, fields in items:
-        fields = _decode(fields)
-        lines.append((int(_text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
-    return lines
 
 
 def remember(store, event: str, payload: dict) -> None:
@@ -332,7 +336,7 @@ def _epoch(timestamp: str | None) -> float:
 
 
 class FeedThreads:
-    """The recorder, log recorder, broadcaster and repair loops of one web process."""
+    """The recorder, log recorder, broadcaster, log follower and repair loops of one web process."""
 
     def __init__(self, conn: redis.Redis, store: Store, hub: Hub, *, repair_seconds: float = 60.0):
         self.conn = conn
@@ -344,7 +348,7 @@ class FeedThreads:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target in (self._record_loop, self._log_loop, self._broadcast_loop, self._repair_loop, self._token_loop):
+        for target in (self._record_loop, self._log_loop, self._broadcast_loop, self._follow_loop, self._repair_loop, self._token_loop):
             thread = threading.Thread(target=target, name=f"previewbot-{target.__name__.strip('_')}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -464,7 +468,7 @@ class FeedThreads:
     def _record_log_entries(self, deployment_id: str, items) -> int:
         """Write a batch of a deployment's log lines unless another recorder is writing that log;
         returns the seq to read after."""
-        lines = _log_lines(items)
+        lines = log_entries(items)
         lock = LOG_LOCK.format(deployment_id)
         if not self.conn.set(lock, self.consumer, nx=True, px=LOG_LOCK_MS):
             return lines[-1][0]
@@ -473,7 +477,7 @@ class FeedThreads:
             if lines[0][0] > after + 1:
                 # This process skipped lines while another held the lock, and that one has not
                 # recorded them (yet, or ever): a gap is recorded only when Redis lost the lines.
-                lines = _log_lines(self.conn.xrange(LOG_STREAM.format(deployment_id), min=f"({after}-0", count=LOG_BATCH)) or lines
+                lines = log_entries(self.conn.xrange(LOG_STREAM.format(deployment_id), min=f"({after}-0", count=LOG_BATCH)) or lines
             return self.store.record_logs(deployment_id, lines)
         finally:
             script(self.conn, _UNLOCK)(keys=[lock], args=[self.consumer])
@@ -491,7 +495,7 @@ class FeedThreads:
             items = self.conn.xrange(key, min=f"({after}-0", max=top, count=LOG_BATCH)
             if not items:
                 return
-            after = self.store.record_logs(deployment_id, _log_lines(items))
+            after = self.store.record_logs(deployment_id, log_entries(items))
 
     def _forget_recorded_logs(self) -> None:
         """Unlist the log streams fully recorded and quiet for LOG_IDLE_MS."""
@@ -522,6 +526,9 @@ class FeedThreads:
                 self.hub.close_refused(self.store.active_token_names)
             except sqlite3.Error as exc:
                 log.warning("token check skipped: %s", exc)
+
+    def _follow_loop(self) -> None:
+        read_followed_logs(self.conn, self.hub.logs, self.stop)
 
     def _broadcast_loop(self) -> None:
         last_id = "$"

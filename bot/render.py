@@ -11,6 +11,7 @@ import re
 from typing import Mapping
 
 from .config import Settings
+from .links import log_page_url
 from .masking import Masker
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 
@@ -121,6 +122,7 @@ def _environment_section(name: str, deployment: Deployment | None, settings: Set
         rows.append(("Preview", _preview_link(mask(deployment.preview_url), settings)))
     if deployment.head_sha:
         rows.append(("Commit", code(deployment.head_sha[:12])))
+    rows.append(("Logs", f"[deployment log]({log_page_url(settings, deployment.id)})"))
     rows.append(("Updated", text(deployment.updated_at)))
     if status == "idle" and deployment.status == "cancelled":
         rows.append(("Cancelled", text(deployment.updated_at)))
@@ -152,15 +154,19 @@ def check_run_environment(name: str | None, external_id: str | None) -> str | No
     return match.group(1) if match else None
 
 
-def check_run_fields(deployment: Deployment | None, *, settings: Settings | None = None) -> dict:
+def check_run_fields(deployment: Deployment | None, *, settings: Settings | None = None, config_error: str | None = None) -> dict:
     """Status, conclusion, output and buttons of the Preview check run for a deployment.
-    `settings` names the secrets to mask and the hosts a preview URL may link to."""
+    `settings` names the secrets to mask and the hosts a preview URL may link to. An idle
+    environment whose `.github/preview.yml` is wrong (`config_error`) fails with the problems."""
     settings = settings or Settings()
     mask = Masker.from_settings(settings)
     status = deployment.state if deployment else "idle"
     branch = code(mask(deployment.branch_name)) if deployment else ""
+    # The details link leads to the deployment's log page, live while it deploys.
+    details = {"details_url": log_page_url(settings, deployment.id)} if deployment else {}
     if status == "deploying":
         return {
+            **details,
             "status": "in_progress",
             "output": {"title": "Deploying preview", "summary": f"Deploying {branch}…"},
             "actions": [ACTIONS["cancel"]],
@@ -169,9 +175,9 @@ def check_run_fields(deployment: Deployment | None, *, settings: Settings | None
         environment = settings.for_environment(deployment.environment)
         url = mask(deployment.preview_url or "")
         return {
+            **details,
             "status": "completed",
             "conclusion": "success",
-            "details_url": url if environment.allows_url(url) else None,
             "output": {
                 "title": "Preview deployed",
                 "summary": f"The preview of {branch} is live at {_preview_link(url, environment)}{_teardown_note(deployment, mask)}",
@@ -181,9 +187,17 @@ def check_run_fields(deployment: Deployment | None, *, settings: Settings | None
     if status == "failed":
         error = _error(deployment.error or "unknown error", mask, 2000)
         return {
+            **details,
             "status": "completed",
             "conclusion": "failure",
             "output": {"title": "Preview failed", "summary": f"The deploy of {branch} failed:\n\n{error}{_teardown_note(deployment, mask)}"},
+            "actions": [ACTIONS["retry"]],
+        }
+    if config_error:
+        return {
+            "status": "completed",
+            "conclusion": "failure",
+            "output": {"title": "Preview configuration invalid", "summary": _config_errors(config_error, mask)},
             "actions": [ACTIONS["retry"]],
         }
     summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
@@ -192,11 +206,16 @@ def check_run_fields(deployment: Deployment | None, *, settings: Settings | None
     elif deployment and deployment.destroyed_at:
         summary = f"The preview was destroyed. {summary}"
     return {
+        **details,
         "status": "completed",
         "conclusion": "neutral",
         "output": {"title": "No preview running", "summary": summary},
         "actions": [ACTIONS["deploy"]],
     }
+
+
+def _config_errors(config_error: str, mask: Masker) -> str:
+    return f"`.github/preview.yml` has errors, so nothing deploys until they are fixed:\n\n{_error(config_error, mask, 2000)}"
 
 
 def _teardown_note(deployment: Deployment, mask: Masker) -> str:
@@ -215,7 +234,7 @@ def deployment_status_fields(deployment: Deployment, state: str, *, settings: Se
         description = _plain("Failed: " + mask(deployment.error or "unknown error"))
     else:
         description = words.get(state, state)
-    fields = {"state": state, "description": _shorten(description, 140)}
+    fields = {"state": state, "description": _shorten(description, 140), "log_url": log_page_url(settings, deployment.id)}
     url = mask(deployment.preview_url or "")
     if state == "success" and settings.for_environment(deployment.environment).allows_url(url):
         fields["environment_url"] = url

@@ -179,6 +179,14 @@ def m006_session_tokens_and_signin_codes(db: sqlite_utils.Database) -> None:
     db["signin_codes"].create({"code_hash": str, "created_at": str, "expires_at": str}, pk="code_hash")
 
 
+@migrations()
+def m007_resources_and_hourly_cost(db: sqlite_utils.Database) -> None:
+    """What a provisioner reports of a deployment: its resources (JSON: kind, id, type, region)
+    and what it costs an hour, in USD."""
+    db["deployments"].add_column("resources", str)
+    db["deployments"].add_column("hourly_cost", float)
+
+
 # Each environment's current deployment: `{CURRENT} WHERE …` with `c` the current row, `d` the deployment.
 CURRENT = "SELECT d.* FROM current_deployments c JOIN deployments d ON d.id = c.deployment_id"
 
@@ -421,6 +429,29 @@ class Store:
             self.db["deployment_logs"].rows_where(
                 "deployment_id = ? AND seq > ?", [deployment_id, after or 0], order_by="seq", limit=limit
             )
+        )
+
+    def last_deployment_logs(self, deployment_id: str, *, before: int | None = None, limit: int = 1000) -> list[dict]:
+        """A deployment's last `limit` log lines (before seq `before`, when given), in seq order."""
+        where, params = "deployment_id = ?", [deployment_id]
+        if before is not None:
+            where += " AND seq < ?"
+            params.append(before)
+        rows = list(self.db["deployment_logs"].rows_where(where, params, order_by="seq DESC", limit=limit))
+        return rows[::-1]
+
+    def deploy_ends(self, deployment_ids: list[str]) -> dict[str, str]:
+        """When each deployment's deploy ended (its first `deployed`, `failed` or `cancelled`
+        event), for those that did: the history's durations."""
+        if not deployment_ids:
+            return {}
+        return dict(
+            self.db.execute(
+                """SELECT deployment_id, min(created_at) FROM deployment_events
+                   WHERE deployment_id IN (SELECT value FROM json_each(?)) AND status IN ('deployed', 'failed', 'cancelled')
+                   GROUP BY deployment_id""",
+                [json.dumps(deployment_ids)],
+            ).fetchall()
         )
 
     # -- pull requests -----------------------------------------------------------------------

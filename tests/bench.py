@@ -38,6 +38,14 @@
    threads as fast as they go; counts what was not acknowledged with a 2xx, times the `eyes`
    reaction of the `/preview` sent in the middle (and of every `/preview`), and how long the
    queue takes to drain.
+7. logs (`--only logs`; not part of the default run): 1 web (2 gevent workers), 2 workers, the
+   command provisioner. One deploy prints LOG_LINES lines as fast as Python prints them, each
+   stamped with the time it was printed; a WebSocket client follows its log
+   (`{"type": "subscribe", "logs": …}`) and notes each line's lag (receipt minus stamp, this
+   machine's clock) and whether any seq is missing or repeated. Meanwhile other pull requests
+   are deployed one after another (their command prints a URL at once): POST -> `deployed` on a
+   /ws feed, compared with the same deploys before the flood. Last, the log's Redis stream
+   length (capped at LOG_STREAM_MAXLEN).
 
 The websockets scenario needs the `websockets` package (the `test` extras).
 
@@ -153,6 +161,11 @@ BURST_WORKERS = 4
 BURST_PRS = 500
 BURST_DRAIN_TIMEOUT = 300
 
+# 7. A chatty build's log followed live while other deployments' updates go on.
+LOG_LINES = 100_000
+LOG_OTHER_DEPLOYS = 40
+LOG_TIMEOUT = 600
+
 GOALS = {
     "deploy_p50_ms": 20,
     "webhook_p99_ms": 50,
@@ -161,6 +174,8 @@ GOALS = {
     "ws_webhook_p99_ms": 100,
     "ws_delivery_p99_ms": 250,
     "burst_eyes_s": 2.0,
+    "log_lag_p99_ms": 500,
+    "log_update_delay_ms": 100,
 }
 
 
@@ -1217,6 +1232,119 @@ def bench_burst(ctx: Context) -> dict:
 # -- report --------------------------------------------------------------------------------------
 
 
+# -- 7. a 100,000-line log, followed live ----------------------------------------------------------
+
+LOG_SCRIPT = """
+import os, sys, time
+if os.environ["PREVIEW_PR_NUMBER"] == "1":
+    for n in range(1, {lines} + 1):
+        print(f"{{time.time():.6f}} line {{n}}", flush=True)
+print("https://pr-" + os.environ["PREVIEW_PR_NUMBER"] + ".preview.example.com")
+"""
+
+
+class LogFollower:
+    """A /ws client on its own thread following one deployment's log: each line's lag, and
+    the seqs received (to find gaps and repeats)."""
+
+    def __init__(self, url: str, deployment_id: str):
+        import websocket
+
+        self.ws = websocket.create_connection(url, timeout=30)
+        self.ws.send(json.dumps({"type": "subscribe", "logs": deployment_id}))
+        if json.loads(self.ws.recv()).get("type") != "subscribed":
+            raise RuntimeError("log subscription refused")
+        self.ws.settimeout(None)
+        self.lags: list[float] = []
+        self.seqs: list[int] = []
+        self.last_line = 0
+        self._thread = threading.Thread(target=self._run, name="log-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                raw = self.ws.recv()
+            except Exception:
+                return
+            now = time.time()
+            message = json.loads(raw) if raw else {}
+            if message.get("type") != "deployment:log":
+                continue
+            self.seqs.append(message["seq"])
+            stamp, _, rest = message["line"].partition(" ")
+            if rest.startswith("line "):
+                self.lags.append(now - float(stamp))
+                self.last_line = int(rest.split()[1])
+
+    def close(self) -> None:
+        try:
+            self.ws.shutdown()
+        except Exception:
+            pass
+        self._thread.join(timeout=5)
+
+
+def bench_logs(ctx: Context) -> dict:
+    directory = ctx.directory("logs")
+    script = directory / "deploy.py"
+    script.write_text(LOG_SCRIPT.format(lines=LOG_LINES))
+    bot = Bot(directory, ctx.redis_url, {
+        "PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": f"{sys.executable} {script}", "PREVIEW_API_RATE_LIMIT": "100000",
+    })
+    feed = follower = client = None
+    try:
+        bot.start_worker(2).start_web(workers=2)
+        wait_workers(ctx.redis_url, 2)
+        feed = FeedListener(bot.ws_url())
+        client = httpx.Client(base_url=bot.url, headers=auth(bot), timeout=10)
+
+        def deploy(pr: int) -> str:
+            response = client.post(f"/api/repos/{LOCAL_REPO}/pull-requests/{pr}/deploy", json={"branchName": f"bench/logs-{pr}"})
+            if response.status_code != 202:
+                raise RuntimeError(f"deploy #{pr} answered {response.status_code}: {response.text}")
+            return response.json()["deploymentId"]
+
+        def other_deploys(first_pr: int) -> list[float]:
+            took = []
+            for pr in range(first_pr, first_pr + LOG_OTHER_DEPLOYS):
+                started = time.perf_counter()
+                deployment_id = deploy(pr)
+                took.append(feed.arrival(deployment_id, "deployed", timeout=60) - started)
+            return took
+
+        control = other_deploys(1000)
+        chatty = deploy(1)
+        follower = LogFollower(bot.ws_url(), chatty)
+        started = time.perf_counter()
+        during = other_deploys(2000)
+        flood_running = feed.arrivals.get((chatty, "deployed")) is None
+        feed.arrival(chatty, "deployed", timeout=LOG_TIMEOUT)
+        wait_for(lambda: follower.last_line == LOG_LINES, timeout=60, message="the last line on the WebSocket")
+        seqs = follower.seqs
+        stream_length = redis.Redis.from_url(ctx.redis_url).xlen(f"previewbot:logs:{chatty}")
+        control_ms, during_ms = summary_ms(control), summary_ms(during)
+        return {
+            "setup": f"1 web (2 gevent workers), 2 workers, command provisioner; one deploy prints {LOG_LINES} lines, "
+            f"followed on /ws; {LOG_OTHER_DEPLOYS} other deploys before and during it",
+            "log_lag": summary_ms(follower.lags),
+            "lines_received": len(follower.lags),
+            "seq_gaps_or_repeats": sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1) + (seqs[:1] != [1]),
+            "flood_seconds": round(time.perf_counter() - started, 1),
+            "flood_still_running_after_other_deploys": flood_running,
+            "other_deploys_without_flood": control_ms,
+            "other_deploys_during_flood": during_ms,
+            "update_delay_p50_ms": round(during_ms["p50_ms"] - control_ms["p50_ms"], 1),
+            "update_delay_p99_ms": round(during_ms["p99_ms"] - control_ms["p99_ms"], 1),
+            "redis_stream_length": stream_length,
+        }
+    finally:
+        for closable in (client, feed, follower):
+            if closable:
+                closable.close()
+        bot.stop()
+
+
 def environment() -> dict:
     versions = {}
     for package in ("flask", "gunicorn", "rq", "redis", "gidgethub", "httpx", "sqlite-utils", "flask-sock"):
@@ -1339,6 +1467,16 @@ def goal_rows(results: dict) -> list[dict]:
             add("", "every /preview -> eyes p50 / p99 / max", f"{every['p50_ms'] / 1000:.1f} / {every['p99_ms'] / 1000:.1f} / {every['max_ms'] / 1000:.1f} s ({burst['previews_with_eyes']})", "", "")
         drained = burst["queue_drained_after_s"]
         add("", "queue drained after the burst", f"{drained} s" if drained is not None else f"not in {BURST_DRAIN_TIMEOUT} s", "", "")
+    logs = results.get("logs", {})
+    if "log_lag" in logs:
+        lag = logs["log_lag"]
+        add(f"7 a {LOG_LINES:,}-line log on /ws", "line printed -> client p50 / p99 / max",
+            f"{lag['p50_ms']:.0f} / {lag['p99_ms']:.0f} / {lag['max_ms']:.0f} ms ({logs['lines_received']} lines, {logs['seq_gaps_or_repeats']} gaps or repeats)",
+            f"p99 < {GOALS['log_lag_p99_ms']} ms", verdict(lag["p99_ms"], GOALS["log_lag_p99_ms"]))
+        add("", "other deploys' POST -> deployed, p99 during the flood minus before",
+            f"{logs['update_delay_p99_ms']:.0f} ms (p50 {logs['update_delay_p50_ms']:.0f} ms)",
+            f"< {GOALS['log_update_delay_ms']} ms", verdict(logs["update_delay_p99_ms"], GOALS["log_update_delay_ms"]))
+        add("", "log's Redis stream length", str(logs["redis_stream_length"]), "", "")
     for name, result in results.items():
         machine = result.get("machine")
         if machine:
@@ -1371,14 +1509,17 @@ SCENARIOS = {
     "comments": ("comments", bench_comments),
     "websockets": ("websockets", bench_websockets),
     "burst": ("burst", bench_burst),
+    "logs": ("logs", bench_logs),
 }
+# Run only when asked for (`--only logs`), so the default run stays as it was.
+OPT_IN = {"logs"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description="previewbot benchmarks")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SCENARIOS)
+    chosen = [s.strip() for s in args.only.split(",")] if args.only else [s for s in SCENARIOS if s not in OPT_IN]
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}")

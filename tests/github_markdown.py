@@ -21,6 +21,9 @@ AUTOLINK = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|\bwww\.|[\w.+-]@[\w-]+\.\w")
 # Raw HTML tags the bot may write; any other (`<img>`, `<script>`…) came from untrusted text.
 INLINE_TAGS = {"code", "a", "sub"}
 BLOCK_TAGS = {"pre", "code", "sub"}
+# previewbot's own log pages (`bot.links.log_page_url`): the operator's address and a deployment
+# id previewbot made, never text from a pull request.
+OWN_PAGE = re.compile(r"https?://[^/\s]+/deployments/[0-9a-f]{32}/logs")
 # Where GitHub's mention and reference filters do not look.
 QUIET = {"code", "pre", "a"}
 
@@ -72,7 +75,7 @@ def _inline_problems(children, links: tuple[str, ...]) -> list[str]:
             end_run()
             if child.type == "html_inline":
                 raw_html.feed(child.content)
-            elif child.type == "link_open" and child.attrs.get("href") not in links:
+            elif child.type == "link_open" and child.attrs.get("href") not in links and not OWN_PAGE.fullmatch(child.attrs.get("href") or ""):
                 found.append(f"link: {child.attrs.get('href')!r}")
             elif child.type == "image":
                 found.append(f"image: {child.attrs.get('src')!r}")

@@ -329,3 +329,21 @@ def test_an_environment_no_longer_listed_can_still_be_read_and_torn_down(tmp_pat
     assert [(e["environment"], e["status"], e["deployable"]) for e in listed] == [("preview", "idle", True), ("retired", "deploying", False)]
     assert after.post(f"{base}/deployment/cancel?environment=retired", headers=headers).status_code == 202
     assert after.get(f"{base}/deployment?environment=Bad!", headers=headers).status_code == 400
+
+
+def test_a_deploy_may_name_the_pull_request(client, token):
+    response = client.post("/api/repos/octo/app/pull-requests/3/deploy", json={"branchName": "feat/a", "title": "  Add a cart  "}, headers=auth(token))
+    assert response.status_code == 202
+    cards = client.get("/api/pull-requests", headers=auth(token)).get_json()["pullRequests"]
+    assert [(c["prNumber"], c["title"]) for c in cards] == [(3, "Add a cart")]
+    too_long = client.post("/api/repos/octo/app/pull-requests/4/deploy", json={"branchName": "feat/b", "title": "x" * 257}, headers=auth(token))
+    assert too_long.status_code == 400 and "title" in too_long.get_json()["error"]
+
+
+@pytest.mark.parametrize("query", ["after=-1", "after=abc", "after=1.5", "limit=0", "limit=5001", "limit=x"])
+def test_log_query_out_of_range_is_400(client, token, query):
+    deployment_id = client.post("/api/repos/octo/app/pull-requests/5/deploy", json={"branchName": "feat/c"}, headers=auth(token)).get_json()["id"]
+    response = client.get(f"/api/deployments/{deployment_id}/logs?{query}", headers=auth(token))
+    assert response.status_code == 400 and response.get_json()["error"]
+    assert client.get(f"/api/deployments/{deployment_id}/logs", headers=auth(token)).get_json() == {"lines": [], "lastSeq": 0}
+    assert client.get("/api/deployments/nope/logs", headers=auth(token)).status_code == 404

@@ -7,6 +7,7 @@ kept under test-output/ for review.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -770,7 +771,7 @@ exit 1
     link = row.get_by_role("link", name="https://preview-50.shop.example.com")
     expect(link).to_have_attribute("href", "https://preview-50.shop.example.com")
     expect(row.locator(".env-deployed .check")).to_have_text("✓")
-    expect(row.get_by_role("button")).to_have_count(1)
+    expect(row.get_by_role("button")).to_have_text(["Redeploy", "Destroy", "History▾"])
     expect(row.get_by_role("button", name="Redeploy preview")).to_be_enabled()
     expect(row.locator(".error-text")).to_be_hidden()
 
@@ -779,10 +780,10 @@ exit 1
     expect(env_badge(page, "acme/shop", 50, "staging")).to_have_text("Failed")
     expect(staging.locator(".error-text")).to_contain_text("deploy command exited with 1")
     expect(staging.locator(".error-text")).to_contain_text('relation "orders" already exists')
-    expect(staging.get_by_role("button")).to_have_count(1)
+    expect(staging.get_by_role("button")).to_have_text(["Retry", "Destroy", "History▾"])
     retry = staging.get_by_role("button", name="Retry staging")
     expect(retry).to_be_visible()
-    expect(staging.get_by_role("link")).to_have_count(0)
+    expect(staging.get_by_role("link")).to_have_text(["Logs"])  # no preview URL, only the log
 
     # Another pull request: both environments idle, each with its own Deploy.
     expect(card(page, "acme/shop", 51).locator(".env-status")).to_have_text(["Idle", "Idle"])
@@ -914,3 +915,195 @@ def test_an_environment_no_longer_listed_shows_its_preview_but_offers_no_deploy(
     expect(row.get_by_role("button", name=re.compile("Redeploy|Deploy|Retry"))).to_have_count(0)
     expect(env_row(page, "acme/shop", 60, "preview").get_by_role("button", name=re.compile("^Deploy"))).to_be_visible()
     page.screenshot(path=output_dir / "unlisted-environment.png")
+
+
+# -- history, destroy, the log page ----------------------------------------------------------
+
+
+def sha_of(n: int) -> str:
+    return hashlib.sha1(str(n).encode()).hexdigest()
+
+
+def test_history_lists_every_deployment_a_page_at_a_time_and_leads_to_its_logs(make_bot, page, output_dir, tmp_path):
+    fail = tmp_path / "fail-next"
+    fail.touch()
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        f"""
+echo "building $PREVIEW_SHA"
+if [ -e {shlex.quote(str(fail))} ]; then rm {shlex.quote(str(fail))}; echo "tests failed" >&2; exit 1; fi
+echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+""",
+    ).start()
+    # A REST deploy may name the pull request; the card shows that title.
+    first = bot.deploy("acme/shop", 60, "feat/cart", headSha=sha_of(0), title="Make the cart faster").json()
+    bot.wait_status("acme/shop", 60, "failed")
+    for n in range(1, 11):
+        assert bot.deploy("acme/shop", 60, "feat/cart", headSha=sha_of(n)).status_code == 202
+        bot.wait_status("acme/shop", 60, "deployed")
+        wait_for(lambda: bot.store.latest_deployment(PreviewKey("acme/shop", 60)).head_sha == sha_of(n), message="recorded")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 60)
+    expect(item.locator(".card-title")).to_have_text("Make the cart faster")
+    toggle = item.get_by_role("button", name="History of preview")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    entries = item.locator(".history-item")
+    expect(entries).to_have_count(10)
+    expect(entries.locator(".history-badge")).to_have_text(["Deployed"] + ["Superseded"] * 9)
+    newest = entries.first
+    expect(newest.locator(".history-commit")).to_have_text(sha_of(10)[:7])
+    expect(newest.locator(".history-trigger")).to_have_text("by api")
+    expect(newest.locator(".history-who")).to_have_text("token:tests")
+    expect(newest.locator(".history-duration")).to_have_text(re.compile(r"^took \d+s$"))
+    expect(newest.locator(".history-cost")).to_have_count(0)  # this API gives no cost yet
+    page.screenshot(path=output_dir / "history.png")
+
+    # "More": the next page, the failed first deploy last.
+    item.get_by_role("button", name="More", exact=True).click()
+    expect(entries).to_have_count(11)
+    expect(entries.last.locator(".history-badge")).to_have_text("Failed")
+    expect(item.get_by_role("button", name="More", exact=True)).to_be_hidden()
+
+    # Live: a new deploy shows up at the top while the history is open, the rest kept.
+    assert bot.deploy("acme/shop", 60, "feat/cart", headSha=sha_of(11)).status_code == 202
+    expect(entries).to_have_count(12)
+    expect(entries.first.locator(".history-commit")).to_have_text(sha_of(11)[:7])
+    expect(entries.first.locator(".history-badge")).to_have_text("Deployed")
+
+    # Phone width: the history fits.
+    page.set_viewport_size({"width": 390, "height": 844})
+    entries.last.scroll_into_view_if_needed()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=output_dir / "history-phone-390.png")
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # Each entry leads to its own log.
+    entries.last.get_by_role("link", name=re.compile("^Logs of the deploy")).click()
+    expect(page).to_have_url(f"{bot.url}/deployments/{first['deploymentId']}/logs")
+    expect(page.locator(".log-line .log-text")).to_have_text([f"building {sha_of(0)}", "tests failed"])
+    expect(page.locator("#status-text")).to_have_text("Failed")
+
+
+def test_destroy_asks_first_then_tears_the_preview_down(make_bot, page, output_dir):
+    bot = make_bot().start()
+    seed(bot, "acme/shop", 61, "feat/one", "One environment", "octocat")
+    assert bot.deploy("acme/shop", 61, "feat/one").status_code == 202
+    bot.wait_status("acme/shop", 61, "deployed")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 61)
+    destroy = item.get_by_role("button", name="Destroy preview", exact=True)
+    expect(badge(page, "acme/shop", 61)).to_have_text("Deployed")
+    # The first click only asks; "Keep it" changes nothing.
+    destroy.click()
+    confirm = item.get_by_role("group", name="Confirm destroying preview")
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("Tear down preview?")
+    expect(destroy).to_be_hidden()
+    page.screenshot(path=output_dir / "destroy-confirm.png")
+    confirm.get_by_role("button", name="Keep it").click()
+    expect(confirm).to_be_hidden()
+    expect(destroy).to_be_focused()
+    destroy.click()
+    confirm.get_by_role("button", name="Yes, destroy preview", exact=True).click()
+    # Torn down: idle, the outcome said, Destroy gone, Deploy offered again.
+    expect(badge(page, "acme/shop", 61)).to_have_text("Idle")
+    expect(item.locator(".outcome")).to_have_text("Torn down")
+    expect(destroy).to_be_hidden()
+    expect(item.get_by_role("button", name="Cancel deploy")).to_be_hidden()
+    history = bot.client().get("/api/repos/acme/shop/pull-requests/61/deployments").json()["deployments"]
+    assert [d["status"] for d in history] == ["destroyed"]
+
+
+def test_each_environment_row_has_its_own_destroy(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_ENVIRONMENTS": "preview,staging"}).start()
+    seed(bot, "acme/shop", 62, "feat/two", "Two environments", "octocat")
+    for environment in ("preview", "staging"):
+        assert bot.deploy("acme/shop", 62, "feat/two", environment=environment).status_code == 202
+        wait_env_status(bot, "acme/shop", 62, environment, "deployed")
+
+    open_dashboard(page, bot)
+    staging = env_row(page, "acme/shop", 62, "staging")
+    staging.get_by_role("button", name="Destroy staging", exact=True).click()
+    staging.get_by_role("button", name="Yes, destroy staging", exact=True).click()
+    expect(env_badge(page, "acme/shop", 62, "staging")).to_have_text("Idle")
+    expect(staging.locator(".outcome")).to_have_text("Torn down")
+    expect(env_badge(page, "acme/shop", 62, "preview")).to_have_text("Deployed")
+    expect(env_row(page, "acme/shop", 62, "preview").get_by_role("button", name="Destroy preview", exact=True)).to_be_visible()
+    page.screenshot(path=output_dir / "destroyed-staging.png")
+
+
+def test_the_log_page_follows_a_running_deploy_unless_the_reader_scrolled_up(make_bot, page, output_dir, tmp_path):
+    gate = tmp_path / "gate"
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        f"""
+i=1
+while [ $i -le 200 ]; do echo "step $i"; i=$((i+1)); done
+echo '<img src=x onerror=alert(1)> <b>not bold</b>'
+while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done
+while [ $i -le 400 ]; do echo "step $i"; i=$((i+1)); done
+echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+""",
+    ).start()
+    seed(bot, "acme/shop", 63, "feat/build", "A long build", "octocat")
+    deployment_id = bot.deploy("acme/shop", 63, "feat/build").json()["deploymentId"]
+
+    # The card's Logs link leads to the running deploy's log.
+    open_dashboard(page, bot)
+    card(page, "acme/shop", 63).get_by_role("link", name="Logs of the running deploy to preview").click()
+    expect(page).to_have_url(f"{bot.url}/deployments/{deployment_id}/logs")
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#title")).to_have_text("Log of acme/shop #63")
+    expect(page.locator("#status-text")).to_have_text("Deploying")
+    lines = page.locator(".log-line")
+    expect(lines).to_have_count(201)
+    expect(lines.last.locator(".log-text")).to_have_text("<img src=x onerror=alert(1)> <b>not bold</b>")
+    expect(page.locator(".log-view img, .log-view b")).to_have_count(0)
+    # It follows the end.
+    view = page.locator("#log")
+    expect(lines.last).to_be_in_viewport()
+    page.screenshot(path=output_dir / "log-live.png")
+
+    # Scrolled up, the reader keeps their place while lines come, and can go back to the end.
+    view.evaluate("v => { v.scrollTop = 0 }")
+    gate.touch()
+    expect(page.locator("#status-text")).to_have_text("Deployed", timeout=20_000)
+    expect(lines).to_have_count(402)
+    expect(lines.first).to_be_in_viewport()
+    follow = page.get_by_role("button", name="Follow the end")
+    expect(follow).to_be_visible()
+    follow.click()
+    expect(lines.last).to_be_in_viewport()
+    expect(lines.last.locator(".log-text")).to_have_text("https://pr-63.preview.acme.test")
+    expect(follow).to_be_hidden()
+    seqs = lines.locator(".log-seq").all_text_contents()
+    assert seqs == [str(n) for n in range(1, 403)]
+
+    # A phone: lines wrap, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert view.evaluate("v => v.scrollWidth <= v.clientWidth")
+    page.screenshot(path=output_dir / "log-phone-390.png")
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # Reloaded, the page shows the log again, once.
+    page.reload()
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(lines).to_have_count(402)
+
+
+def test_the_log_page_without_a_sign_in_or_for_an_unknown_deployment(make_bot, page, output_dir):
+    bot = make_bot().start()
+    page.goto(f"{bot.url}/deployments/{'0' * 32}/logs")
+    expect(page.get_by_role("heading", name="Sign in to read this log")).to_be_visible()
+    page.screenshot(path=output_dir / "log-signed-out.png")
+    open_dashboard(page, bot)
+    page.goto(f"{bot.url}/deployments/{'0' * 32}/logs")
+    expect(page.locator("#notice")).to_have_text("No such deployment, or not one this sign-in may see.")
+    expect(page.locator(".log-line")).to_have_count(0)

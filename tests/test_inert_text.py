@@ -11,6 +11,7 @@ import re
 import pytest
 
 from bot.config import ConfigError, load_settings
+from bot.links import log_page_url
 from bot.model import Deployment
 from bot.render import check_run_fields, deployment_status_fields, render_status_comment, text
 
@@ -85,7 +86,7 @@ def test_a_preview_url_outside_the_allowed_hosts_is_shown_but_not_linked(url):
     for markdown in (comment, fields["output"]["summary"]):
         assert problems(markdown) == [], markdown
         assert url in shown(markdown)
-    assert fields.get("details_url") is None
+    assert fields["details_url"] == log_page_url(settings, deployed.id)  # the log page, never the preview
     assert "environment_url" not in deployment_status_fields(deployed, "success", settings=settings)
 
 
@@ -97,7 +98,7 @@ def test_a_preview_url_on_an_allowed_host_is_a_link_everywhere():
     for markdown in (comment, fields["output"]["summary"]):
         assert problems(markdown, links=(ALLOWED_URL,)) == []
         assert f'<a href="{ALLOWED_URL}">' in rendered(markdown)
-    assert fields["details_url"] == ALLOWED_URL
+    assert fields["details_url"] == log_page_url(settings, deployed.id)
     assert deployment_status_fields(deployed, "success", settings=settings)["environment_url"] == ALLOWED_URL
 
 
@@ -112,10 +113,9 @@ def test_each_environment_links_only_to_its_own_allowed_hosts():
     staging_url, preview_url = "https://1.app.staging.test", "https://1.app.previews.test"
     staging = deployment("deployed", preview_url=staging_url, environment="staging")
     preview = deployment("deployed", preview_url=preview_url)
-    assert check_run_fields(staging, settings=settings)["details_url"] == staging_url
-    assert check_run_fields(preview, settings=settings)["details_url"] == preview_url
+    assert preview_url in rendered(check_run_fields(preview, settings=settings)["output"]["summary"]).split('href="')[1]
     # The other environment's host is not allowed.
-    assert check_run_fields(staging.model_copy(update={"preview_url": preview_url}), settings=settings).get("details_url") is None
+    assert 'href="' + preview_url not in rendered(check_run_fields(staging.model_copy(update={"preview_url": preview_url}), settings=settings)["output"]["summary"])
     comment = render_status_comment({"preview": preview, "staging": staging}, settings=settings)
     assert problems(comment, links=(staging_url, preview_url)) == []
 
@@ -126,7 +126,8 @@ def test_the_deployment_status_description_is_one_short_line_that_mentions_nobod
     assert len(description) <= 140 and "\n" not in description
     assert description.startswith("Failed: @\u200dorg/team fixes #\u200d1")
     assert not re.search(r"@\w|#\d", description)
-    assert deployment_status_fields(failed, "inactive") == {"state": "inactive", "description": "Preview destroyed", "auto_inactive": False}
+    assert deployment_status_fields(failed, "inactive") == {"state": "inactive", "description": "Preview destroyed", "auto_inactive": False,
+                                                            "log_url": log_page_url(load_settings({}), failed.id)}
 
 
 def test_text_is_inert_outside_code_too():

@@ -1,7 +1,9 @@
 /* previewbot dashboard: plain JavaScript, no build step, no dependencies.
  *
  * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel,
- * each for one of a pull request's environments) and live updates from the WebSocket at /ws.
+ * DELETE .../deployment, GET .../deployments for the history, each for one of a pull request's
+ * environments) and live updates from the WebSocket at /ws. Each deployment's log has a page of
+ * its own (deployments/ID/logs, logs.js).
  * A token never goes in a URL: a sign-in link carries a one-time code (`/?code=…`) that the page
  * trades for a session token (POST /api/sessions), and the WebSocket gets the token in its first
  * message.
@@ -38,6 +40,12 @@
   var RESYNC_WHILE_DEPLOYING_MS = 10000;
   var RESYNC_IDLE_MS = 60000;
   var REFETCH_DEBOUNCE_MS = 250;
+  var HISTORY_PAGE = 10;
+  // A deployment record's status (the history), as the history shows it.
+  var RECORD_LABEL = {
+    deploying: "Deploying", deployed: "Deployed", failed: "Failed", cancelled: "Cancelled",
+    superseded: "Superseded", destroyed: "Torn down",
+  };
 
   // -- where the API lives ------------------------------------------------------------------
 
@@ -304,6 +312,10 @@
       pending: false, // the deploy request is on its way
       cancelPending: false, // the cancel request is on its way
       cancelRequested: null, // the deployment a cancel was accepted for, until it ends
+      confirmingDestroy: false, // Destroy was clicked once: the confirmation is shown
+      destroyPending: false, // the destroy request is on its way
+      destroyRequested: null, // the deployment a destroy was accepted for, until it ends
+      history: null, // its history panel, once opened (see openHistory)
       keepFocus: false, // one of its buttons had the focus when clicked
       message: "",
       messageKind: "",
@@ -482,10 +494,17 @@
     n.cancel = el("button", "button button-danger cancel", "Cancel deploy");
     n.cancel.type = "button";
     n.cancel.addEventListener("click", function () { cancel(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
+    n.destroy = el("button", "button button-danger destroy", "Destroy");
+    n.destroy.type = "button";
+    n.destroy.setAttribute("aria-label", "Destroy preview");
+    n.destroy.addEventListener("click", function () { askDestroy(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
     actions.appendChild(n.toggle);
     actions.appendChild(n.retry);
     actions.appendChild(n.cancel);
+    actions.appendChild(n.destroy);
     n.single.appendChild(actions);
+    n.confirm = buildConfirm(card, function () { return environmentOf(card, DEFAULT_ENVIRONMENT); });
+    n.single.appendChild(n.confirm.root);
 
     n.panel = el("div", "card-panel");
     n.panel.id = uid + "-panel";
@@ -496,6 +515,9 @@
     n.panel.appendChild(n.deploy);
     n.panel.appendChild(n.panelNote);
     n.single.appendChild(n.panel);
+    n.links = buildLinks(card, function () { return environmentOf(card, DEFAULT_ENVIRONMENT); }, uid + "-history");
+    n.single.appendChild(n.links.root);
+    n.single.appendChild(n.links.history.root);
 
     // Several environments: a row each.
     n.envSection = el("section", "env-section");
@@ -544,9 +566,14 @@
     r.cancel = el("button", "button button-danger cancel");
     r.cancel.type = "button";
     r.cancel.addEventListener("click", function () { rowAction(card, env, r.cancel, cancel); });
-    [r.deploy, r.retry, r.cancel].forEach(function (b) { actions.appendChild(b); });
+    r.destroy = el("button", "button button-danger destroy");
+    r.destroy.type = "button";
+    r.destroy.addEventListener("click", function () { askDestroy(card, env); });
+    [r.deploy, r.retry, r.cancel, r.destroy].forEach(function (b) { actions.appendChild(b); });
     head.appendChild(actions);
     r.root.appendChild(head);
+    r.confirm = buildConfirm(card, function () { return env; });
+    r.root.appendChild(r.confirm.root);
 
     r.deployed = el("p", "env-detail env-deployed");
     var check = el("span", "check", "\u2713");
@@ -570,6 +597,9 @@
     r.message = el("p", "card-message env-message");
     r.message.setAttribute("role", "status");
     r.root.appendChild(r.message);
+    r.links = buildLinks(card, function () { return env; }, id + "-history");
+    r.root.appendChild(r.links.root);
+    r.root.appendChild(r.links.history.root);
     return r;
   }
 
@@ -668,9 +698,11 @@
     n.retry.textContent = env.pending && status === "failed" ? "Retrying\u2026" : "Retry";
 
     var cancelling = env.cancelPending || (env.cancelRequested !== null && env.cancelRequested === env.deploymentId);
-    n.cancel.hidden = status !== "deploying";
+    n.cancel.hidden = !actionsFor(env).cancel;
     n.cancel.disabled = cancelling;
     n.cancel.textContent = cancelling ? "Cancelling\u2026" : "Cancel deploy";
+    updateDestroy(env, n.destroy, n.confirm, "Destroy", "preview");
+    updateLinks(card, env, n.links);
     if (env.keepFocus && (n.cancel.hidden || !cancelling)) {
       // Disabling or hiding the focused Cancel button drops the keyboard focus to the page:
       // give it back to this card (Cancel again after an error, else Preview or Retry).
@@ -745,9 +777,11 @@
     else label(r.retry, "Retry", env.name);
     r.retry.title = "Deploys " + branch + " to " + env.name + " again.";
     var cancelling = env.cancelPending || (env.cancelRequested !== null && env.cancelRequested === env.deploymentId);
-    r.cancel.hidden = status !== "deploying";
+    r.cancel.hidden = !actionsFor(env).cancel;
     r.cancel.disabled = cancelling;
     label(r.cancel, cancelling ? "Cancelling\u2026" : "Cancel", env.name, cancelling ? "Cancelling the deploy to" : "Cancel the deploy to");
+    updateDestroy(env, r.destroy, r.confirm, "Destroy", env.name);
+    updateLinks(card, env, r.links);
 
     if (env.keepFocus) {
       // Hiding or disabling the focused button drops the keyboard focus to the page: give it
@@ -758,7 +792,7 @@
       if (!lost) {
         env.keepFocus = false;
       } else {
-        var target = [r.cancel, r.retry, r.deploy].filter(usable)[0];
+        var target = [r.cancel, r.retry, r.deploy, r.destroy].filter(usable)[0];
         if (target) {
           env.keepFocus = false;
           target.focus();
@@ -975,6 +1009,303 @@
     );
   }
 
+  // -- destroy, logs and history ------------------------------------------------------------
+
+  /* The buttons an environment offers in its state. Extend (expiry) joins here when it lands:
+   * offered while deployed, it will POST .../deployment/extend and show the new expiresAt. */
+  function actionsFor(env) {
+    var status = env.status;
+    return {
+      deploy: env.deployable !== false && (status === "idle" || status === "deployed"),
+      retry: env.deployable !== false && status === "failed",
+      cancel: status === "deploying",
+      // A failed deploy may have left an environment behind: it can be torn down too.
+      destroy: status === "deployed" || status === "failed",
+    };
+  }
+
+  /* Destroy asks first: a line under the buttons with the real button and "Keep". */
+  function buildConfirm(card, envOf) {
+    var c = {};
+    c.root = el("div", "confirm");
+    c.root.setAttribute("role", "group");
+    c.text = el("p", "confirm-text");
+    c.yes = el("button", "button button-danger-solid confirm-destroy");
+    c.yes.type = "button";
+    c.yes.addEventListener("click", function () { destroy(card, envOf()); });
+    c.no = el("button", "button button-quiet confirm-keep", "Keep it");
+    c.no.type = "button";
+    c.no.addEventListener("click", function () {
+      var env = envOf();
+      env.confirmingDestroy = false;
+      updateCard(card);
+      (hasRows(card) ? env.row.destroy : card.nodes.destroy).focus();
+    });
+    c.root.appendChild(c.text);
+    c.root.appendChild(c.yes);
+    c.root.appendChild(c.no);
+    c.root.hidden = true;
+    return c;
+  }
+
+  function askDestroy(card, env) {
+    if (!actionsFor(env).destroy || env.destroyPending) return;
+    env.confirmingDestroy = true;
+    env.message = "";
+    updateCard(card);
+    (hasRows(card) ? env.row.confirm : card.nodes.confirm).yes.focus();
+  }
+
+  function updateDestroy(env, button, confirm, text, name) {
+    // Not while a deploy (a Retry, a Redeploy) is on its way: that one decides what runs next.
+    var offered = actionsFor(env).destroy && !env.pending;
+    var destroying = env.destroyPending || (env.destroyRequested !== null && env.destroyRequested === env.deploymentId);
+    if (!offered) env.confirmingDestroy = false;
+    button.hidden = !offered || env.confirmingDestroy;
+    button.disabled = destroying;
+    label(button, destroying ? "Destroying\u2026" : text, name, destroying ? "Tearing down" : "Destroy");
+    confirm.root.hidden = !offered || !env.confirmingDestroy;
+    confirm.root.setAttribute("aria-label", "Confirm destroying " + name);
+    confirm.text.textContent = "Tear down " + name + "? Its environment and everything on it go away.";
+    confirm.yes.textContent = "Destroy " + name;
+    confirm.yes.setAttribute("aria-label", "Yes, destroy " + name);
+  }
+
+  /* DELETE .../deployment: 202 when the teardown is started or queued; the environment goes
+   * idle, with the outcome "destroyed", when the WebSocket (or the list) says it is done. */
+  function destroy(card, env) {
+    if (env.destroyPending || !state.token) return;
+    var generation = state.generation;
+    var deploymentId = env.deploymentId;
+    var who = card.repository + " #" + card.prNumber + (hasRows(card) ? " " + env.name : "");
+    env.confirmingDestroy = false;
+    env.destroyPending = true;
+    env.message = "";
+    updateCard(card);
+    api(pullRequestPath(card, "/deployment", env), { method: "DELETE" }).then(
+      function (deployment) {
+        if (generation !== state.generation) return;
+        env.destroyPending = false;
+        if (env.status !== "idle") {
+          env.destroyRequested = (deployment && (deployment.id || deployment.deploymentId)) || deploymentId;
+          env.message = "Tearing down\u2026";
+          env.messageKind = "info";
+          announce(who + ": tearing the preview down.");
+        }
+        updateCard(card);
+      },
+      function (error) {
+        if (generation !== state.generation) return;
+        env.destroyPending = false;
+        if (error.status === 401) {
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
+          return;
+        }
+        env.message = error.status === 429 ? error.message : "Could not destroy the preview: " + error.message;
+        env.messageKind = "error";
+        // A 404 means nothing is live any more: the list tells what happened instead.
+        if (error.status === 404) scheduleRefetch();
+        updateCard(card);
+        announce(who + ": " + env.message);
+      }
+    );
+  }
+
+  function logPageHref(deploymentId) {
+    // Relative, so the page works behind a proxy's path prefix too.
+    return "deployments/" + encodeURIComponent(deploymentId) + "/logs";
+  }
+
+  /* A line under an environment: its current deployment's log, and its history. */
+  function buildLinks(card, envOf, historyId) {
+    var l = {};
+    l.root = el("div", "env-links");
+    l.logs = el("a", "logs-link", "Logs");
+    l.root.appendChild(l.logs);
+    l.toggle = el("button", "button button-quiet history-toggle");
+    l.toggle.type = "button";
+    l.toggle.setAttribute("aria-expanded", "false");
+    l.toggle.setAttribute("aria-controls", historyId);
+    l.toggle.appendChild(el("span", null, "History"));
+    var chevron = el("span", "chevron", "\u25BE");
+    chevron.setAttribute("aria-hidden", "true");
+    l.toggle.appendChild(chevron);
+    l.toggle.addEventListener("click", function () { toggleHistory(card, envOf()); });
+    l.root.appendChild(l.toggle);
+
+    var h = {};
+    h.root = el("section", "history");
+    h.root.id = historyId;
+    h.root.hidden = true;
+    h.list = el("ol", "history-list");
+    h.status = el("p", "history-status muted");
+    h.status.setAttribute("role", "status");
+    h.more = el("button", "button history-more", "More");
+    h.more.type = "button";
+    h.more.addEventListener("click", function () { loadHistory(card, envOf(), false); });
+    h.root.appendChild(h.list);
+    h.root.appendChild(h.status);
+    h.root.appendChild(h.more);
+    l.history = h;
+    return l;
+  }
+
+  function updateLinks(card, env, links) {
+    var name = hasRows(card) ? env.name : "preview";
+    links.logs.hidden = !env.deploymentId;
+    if (env.deploymentId) {
+      links.logs.href = logPageHref(env.deploymentId);
+      links.logs.setAttribute("aria-label", "Logs of the " + (env.status === "deploying" ? "running" : "latest") + " deploy to " + name);
+    }
+    var history = env.history;
+    var open = !!(history && history.open);
+    links.toggle.setAttribute("aria-expanded", String(open));
+    links.toggle.setAttribute("aria-label", "History of " + name);
+    links.history.root.hidden = !open;
+    links.history.root.setAttribute("aria-label", "Deployments of " + name + ", newest first");
+    if (!open) return;
+    var h = links.history;
+    h.more.hidden = !history.next;
+    h.more.disabled = history.loading;
+    h.more.textContent = history.loading && history.items.length ? "Loading\u2026" : "More";
+    h.status.hidden = !history.loading && !history.error && history.items.length !== 0;
+    h.status.dataset.kind = history.error ? "error" : "";
+    h.status.textContent = history.error ? "Could not load the history: " + history.error
+      : history.loading && !history.items.length ? "Loading\u2026" : "No deployments yet.";
+    renderHistory(h.list, history.items);
+  }
+
+  function toggleHistory(card, env) {
+    if (!env.history) env.history = { open: false, items: [], next: null, loading: false, error: "", generation: 0, timer: null };
+    env.history.open = !env.history.open;
+    if (env.history.open) loadHistory(card, env, true);
+    updateCard(card);
+  }
+
+  function historyPath(card, env, before, limit) {
+    var query = new URLSearchParams();
+    if (env.name !== DEFAULT_ENVIRONMENT) query.set("environment", env.name);
+    query.set("limit", String(limit));
+    if (before) query.set("before", before);
+    return pullRequestPath(card, "/deployments") + "?" + query.toString();
+  }
+
+  /* The newest page again (`fresh`: merged into what is shown, so what "More" loaded stays),
+   * or the next page after the last record shown. */
+  function loadHistory(card, env, fresh) {
+    var history = env.history;
+    if (!history || !state.token) return;
+    var generation = state.generation;
+    var mine = ++history.generation; // a later load wins over one still on its way
+    var before = fresh ? null : history.next;
+    history.loading = true;
+    history.error = "";
+    api(historyPath(card, env, before, HISTORY_PAGE)).then(
+      function (page) {
+        if (generation !== state.generation || mine !== history.generation) return;
+        var items = page && Array.isArray(page.deployments) ? page.deployments : [];
+        var next = page && typeof page.next === "string" ? page.next : null;
+        if (!fresh) {
+          history.items = history.items.concat(items);
+          history.next = next;
+        } else if (!history.items.length) {
+          history.items = items;
+          history.next = next;
+        } else {
+          history.items = mergeNewest(history.items, items);
+        }
+        history.loading = false;
+        updateCard(card);
+      },
+      function (error) {
+        if (generation !== state.generation || mine !== history.generation) return;
+        history.loading = false;
+        if (error.status === 401) {
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
+          return;
+        }
+        history.error = error.message;
+        updateCard(card);
+      }
+    );
+    updateCard(card);
+  }
+
+  /* The newest page over the records shown: those it has are replaced, newer ones go first. */
+  function mergeNewest(shown, newest) {
+    var byId = new Map();
+    newest.forEach(function (d) { if (d && typeof d.id === "string") byId.set(d.id, d); });
+    var known = new Set(shown.map(function (d) { return d.id; }));
+    var added = newest.filter(function (d) { return d && !known.has(d.id); });
+    return added.concat(shown.map(function (d) { return byId.get(d.id) || d; }));
+  }
+
+  function scheduleHistoryRefresh(card, env) {
+    var history = env.history;
+    if (history.timer) return;
+    history.timer = window.setTimeout(function () {
+      history.timer = null;
+      if (history.open) loadHistory(card, env, true);
+    }, REFETCH_DEBOUNCE_MS);
+  }
+
+  function shortSha(sha) {
+    return typeof sha === "string" && /^[0-9a-f]{7,64}$/i.test(sha) ? sha.slice(0, 7) : "";
+  }
+
+  function formatCost(cost) {
+    return cost < 0.01 && cost > 0 ? "< $0.01" : "$" + cost.toFixed(2);
+  }
+
+  /* Rebuilt from the records each time (a page is small); text only. */
+  function renderHistory(list, items) {
+    var fragment = document.createDocumentFragment();
+    items.forEach(function (d) {
+      if (!d || typeof d.id !== "string") return;
+      var item = el("li", "history-item");
+      var status = d.status in RECORD_LABEL ? d.status : "";
+      item.dataset.status = status;
+      item.dataset.deploymentId = d.id;
+      var head = el("div", "history-head");
+      var badge = el("span", "badge history-badge", RECORD_LABEL[status] || String(d.status));
+      badge.dataset.status = status === "deployed" || status === "failed" || status === "deploying" ? status : "idle";
+      head.appendChild(badge);
+      var sha = shortSha(d.headSha);
+      if (sha) {
+        var commit = el("code", "history-commit", sha);
+        commit.title = d.headSha;
+        head.appendChild(commit);
+      }
+      var when = el("time", "history-when", ago(d.createdAt));
+      if (d.createdAt) {
+        when.dateTime = d.createdAt;
+        when.title = new Date(d.createdAt).toLocaleString();
+      }
+      head.appendChild(when);
+      var logs = el("a", "history-logs", "Logs");
+      logs.href = logPageHref(d.id);
+      logs.setAttribute("aria-label", "Logs of the deploy " + (sha || d.id.slice(0, 7)) + " " + ago(d.createdAt));
+      head.appendChild(logs);
+      item.appendChild(head);
+
+      var facts = [];
+      if (d.trigger) facts.push(["history-trigger", "by " + d.trigger]);
+      if (d.requestedBy) facts.push(["history-who", String(d.requestedBy)]);
+      var started = Date.parse(d.createdAt);
+      var ended = Date.parse(d.finishedAt);
+      if (!isNaN(started) && !isNaN(ended)) facts.push(["history-duration", "took " + formatElapsed(ended - started)]);
+      else if (!isNaN(started) && status === "deploying") facts.push(["history-duration", "running " + formatElapsed(Date.now() - started)]);
+      if (typeof d.cost === "number" && isFinite(d.cost)) facts.push(["history-cost", formatCost(d.cost)]);
+      if (facts.length) {
+        var line = el("p", "history-facts muted");
+        facts.forEach(function (fact) { line.appendChild(el("span", fact[0], fact[1])); });
+        item.appendChild(line);
+      }
+      fragment.appendChild(item);
+    });
+    list.replaceChildren(fragment);
+  }
+
   // -- live updates over the WebSocket ------------------------------------------------------
 
   function setConnection(next, detail) {
@@ -1120,6 +1451,8 @@
       env = environmentOf(card, environment);
       scheduleRefetch();
     }
+    // Any record of the environment may have changed, the current one or not.
+    if (env.history && env.history.open) scheduleHistoryRefresh(card, env);
     var changed = applyDeployment(env, {
       deploymentId: message.deploymentId,
       status: message.status,
