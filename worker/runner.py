@@ -30,6 +30,9 @@ MAINTENANCE_SECONDS = 60
 
 
 def run_worker_process(settings, *, burst: bool = False) -> int:
+    # Deploys are throughput, the web process is latency (GitHub's webhooks, WebSocket clients):
+    # on a machine that runs both, the web process gets the CPU first.
+    os.nice(settings.worker_nice)
     ctx = context.build_context(settings)
     context.set_context(ctx)
     # The heartbeat and the reconciler must learn of a lost Redis within a lease; RQ's loop
