@@ -1,4 +1,5 @@
-"""The `previewbot` command: web, worker, run (everything on one machine), tokens and sign-in links."""
+"""The `previewbot` command: setup (register the GitHub App), web, worker, run (everything on one
+machine), tokens and sign-in links."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="previewbot", description="Preview environments for pull requests.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    setup = commands.add_parser("setup", help="register the GitHub App from app.yml (GitHub's manifest flow) and write .env")
+    setup.add_argument("--org", help="register the App for this organization instead of your account")
+    setup.add_argument("--force", action="store_true", help="replace the App already configured in .env or the environment")
+    commands.add_parser("relay", help="forward webhooks from WEBHOOK_PROXY_URL (a smee.io-like relay) to the local web process")
     web = commands.add_parser("web", help="serve the webhook receiver, REST API, WebSocket and dashboard")
     web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
     web.add_argument("--connections", type=int, default=int(os.environ.get("WEB_CONNECTIONS", "10000")))
@@ -49,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "setup":
+            from .setup import run_setup
+
+            return run_setup(settings, org=args.org, force=args.force)
+        if args.command == "relay":
+            from .relay import run_relay
+
+            return run_relay(settings)
         if args.command == "web":
             return run_web(settings, workers=args.workers, connections=args.connections)
         if args.command == "worker":

@@ -61,6 +61,10 @@ class Settings:
     webhook_secret: str | None = dataclasses.field(default=None, repr=False)
     webhook_path: str = "/api/github/webhooks"
     github_api_url: str = "https://api.github.com"
+    github_url: str = "https://github.com"  # GITHUB_URL: GitHub's web pages (the manifest flow), Enterprise too
+    app_slug: str | None = None  # APP_SLUG, written by `previewbot setup`
+    github_client_id: str | None = None  # GITHUB_CLIENT_ID / GITHUB_CLIENT_SECRET: the App's OAuth pair
+    github_client_secret: str | None = dataclasses.field(default=None, repr=False)
     redis_url: str | None = None
     database_path: str = "previewbot.db"
     host: str = "127.0.0.1"
@@ -84,6 +88,7 @@ class Settings:
     rate_limit_per_minute: int = 60
     public_api_url: str | None = None
     public_url: str | None = None  # PUBLIC_URL; see base_url
+    webhook_proxy_url: str | None = None  # WEBHOOK_PROXY_URL: a smee.io-like relay, see bot.relay
     worker_nice: int = 5  # WORKER_NICE: workers yield the CPU to the web process when both want it
     environments: tuple[str, ...] = ("preview",)
     ec2: EC2Settings = EC2Settings()
@@ -107,10 +112,10 @@ class Settings:
         return bool(self.app_id and self.private_key and self.webhook_secret)
 
     def secrets(self) -> list[str]:
-        """Values that must never be logged nor shown: the App's private key and webhook secret,
-        and the values of the variables PREVIEW_COMMAND_ENV names, in every environment. Used by
-        the log redaction filter and by `bot.masking.Masker`."""
-        values = [s for s in (self.private_key, self.webhook_secret) if s]
+        """Values that must never be logged nor shown: the App's private key, webhook secret and
+        OAuth client secret, and the values of the variables PREVIEW_COMMAND_ENV names, in every
+        environment. Used by the log redaction filter and by `bot.masking.Masker`."""
+        values = [s for s in (self.private_key, self.webhook_secret, self.github_client_secret) if s]
         for settings in (self, *self.overrides.values()):
             values += settings.command_secrets
         return list(dict.fromkeys(values))
@@ -216,6 +221,10 @@ def _load(env: dict) -> Settings:
         webhook_secret=webhook_secret,
         webhook_path=webhook_path,
         github_api_url=_url("GITHUB_API_URL", get("GITHUB_API_URL") or Settings.github_api_url).rstrip("/"),
+        github_url=_url("GITHUB_URL", get("GITHUB_URL") or Settings.github_url).rstrip("/"),
+        app_slug=get("APP_SLUG"),
+        github_client_id=get("GITHUB_CLIENT_ID"),
+        github_client_secret=get("GITHUB_CLIENT_SECRET"),
         redis_url=_redis_url(get("REDIS_URL")),
         database_path=get("DATABASE_PATH") or Settings.database_path,
         host=get("HOST") or Settings.host,
@@ -238,6 +247,7 @@ def _load(env: dict) -> Settings:
         rate_limit_per_minute=_number("PREVIEW_API_RATE_LIMIT", get("PREVIEW_API_RATE_LIMIT"), 60, int, low=1),
         public_api_url=_optional_url("NEXT_PUBLIC_API_URL", get("NEXT_PUBLIC_API_URL")),
         public_url=_optional_url("PUBLIC_URL", get("PUBLIC_URL")),
+        webhook_proxy_url=_optional_url("WEBHOOK_PROXY_URL", get("WEBHOOK_PROXY_URL")),
         worker_nice=_number("WORKER_NICE", get("WORKER_NICE"), 5, int, low=0, high=19),
         ec2=_ec2_settings(get, required=provisioner == "ec2"),
         hourly_cost=_number("PREVIEW_HOURLY_COST", get("PREVIEW_HOURLY_COST"), None, float, low=0),

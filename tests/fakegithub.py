@@ -63,6 +63,7 @@ from urllib.parse import unquote, urlencode
 import jsonschema
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.datastructures import Headers
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -70,6 +71,8 @@ from werkzeug.wrappers import Request, Response
 SPEC_PATH = Path(__file__).parent / "fixtures" / "github-openapi.json"
 DOCS_URL = "https://docs.github.com/rest"
 WEB_URL = "https://github.com"
+#: Where source archive links point (GitHub's are codeload.github.com links valid for minutes).
+CODELOAD_URL = "https://codeload.example"
 
 #: API versions GitHub serves; any other X-GitHub-Api-Version is a 400.
 SUPPORTED_API_VERSIONS = ("2022-11-28", "2026-03-10")
@@ -434,6 +437,7 @@ OPERATION_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "repos/list-deployment-statuses": (("deployments", "read"),),
     "repos/create-deployment-status": (("deployments", "write"),),
     "repos/get-content": (("contents", "read"),),
+    "repos/download-tarball-archive": (("contents", "read"),),
 }
 
 #: Operations authenticated as the app (JWT) rather than as an installation.
@@ -443,6 +447,23 @@ APP_OPERATIONS = {
     "apps/create-installation-access-token",
     "apps/get-repo-installation",
 }
+
+#: Operations that take no credential: the manifest flow's code is the credential.
+UNAUTHENTICATED_OPERATIONS = {"apps/create-from-manifest"}
+
+#: GitHub's web form of the manifest flow (not the REST API): ``POST`` a ``manifest`` field here.
+MANIFEST_FORM_PATH = re.compile(r"/(?:organizations/(?P<org>[A-Za-z0-9-]{1,39})/)?settings/apps/new")
+#: Top-level keys GitHub reads from an App manifest.
+MANIFEST_KEYS = {"name", "url", "hook_attributes", "redirect_url", "callback_urls", "setup_url", "description",
+                 "public", "default_events", "default_permissions", "request_oauth_on_install", "setup_on_update"}
+#: The permission (any of) an App must ask for to subscribe to an event, for the events bots use.
+EVENT_PERMISSIONS = {
+    "check_run": ("checks",), "check_suite": ("checks",), "issue_comment": ("issues", "pull_requests"),
+    "issues": ("issues",), "pull_request": ("pull_requests",), "pull_request_review": ("pull_requests",),
+    "push": ("contents",), "deployment": ("deployments",), "deployment_status": ("deployments",),
+}
+#: A manifest's code works once, within an hour.
+MANIFEST_CODE_TTL = 3600
 
 #: The ``resource`` GitHub names in 422 errors, by operation.
 RESOURCES = {
@@ -490,6 +511,10 @@ class FakeGitHub:
     - ``reactions[comment_id]``: list of reaction contents, e.g. ``["eyes"]``
     - ``repos[full_name]``: :class:`Repo`; ``installations[id]``: :class:`Installation`
     - ``tokens_issued``: number of installation tokens created
+    - ``manifests``: every App manifest posted to the manifest flow's form
+      (``POST /settings/apps/new``, which redirects with a code at once), with
+      its ``org`` and ``state``; exchanging the code makes the fake that new App
+    - ``archive_links``: every short-lived source archive link handed out, in order
     - ``token_ttl_seconds``: lifetime of new installation tokens (3600)
     - ``down``: when True every request answers 503
     - ``clock``: ``time.time``; replace it to move the fake's time
@@ -525,7 +550,10 @@ class FakeGitHub:
         self.deployments: dict[int, dict] = {}
         self.reactions: dict[int, list[str]] = {}
         self.tokens_issued = 0
+        self.archive_links: list[str] = []
 
+        self.manifests: list[dict] = []  # every manifest posted to the form, with its org and state
+        self._manifest_codes: dict[str, tuple[dict, str | None, float]] = {}  # code -> manifest, org, expiry
         self._tokens: dict[str, Token] = {}
         self._faults: list[Fault] = []
         self._reaction_records: dict[int, list[dict]] = {}
@@ -536,7 +564,7 @@ class FakeGitHub:
         self._ratelimit_used: dict[str, int] = {}
         self._ids = {kind: itertools.count(base) for kind, base in (
             ("comment", 1_000_000_001), ("check_run", 2_000_000_001), ("deployment", 3_000_001),
-            ("status", 4_000_001), ("reaction", 5_000_001), ("suite", 6_000_001))}
+            ("status", 4_000_001), ("reaction", 5_000_001), ("suite", 6_000_001), ("app", 900_001))}
 
         self._server = None
         self._thread: threading.Thread | None = None
@@ -835,6 +863,11 @@ class FakeGitHub:
         request = Request(environ)
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
         raw_path = raw_uri.split("?", 1)[0]
+        form_path = MANIFEST_FORM_PATH.fullmatch(raw_path)
+        if form_path and request.method == "POST":
+            with self.lock:
+                answer = self._manifest_form(request, form_path.group("org"))
+            return answer(environ, start_response)
         with self.lock:
             status, body, headers = self._handle(request, raw_path)
         if status == DROPPED:
@@ -886,7 +919,7 @@ class FakeGitHub:
                        path=unquote(raw_path), raw_path=raw_path)
         if op.operation_id in APP_OPERATIONS:
             self._authenticate_app(request, ctx)
-        else:
+        elif op.operation_id not in UNAUTHENTICATED_OPERATIONS:
             self._authenticate_installation(request, ctx)
         handler = getattr(self, "_op_" + re.sub(r"\W", "_", op.operation_id))
         answer = handler(ctx)
@@ -1108,6 +1141,54 @@ class FakeGitHub:
 
     # ------------------------------------------------------------ app routes
 
+    def _manifest_form(self, request: Request, org: str | None) -> Response:
+        """GitHub's "Create GitHub App from manifest" page, with the person's click already made:
+        a valid manifest gets a one-time code and a redirect to its ``redirect_url`` with ``code``
+        and the form's ``state``; an invalid one a 422 page (and a violation)."""
+        try:
+            manifest = json.loads(request.form.get("manifest", ""))
+        except ValueError:
+            manifest = None
+        problems = _manifest_problems(manifest)
+        self.manifests.append({"manifest": manifest, "org": org, "state": request.args.get("state")})
+        self._version += 1
+        self._changed.notify_all()
+        if problems:
+            self.violations.append(f"POST {request.path}: invalid App manifest: {'; '.join(problems)}")
+            return Response("Invalid GitHub App configuration: " + "; ".join(problems), status=422,
+                            mimetype="text/plain")
+        code = secrets.token_hex(10)
+        self._manifest_codes[code] = (manifest, org, self.clock() + MANIFEST_CODE_TTL)
+        query = {"code": code, **({"state": request.args["state"]} if "state" in request.args else {})}
+        separator = "&" if "?" in manifest["redirect_url"] else "?"
+        return Response(status=302, headers={"Location": manifest["redirect_url"] + separator + urlencode(query)})
+
+    def _op_apps_create_from_manifest(self, ctx: _Context) -> tuple[int, Any]:
+        """Create the App the code stands for, once; the fake becomes that App (its id, slug and
+        a new key pair), so what the client saved can authenticate against the fake."""
+        manifest, org, expires_at = self._manifest_codes.pop(ctx.params["code"], (None, None, 0.0))
+        if manifest is None or expires_at <= self.clock():
+            raise _not_found(ctx.op.docs_url)  # normal: a code used twice or too late
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.app_id = next(self._ids["app"])
+        self.app_name = manifest.get("name") or f"app-{self.app_id}"
+        self.slug = re.sub(r"[^a-z0-9]+", "-", self.app_name.lower()).strip("-")
+        self.bot_login = f"{self.slug}[bot]"
+        self.client_id = "Iv23li" + _random_alnum(14)
+        self._public_key = key.public_key()
+        if org:
+            self.app_owner = org
+            self._account_types[org.lower()] = "Organization"
+        app = self._app_json()
+        app.update(description=manifest.get("description"), external_url=manifest["url"],
+                   permissions=dict(manifest.get("default_permissions", {})),
+                   events=list(manifest.get("default_events", [])))
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption()).decode()
+        hook_secret = manifest.get("hook_attributes", {}).get("secret")
+        return 201, {**app, "client_secret": secrets.token_hex(20),
+                     "webhook_secret": hook_secret or secrets.token_hex(20), "pem": pem}
+
     def _op_apps_get_authenticated(self, ctx: _Context) -> tuple[int, Any]:
         return 200, self._app_json()
 
@@ -1190,6 +1271,19 @@ class FakeGitHub:
             "content": "\n".join(encoded[i:i + 60] for i in range(0, len(encoded), 60)) + "\n",
             "_links": {"self": url, "git": git_url, "html": html_url},
         }
+
+    def _op_repos_download_tarball_archive(self, ctx: _Context) -> tuple[int, Any]:
+        """A 302 to a short-lived link of the commit's tarball, as GitHub answers: the link
+        carries a token of its own, never the installation token that asked for it. 404 for a
+        ref that does not exist."""
+        ref = ctx.params["ref"]
+        if self._resolve_ref(ctx.repo, ref) is None:
+            raise _not_found(ctx.op.docs_url)
+        link = f"{CODELOAD_URL}/{ctx.repo.full_name}/legacy.tar.gz/{ref}?token=short{_random_alnum(24)}"
+        self.archive_links.append(link)
+        ctx.headers.set("Content-Type", "text/html;charset=utf-8")
+        ctx.headers.set("Location", link)
+        return 302, None
 
     # ---------------------------------------------------------------- pulls
 
@@ -1722,6 +1816,31 @@ class _Context:
     credential: str = ""
     token: Token | None = None
     repo: Repo | None = None
+
+
+def _manifest_problems(manifest: Any) -> list[str]:
+    """What GitHub's manifest form would refuse in ``manifest`` (an empty list: nothing)."""
+    if not isinstance(manifest, dict):
+        return ["the manifest field must be a JSON object"]
+    problems = [f"unknown key {key!r}" for key in sorted(set(manifest) - MANIFEST_KEYS)]
+    url_fields = {"url": manifest.get("url"), "redirect_url": manifest.get("redirect_url"),
+                  "hook_attributes.url": (manifest.get("hook_attributes") or {}).get("url")}
+    for name, value in url_fields.items():
+        if not (isinstance(value, str) and re.match(r"https?://[^\s/]+", value)):
+            problems.append(f"{name} must be an http(s) URL, got {value!r}")
+    if not isinstance(manifest.get("public", False), bool):
+        problems.append("public must be a boolean")
+    permissions = manifest.get("default_permissions", {})
+    if not isinstance(permissions, dict) or any(v not in ("read", "write", "admin") for v in permissions.values()):
+        problems.append(f"default_permissions must map permissions to read, write or admin, got {permissions!r}")
+        permissions = {}
+    for event in manifest.get("default_events", []):
+        needed = EVENT_PERMISSIONS.get(event)
+        if needed is None:
+            problems.append(f"unknown event {event!r}")
+        elif not any(p in permissions for p in needed):
+            problems.append(f"event {event!r} needs the permission {' or '.join(needed)}")
+    return problems
 
 
 def _check_run_semantics(body: dict) -> list[dict]:

@@ -13,7 +13,7 @@ import http.client
 import json
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import gidgethub.apps
 import gidgethub.httpx
@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from tests import webhooks
-from tests.fakegithub import DROPPED, FakeGitHub, stable_id
+from tests.fakegithub import DROPPED, MANIFEST_FORM_PATH, FakeGitHub, stable_id
 
 APP_ID = 4242
 SHA = "a" * 40
@@ -557,10 +557,18 @@ def test_responses_match_githubs_openapi_schemas(fake, client, token, private_pe
     client.post("/app/installations/1/access_tokens", json={"repositories": ["app"]}, headers=bearer)
     fake.add_file("octo/app", ".github/preview.yml", "environments: {}\n")
     client.get("/repos/octo/app/contents/.github/preview.yml", params={"ref": "main"}, headers=auth(token))
+    # Last: trading a manifest's code makes the fake the new App.
+    manifest = {"name": "x", "url": "https://previewbot.example.test", "hook_attributes": {"url": "https://previewbot.example.test/hook"},
+                "redirect_url": "http://127.0.0.1:1/cb", "default_permissions": {"checks": "write"}}
+    form = client.post("/settings/apps/new?state=s", data={"manifest": json.dumps(manifest)})
+    code = parse_qs(urlsplit(form.headers["location"]).query)["code"][0]
+    client.post(f"/app-manifests/{code}/conversions")
 
     assert fake.violations == []
     checked = set()
     for call in fake.calls:
+        if MANIFEST_FORM_PATH.fullmatch(call.path):
+            continue  # GitHub's web page, not its REST API
         assert 200 <= call.status < 300, str(call)
         op, _ = fake.spec.find(call.method, call.path)
         validator = op.response_validator(call.status)
@@ -569,7 +577,9 @@ def test_responses_match_githubs_openapi_schemas(fake, client, token, private_pe
                     if not _known_spec_quirk(op.template, e)]
         assert problems == [], f"{call}:\n" + "\n".join(problems[:20])
         checked.add((op.method, op.template))
-    assert len(checked) == len(fake.spec.operations) == 21
+    # Every operation with a JSON answer (the tarball's is a redirect, tested on its own).
+    answering = {(op.method, op.template) for op in fake.spec.operations if any(s.startswith("2") for s in op.responses)}
+    assert checked == answering and len(answering) == len(fake.spec.operations) - 1 == 22
 
 
 def _known_spec_quirk(template: str, error) -> bool:
@@ -800,3 +810,52 @@ def test_a_fault_after_performing_waits_for_a_call_the_endpoint_accepts(fake, cl
                for _ in range(3)]
     assert answers == [502, 502, 201]
     assert len(fake.deployments) == 3 and fake.violations == []
+
+
+# --------------------------------------------------------------------------
+# Source archives
+# --------------------------------------------------------------------------
+
+
+def test_the_tarball_endpoint_redirects_to_a_short_lived_link_never_the_token(fake, client, token):
+    """What the ec2 provisioner's VM gets is this link, so it must carry no installation token."""
+    by_sha = client.get(f"/repos/octo/app/tarball/{SHA}", headers=auth(token))
+    by_branch = client.get("/repos/octo/app/tarball/feature", headers=auth(token))
+    assert (by_sha.status_code, by_branch.status_code) == (302, 302)
+    assert by_sha.content == b"" and by_sha.headers["location"] != by_branch.headers["location"]
+    assert by_sha.headers["location"].startswith(f"https://codeload.example/octo/app/legacy.tar.gz/{SHA}?token=short")
+    assert by_branch.headers["location"].startswith("https://codeload.example/octo/app/legacy.tar.gz/feature?token=")
+    assert fake.archive_links == [by_sha.headers["location"], by_branch.headers["location"]]
+    assert not any(token in link for link in fake.archive_links)
+    # A commit the repository does not have is GitHub's 404, which a correct client can meet.
+    assert client.get(f"/repos/octo/app/tarball/{'c' * 40}", headers=auth(token)).status_code == 404
+    assert fake.violations == [] and len(fake.archive_links) == 2
+
+
+def test_the_tarball_endpoint_needs_an_installation_token_with_contents_read(fake, client, private_pem):
+    assert client.get(f"/repos/octo/app/tarball/{SHA}").status_code == 401
+    no_contents = get_token(client, private_pem, permissions={"pull_requests": "read"})
+    refused = client.get(f"/repos/octo/app/tarball/{SHA}", headers=auth(no_contents))
+    assert refused.status_code == 403 and "contents:read" in fake.violations[-1]
+    bearer = {"Authorization": f"Bearer {make_jwt(private_pem)}"}
+    assert client.get(f"/repos/octo/app/tarball/{SHA}", headers=bearer).status_code == 401
+    assert fake.archive_links == []
+
+
+def test_gidgethub_meets_the_tarball_redirect_with_its_location(fake, private_pem):
+    """The bot asks through gidgethub, which does not follow redirects: the link is in the
+    RedirectionException's headers."""
+
+    async def scenario() -> gidgethub.RedirectionException:
+        async with httpx.AsyncClient() as http:
+            app = gidgethub.httpx.GitHubAPI(http, "test", base_url=fake.url)
+            access = await gidgethub.apps.get_installation_access_token(
+                app, installation_id="1", app_id=str(APP_ID), private_key=private_pem.decode())
+            gh = gidgethub.httpx.GitHubAPI(http, "test", oauth_token=access["token"], base_url=fake.url)
+            with pytest.raises(gidgethub.RedirectionException) as redirected:
+                await gh.getitem("/repos/{owner}/{repo}/tarball/{ref}", {"owner": "octo", "repo": "app", "ref": SHA})
+            return redirected.value
+
+    redirect = asyncio.run(scenario())
+    assert redirect.status_code == 302 and [redirect.headers["location"]] == fake.archive_links
+    assert fake.violations == []
