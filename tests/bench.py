@@ -46,6 +46,13 @@
    are deployed one after another (their command prints a URL at once): POST -> `deployed` on a
    /ws feed, compared with the same deploys before the flood. Last, the log's Redis stream
    length (capped at LOG_STREAM_MAXLEN).
+8. ec2 (`--only ec2`; not part of the default run): previewbot's own time around the `ec2`
+   provisioner. moto in server mode, behind a forwarding proxy that notes when each AWS call
+   arrives and when its answer leaves; a fake Price List API; 1 web (2 gevent workers), 1
+   worker, loopback preview URLs and no health check. Sequential deploys of distinct pull
+   requests through the REST API: the POST -> the first AWS call (previewbot before the
+   provisioner's work in AWS), and the last AWS answer -> `deployed` on a /ws feed (after it).
+   Their sum is previewbot's overhead; boto3's own time on the first and last call counts in it.
 
 The websockets scenario needs the `websockets` package (the `test` extras).
 
@@ -77,9 +84,12 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import parse_qs
 
+import boto3
 import httpx
 import redis
 from cryptography.hazmat.primitives import serialization
@@ -88,6 +98,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bot.embedded_redis import EmbeddedRedis, free_port, redis_executable
 
 from . import webhooks
+from .awsfakes import CREDENTIALS, FakePricing, MotoServer
 from .bench_load import (
     FeedListener,
     MachineMonitor,
@@ -166,6 +177,10 @@ LOG_LINES = 100_000
 LOG_OTHER_DEPLOYS = 40
 LOG_TIMEOUT = 600
 
+# 8. The ec2 provisioner against moto.
+EC2_DEPLOYS = 30
+EC2_WARMUP = 3
+
 GOALS = {
     "deploy_p50_ms": 20,
     "webhook_p99_ms": 50,
@@ -176,6 +191,7 @@ GOALS = {
     "burst_eyes_s": 2.0,
     "log_lag_p99_ms": 500,
     "log_update_delay_ms": 100,
+    "ec2_overhead_p50_ms": 50,
 }
 
 
@@ -1345,6 +1361,119 @@ def bench_logs(ctx: Context) -> dict:
         bot.stop()
 
 
+# -- 8. around the ec2 provisioner ----------------------------------------------------------------
+
+
+class TimedAWS:
+    """A forwarding proxy in front of moto that notes, per AWS call, when it arrived and when its
+    answer left: where the provisioner's time in AWS begins and ends, as AWS sees it."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.calls: list[tuple[str, float, float]] = []  # (action, arrived, answered)
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Forward(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                arrived = time.perf_counter()
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                response = httpx.post(proxy.target + self.path, content=body, headers=headers, timeout=30)
+                self.send_response(response.status_code)
+                self.send_header("Content-Type", response.headers.get("content-type", "text/xml"))
+                self.send_header("Content-Length", str(len(response.content)))
+                self.end_headers()
+                self.wfile.write(response.content)
+                action = parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+                with proxy.lock:
+                    proxy.calls.append((action, arrived, time.perf_counter()))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def between(self, start: float, end: float) -> list[tuple[str, float, float]]:
+        with self.lock:
+            return [call for call in self.calls if start <= call[1] and call[2] <= end]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def bench_ec2(ctx: Context) -> dict:
+    directory = ctx.directory("ec2")
+    moto = MotoServer(directory).start()
+    proxy = TimedAWS(moto.url)
+    pricing = FakePricing({("t3.small", CREDENTIALS["AWS_REGION"]): "0.0208"})
+    bot = feed = client = None
+    try:
+        ec2 = boto3.client("ec2", endpoint_url=moto.url, region_name=CREDENTIALS["AWS_REGION"],
+                           aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        bot = Bot(directory, ctx.redis_url, {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL": proxy.url,
+            "AWS_ENDPOINT_URL_PRICING": pricing.url,
+            "AWS_CONFIG_FILE": str(directory / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(directory / "none"),
+            "PREVIEW_PROVISIONER": "ec2",
+            "PREVIEW_EC2_AMI": ami,
+            # Loopback and never requested (no PREVIEW_HEALTH_PATH): moto's addresses are not real.
+            "PREVIEW_URL_TEMPLATE": "http://127.0.0.1:9/{environment}-{pr}/",
+            "PREVIEW_API_RATE_LIMIT": "100000",
+        })
+        bot.start_worker(1).start_web(workers=2)
+        wait_workers(ctx.redis_url, 1)
+        feed = FeedListener(bot.ws_url())
+        client = httpx.Client(base_url=bot.url, headers=auth(bot), timeout=10)
+        before, after, overhead, in_aws, totals, calls = [], [], [], [], [], []
+        for i in range(EC2_WARMUP + EC2_DEPLOYS):
+            pr = i + 1
+            started = time.perf_counter()
+            response = client.post(f"/api/repos/{LOCAL_REPO}/pull-requests/{pr}/deploy", json={"branchName": f"bench/ec2-{pr}"})
+            if response.status_code != 202:
+                raise RuntimeError(f"deploy #{pr} answered {response.status_code}: {response.text}")
+            deployment_id = response.json()["deploymentId"]
+            deployed = feed.arrival(deployment_id, "deployed", timeout=60)
+            if i < EC2_WARMUP:
+                continue
+            aws = proxy.between(started, deployed)
+            if not aws:
+                raise RuntimeError(f"deploy #{pr} made no AWS call")
+            first, last = min(call[1] for call in aws), max(call[2] for call in aws)
+            before.append(first - started)
+            after.append(deployed - last)
+            overhead.append((first - started) + (deployed - last))
+            in_aws.append(last - first)
+            totals.append(deployed - started)
+            calls.append(len(aws))
+        return {
+            "setup": f"moto server behind a timing proxy, fake Price List API; 1 web (2 gevent workers), 1 worker; "
+            f"{EC2_DEPLOYS} sequential deploys after {EC2_WARMUP} warm-up; no health check",
+            "overhead": summary_ms(overhead),
+            "post_to_first_aws_call": summary_ms(before),
+            "last_aws_answer_to_deployed": summary_ms(after),
+            "first_to_last_aws_call": summary_ms(in_aws),
+            "post_to_deployed": summary_ms(totals),
+            "aws_calls_per_deploy": dict(Counter(calls)),
+            "samples_ms": [round(x * 1000, 2) for x in overhead],
+        }
+    finally:
+        for closable in (client, feed):
+            if closable:
+                closable.close()
+        if bot:
+            bot.stop()
+        pricing.stop()
+        proxy.stop()
+        moto.stop()
+
+
 def environment() -> dict:
     versions = {}
     for package in ("flask", "gunicorn", "rq", "redis", "gidgethub", "httpx", "sqlite-utils", "flask-sock"):
@@ -1477,6 +1606,13 @@ def goal_rows(results: dict) -> list[dict]:
             f"{logs['update_delay_p99_ms']:.0f} ms (p50 {logs['update_delay_p50_ms']:.0f} ms)",
             f"< {GOALS['log_update_delay_ms']} ms", verdict(logs["update_delay_p99_ms"], GOALS["log_update_delay_ms"]))
         add("", "log's Redis stream length", str(logs["redis_stream_length"]), "", "")
+    ec2 = results.get("ec2", {})
+    if "overhead" in ec2:
+        o, b, a, t = ec2["overhead"], ec2["post_to_first_aws_call"], ec2["last_aws_answer_to_deployed"], ec2["post_to_deployed"]
+        add("8 around the ec2 provisioner", "previewbot's own time p50 / p90 / p99", f"{o['p50_ms']:.1f} / {o['p90_ms']:.1f} / {o['p99_ms']:.1f} ms",
+            f"p50 < {GOALS['ec2_overhead_p50_ms']} ms", verdict(o["p50_ms"], GOALS["ec2_overhead_p50_ms"]))
+        add("", "POST -> first AWS call / last AWS answer -> deployed, p50", f"{b['p50_ms']:.1f} / {a['p50_ms']:.1f} ms", "", "")
+        add("", "POST -> deployed on /ws p50 (AWS included)", f"{t['p50_ms']:.0f} ms", "", "")
     for name, result in results.items():
         machine = result.get("machine")
         if machine:
@@ -1510,9 +1646,10 @@ SCENARIOS = {
     "websockets": ("websockets", bench_websockets),
     "burst": ("burst", bench_burst),
     "logs": ("logs", bench_logs),
+    "ec2": ("ec2", bench_ec2),
 }
-# Run only when asked for (`--only logs`), so the default run stays as it was.
-OPT_IN = {"logs"}
+# Run only when asked for (`--only logs`, `--only ec2`), so the default run stays as it was.
+OPT_IN = {"logs", "ec2"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,16 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import boto3
 import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 from bot import state  # noqa: E402
-from bot.model import PreviewKey  # noqa: E402
+from bot.model import Deployment, PreviewKey, Resource  # noqa: E402
 
+from .awsfakes import CREDENTIALS, MotoServer  # noqa: E402
 from .harness import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -1107,3 +1109,77 @@ def test_the_log_page_without_a_sign_in_or_for_an_unknown_deployment(make_bot, p
     page.goto(f"{bot.url}/deployments/{'0' * 32}/logs")
     expect(page.locator("#notice")).to_have_text("No such deployment, or not one this sign-in may see.")
     expect(page.locator(".log-line")).to_have_count(0)
+
+
+# -- what a deployment runs on, and its price ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+def test_a_deployed_card_shows_its_ec2_instance_and_hourly_cost(make_bot, page, output_dir, moto):
+    """The ec2 provisioner against moto: the list gives the resources and price once the deploy
+    ends (the WebSocket message does not carry them). The preview URL is loopback and never
+    requested, so moto's public addresses are never contacted."""
+    moto.reset()
+    ec2 = boto3.client("ec2", endpoint_url=moto.url, region_name=CREDENTIALS["AWS_REGION"], aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    bot = make_bot({
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ENDPOINT_URL_PRICING": "http://127.0.0.1:9",  # unreachable: PREVIEW_HOURLY_COST applies
+        "PREVIEW_PROVISIONER": "ec2",
+        "PREVIEW_EC2_AMI": ami,
+        "PREVIEW_HOURLY_COST": "0.0208",
+        "PREVIEW_URL_TEMPLATE": "http://127.0.0.1:9/{environment}-{pr}/",
+    }).start()
+    seed(bot, "acme/shop", 70, "feat/vm", "Runs on a VM", "octocat")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 70)
+    expect(item.locator(".deployment-details")).to_be_hidden()
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/vm").click()
+    expect(badge(page, "acme/shop", 70)).to_have_text("Deployed", timeout=30_000)
+
+    [instance] = bot.deployment("acme/shop", 70).json()["resources"]
+    assert instance["kind"] == "ec2:instance" and instance["id"].startswith("i-")
+    expect(item.locator(".resource")).to_have_text([f"ec2:instance {instance['id']} t3.small us-east-1"])
+    expect(item.locator(".hourly-cost")).to_have_text("$0.0208 an hour")
+    page.screenshot(path=output_dir / "ec2-deployed.png")
+
+    # Torn down: nothing runs, so nothing is shown.
+    with bot.client() as client:
+        assert client.delete("/api/repos/acme/shop/pull-requests/70/deployment").status_code == 202
+    expect(badge(page, "acme/shop", 70)).to_have_text("Idle", timeout=30_000)
+    expect(item.locator(".deployment-details")).to_be_hidden()
+
+
+def test_an_environments_row_shows_its_resources_and_cost_as_text(make_bot, page, output_dir):
+    """Seeded through the Store like a recorded event: what a provisioner reports is untrusted
+    text, so markup in it stays text (an alert() would fail the test)."""
+    bot = make_bot({"PREVIEW_ENVIRONMENTS": "preview,staging"}).start()
+    seed(bot, "acme/shop", 71, "feat/big", "Needs a big VM", "octocat")
+    hostile = '<img src=x onerror=alert(1)>'
+    staging = Deployment.new(repository="acme/shop", pr_number=71, branch_name="feat/big", environment="staging").changed(
+        status="deployed",
+        preview_url="https://staging-71.shop.example.com",
+        resources=(Resource(kind="ec2:instance", id="i-0abc1234def567890", type="t3.large", region="eu-west-1"), Resource(kind=hostile, id="x")),
+        hourly_cost=0.0944,
+    )
+    bot.store.record_deployment(staging, "1-0")
+
+    open_dashboard(page, bot)
+    row = card(page, "acme/shop", 71).locator('li.env[data-environment="staging"]')
+    expect(row.locator(".env-status")).to_have_text("Deployed")
+    expect(row.locator(".resource")).to_have_text(["ec2:instance i-0abc1234def567890 t3.large eu-west-1", f"{hostile} x"])
+    expect(row.locator(".hourly-cost")).to_have_text("$0.0944 an hour")
+    assert row.locator("img").count() == 0
+    preview = card(page, "acme/shop", 71).locator('li.env[data-environment="preview"]')
+    expect(preview.locator(".deployment-details")).to_be_hidden()
+    page.screenshot(path=output_dir / "row-resources.png")

@@ -19,8 +19,11 @@ from worker.provisioners import LOCK_LOST, ProvisionError, ProvisionRequest, Tag
 from worker.provisioners.ec2 import on_demand_price
 from worker.reconcile import is_orphan
 
+from . import webhooks
 from .awsfakes import CREDENTIALS, FakePricing, FaultProxy, MotoServer, price_document
 from .harness import wait_for
+from .test_github_e2e import INSTALLATION, REPO, SHA1, comment, deployments, send
+from .test_github_e2e import fake, private_key_pem, start_bot  # noqa: F401  (fixtures)
 
 SHORT_LINK = "https://codeload.example.test/octo/app/legacy.tar.gz/abc?token=SHORTLIVED123"
 PRICE = "0.0208"
@@ -358,3 +361,44 @@ def test_the_reconciler_terminates_tagged_instances_no_live_deployment_owns(make
     wait_for(lambda: state_of(aws, orphan) == "terminated", timeout=60, message="the orphan to be terminated")
     assert state_of(aws, live["InstanceId"]) == "running"
     assert "removing orphaned ec2 resources" in bot.log_text()
+
+
+@pytest.mark.slow
+def test_in_github_mode_the_vm_gets_a_short_lived_source_link_and_closing_the_pr_terminates_it(start_bot, fake, moto, aws, ami):
+    """A `/preview` comment launches the instance with GitHub's short-lived archive link in its
+    user data, never an installation token; closing the pull request terminates it. Preview URLs
+    are loopback and never requested (no health check): moto's public addresses stay untouched."""
+    bot = start_bot({
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ENDPOINT_URL_PRICING": "http://127.0.0.1:9",  # unreachable: PREVIEW_HOURLY_COST applies
+        "PREVIEW_PROVISIONER": "ec2",
+        "PREVIEW_EC2_AMI": ami,
+        "PREVIEW_HOURLY_COST": "0.03",
+        "PREVIEW_URL_TEMPLATE": "http://127.0.0.1:9/{environment}-{pr}/",
+    })
+    send(bot, "issue_comment", comment(fake))
+    deployed = bot.wait_status(REPO, 1, "deployed", timeout=60)
+
+    [instance] = instances(aws, "running")
+    assert tags_of(instance) == {
+        "previewbot:repository": REPO, "previewbot:pr": "1", "previewbot:environment": "preview",
+        "previewbot:deployment": deployed["id"], "previewbot:branch": "feat/login", "Name": f"previewbot {REPO}#1 preview",
+    }
+    assert deployed["previewUrl"] == "http://127.0.0.1:9/preview-1/" and deployed["hourlyCost"] == 0.03
+    assert deployed["resources"] == [{"kind": "ec2:instance", "id": instance["InstanceId"], "type": "t3.small", "region": "us-east-1"}]
+    user_data = base64.b64decode(aws.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]).decode()
+    [link] = fake.archive_links
+    assert link.startswith(f"https://codeload.example/{REPO}/legacy.tar.gz/{SHA1}?token=")
+    assert f"source_url={shlex.quote(link)}" in user_data
+    tokens = {c.headers["authorization"].split()[-1] for c in fake.calls if c.headers.get("authorization", "").startswith("token ")}
+    assert tokens and not any(token in user_data for token in tokens)
+    fake.wait_for(lambda: deployments(fake) and deployments(fake)[0]["statuses"][-1]["state"] == "success", message="deployment success")
+    assert deployments(fake)[0]["statuses"][-1]["environment_url"] == "http://127.0.0.1:9/preview-1/"
+
+    fake.update_pull(REPO, 1, state="closed")
+    send(bot, "pull_request", webhooks.pull_request("closed", REPO, 1, "feat/login", SHA1, installation_id=INSTALLATION))
+    fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", timeout=60, message="deployment inactive")
+    assert state_of(aws, instance["InstanceId"]) == "terminated"
+    assert [s["state"] for s in deployments(fake)[0]["statuses"]] == ["in_progress", "success", "inactive"]
+    wait_for(lambda: bot.deployment(REPO, 1).status_code == 404, message="the environment idle")

@@ -126,6 +126,27 @@
     return Math.floor(minutes / 60) + "h " + (minutes % 60) + "m";
   }
 
+  /* What a deployment runs on, from the API's `resources`: only well-formed entries, as text
+   * such as "ec2:instance i-0abc… t3.small eu-west-1". */
+  function resourcesOf(list) {
+    if (!Array.isArray(list)) return [];
+    return list.filter(function (r) {
+      return r && typeof r.kind === "string" && typeof r.id === "string";
+    }).map(function (r) {
+      return [r.kind, r.id, r.type, r.region].filter(function (part) { return typeof part === "string" && part; }).join(" ");
+    });
+  }
+
+  function hourlyCostOf(value) {
+    return typeof value === "number" && isFinite(value) && value >= 0 ? value : null;
+  }
+
+  var usd = window.Intl ? new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumSignificantDigits: 3 }) : null;
+
+  function formatHourlyCost(value) {
+    return (usd ? usd.format(value) : "$" + value) + " an hour";
+  }
+
   var relative = window.Intl && Intl.RelativeTimeFormat ? new Intl.RelativeTimeFormat("en", { numeric: "auto" }) : null;
 
   function ago(iso) {
@@ -240,7 +261,7 @@
   // state and buttons.
 
   function deploymentOf(d, status) {
-    if (!d) return { deploymentId: null, status: status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null };
+    if (!d) return { deploymentId: null, status: status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null, resources: [], hourlyCost: null };
     return {
       deploymentId: d.id || d.deploymentId || null,
       status: d.status || status || "idle",
@@ -250,6 +271,9 @@
       updatedAt: d.updatedAt || d.createdAt || "",
       // The list gives the record's own status beside the environment's state.
       outcome: d.outcome || d.recordStatus || null,
+      // Only the list carries them; WebSocket messages and action answers leave them undefined.
+      resources: resourcesOf(d.resources),
+      hourlyCost: hourlyCostOf(d.hourlyCost),
     };
   }
 
@@ -282,8 +306,17 @@
       return false;
     }
     var sameDeployment = next.deploymentId && next.deploymentId === env.deploymentId;
+    var previousStatus = env.status;
     env.deploymentId = next.deploymentId || env.deploymentId;
     env.status = next.status in STATUS_LABEL ? next.status : "idle";
+    if (Array.isArray(next.resources)) {
+      env.resources = next.resources;
+      env.hourlyCost = next.hourlyCost;
+    } else if (!sameDeployment || env.status !== previousStatus) {
+      // Unknown until the list says (a deploy records them when it ends).
+      env.resources = null;
+      env.hourlyCost = null;
+    }
     env.previewUrl = env.status === "deployed" ? next.previewUrl || (sameDeployment ? env.previewUrl : null) : null;
     env.error = env.status === "failed" ? next.error || "The deploy failed without an error message." : null;
     env.outcome = env.status === "idle" && Object.prototype.hasOwnProperty.call(OUTCOME_LABEL, next.outcome) ? next.outcome : null;
@@ -308,6 +341,8 @@
       outcome: null,
       startedAt: null,
       updatedAt: "",
+      resources: null, // what the deployment runs on, as text; null until the list says
+      hourlyCost: null, // USD an hour, when known
       expanded: false, // the classic card's Preview panel
       pending: false, // the deploy request is on its way
       cancelPending: false, // the cancel request is on its way
@@ -464,6 +499,8 @@
     n.failed.appendChild(n.error);
     [n.idle, n.deploying, n.deployed, n.failed].forEach(function (node) { status.appendChild(node); });
     n.single.appendChild(status);
+    n.details = buildDetails();
+    n.single.appendChild(n.details.root);
 
     n.message = el("p", "card-message");
     n.message.setAttribute("role", "status");
@@ -593,6 +630,8 @@
     r.idleText = el("span", "idle-text");
     r.idle.appendChild(r.idleText);
     [r.deployed, r.failed, r.idle].forEach(function (node) { r.root.appendChild(node); });
+    r.details = buildDetails();
+    r.root.appendChild(r.details.root);
 
     r.message = el("p", "card-message env-message");
     r.message.setAttribute("role", "status");
@@ -680,6 +719,7 @@
       n.link.removeAttribute("href");
     }
     n.error.textContent = env.error || "";
+    updateDetails(n.details, env);
 
     n.message.textContent = env.message || "";
     n.message.dataset.kind = env.messageKind || "";
@@ -754,6 +794,7 @@
     }
     r.failed.hidden = status !== "failed";
     r.error.textContent = env.error || "";
+    updateDetails(r.details, env);
     r.idle.hidden = status !== "idle" || !env.outcome;
     r.outcome.textContent = env.outcome ? OUTCOME_LABEL[env.outcome] : "";
     r.outcome.dataset.outcome = env.outcome || "";
@@ -799,6 +840,28 @@
         }
       }
     }
+  }
+
+  /* A deployed environment's resources and hourly cost, when the API gave them. */
+  function buildDetails() {
+    var d = { root: el("div", "deployment-details"), resources: el("ul", "resources"), cost: el("p", "hourly-cost"), shown: "" };
+    d.root.appendChild(d.resources);
+    d.root.appendChild(d.cost);
+    return d;
+  }
+
+  function updateDetails(details, env) {
+    var deployed = env.status === "deployed";
+    var resources = deployed && env.resources ? env.resources : [];
+    var cost = deployed ? env.hourlyCost : null;
+    var shown = JSON.stringify([resources, cost]);
+    if (shown === details.shown) return;
+    details.shown = shown;
+    details.resources.replaceChildren.apply(details.resources, resources.map(function (text) { return el("li", "resource", text); }));
+    details.resources.hidden = !resources.length;
+    details.cost.textContent = cost === null ? "" : formatHourlyCost(cost);
+    details.cost.hidden = cost === null;
+    details.root.hidden = !resources.length && cost === null;
   }
 
   function updateElapsed(card, env) {
@@ -1257,7 +1320,9 @@
     return cost < 0.01 && cost > 0 ? "< $0.01" : "$" + cost.toFixed(2);
   }
 
-  /* Rebuilt from the records each time (a page is small); text only. */
+  /* Built from the records each time (a page is small), text only, and put in place only when
+   * it differs: an update of something else (the list refetched) keeps the entries, a focused
+   * link among them included. */
   function renderHistory(list, items) {
     var fragment = document.createDocumentFragment();
     items.forEach(function (d) {
@@ -1303,7 +1368,10 @@
       }
       fragment.appendChild(item);
     });
-    list.replaceChildren(fragment);
+    var shown = list.children;
+    var same = shown.length === fragment.children.length &&
+      Array.prototype.every.call(fragment.children, function (node, i) { return node.isEqualNode(shown[i]); });
+    if (!same) list.replaceChildren(fragment);
   }
 
   // -- live updates over the WebSocket ------------------------------------------------------
@@ -1470,6 +1538,8 @@
     }
     if (message.branchName) card.branchName = message.branchName;
     if (env.messageKind === "info") env.message = "";
+    // Messages carry no resources nor cost: the list has those of a deployment that just ended.
+    if (env.status === "deployed" && env.resources === null) scheduleRefetch();
     updateCard(card);
     announce(describe(card, env));
     ensureTicking();
