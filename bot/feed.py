@@ -31,6 +31,7 @@ from typing import Callable
 from datetime import datetime, timezone
 
 import redis
+from wsproto.frame_protocol import FrameProtocol
 
 from . import queue as job_queue
 from .livelogs import LogFollowers, log_entries, read_followed_logs
@@ -98,7 +99,8 @@ class Subscriber:
     environment: str | None = None
     allowed: list[str] | None = None  # None: every repository
     token_name: str | None = None
-    # Messages as the text sent on the wire, or CLOSED / REVOKED.
+    # What the sender writes: updates as framed bytes (Hub.publish), other messages as text, or
+    # CLOSED / REVOKED / LOGS_READY / a log request.
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
     # Deployment id -> the last seq of its log sent, for each log the client follows.
@@ -122,6 +124,13 @@ class Subscriber:
         return not self.pr_number or message["prNumber"] == self.pr_number
 
 
+def text_frame(text: str) -> bytes:
+    """A WebSocket text frame as a server sends it (wsproto's own encoding): unmasked and, with
+    permessage-deflate declined, the same bytes for every client, so an update is framed once
+    and each client's sender only writes it."""
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(text, fin=True))
+
+
 class Hub:
     """The WebSocket clients of this process."""
 
@@ -143,11 +152,11 @@ class Hub:
     def publish(self, message: dict) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
-        text = None  # encoded once, for the first client that wants it
+        frame = None  # encoded once, for the first client that wants it
         for subscriber in subscribers:
             if subscriber.wants(message):
-                text = text or json.dumps(message)
-                self._put(subscriber, text)
+                frame = frame or text_frame(json.dumps(message))
+                self._put(subscriber, frame)
 
     def close_refused(self, accepted: Callable[[set[str]], set[str]]) -> None:
         """Close the connections whose token `accepted` (names in, names still valid out) no

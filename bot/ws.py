@@ -107,6 +107,8 @@ def feed(ws):
                     _send_logs(ws, svc, subscriber)
                 elif isinstance(message, LogRequest):
                     _follow(ws, svc, subscriber, message)
+                elif isinstance(message, bytes):
+                    ws.sock.sendall(message)  # an update, framed once for every client (Hub.publish)
                 else:
                     ws.send(message)
             except (redis.RedisError, sqlite3.Error) as exc:
@@ -115,8 +117,8 @@ def feed(ws):
                 svc.hub.logs.unfollow(subscriber)
                 subscriber.log_cursors.clear()
                 ws.send(_error("Logs are unavailable right now (Redis or SQLite); subscribe again shortly"))
-    except ConnectionClosed:
-        pass
+    except (ConnectionClosed, OSError):
+        pass  # the client left (a frame written to its closed socket fails with OSError)
     finally:
         svc.hub.unsubscribe(subscriber)
 

@@ -4,7 +4,18 @@ the others are not slowed; a client whose token is no longer accepted is closed.
 import json
 import queue
 
+from wsproto.frame_protocol import FrameProtocol
+
 from bot.feed import REVOKED, Hub, Subscriber
+
+
+def received(frame: bytes) -> dict:
+    """The message a client reads from one frame the hub queued."""
+    client = FrameProtocol(client=True, extensions=[])
+    client.receive_bytes(frame)
+    (only,) = list(client.received_frames())
+    assert only.frame_finished and only.message_finished
+    return json.loads(only.payload)
 
 
 def update(n: int) -> dict:
@@ -19,17 +30,17 @@ def test_a_client_that_cannot_keep_up_is_dropped_once_and_the_others_get_everyth
     for n in range(10):
         hub.publish(update(n))
     assert dropped == ["slow"] and slow.overflowed
-    assert [json.loads(fast.messages.get_nowait())["n"] for _ in range(10)] == list(range(10))
+    assert [received(fast.messages.get_nowait())["n"] for _ in range(10)] == list(range(10))
     assert slow.messages.qsize() == 3  # bounded: what it could not take was never kept
 
 
-def test_an_update_is_encoded_once_for_all_the_clients_that_want_it():
+def test_an_update_is_encoded_and_framed_once_for_all_the_clients_that_want_it():
     hub = Hub()
     clients = [hub.subscribe(Subscriber()) for _ in range(3)]
     other = hub.subscribe(Subscriber(repository="octo/other"))
     hub.publish(update(1))
-    texts = [c.messages.get_nowait() for c in clients]
-    assert all(t is texts[0] for t in texts) and json.loads(texts[0])["n"] == 1
+    frames = [c.messages.get_nowait() for c in clients]
+    assert isinstance(frames[0], bytes) and all(f is frames[0] for f in frames) and received(frames[0])["n"] == 1
     assert other.messages.empty()
 
 
@@ -47,5 +58,5 @@ def test_clients_of_a_token_no_longer_accepted_are_closed_and_the_others_stay():
     assert asked == [{"ci", "session-1"}]
     assert gone.messages.get_nowait() is REVOKED and kept.messages.empty()
     hub.publish(update(2))
-    assert gone.messages.empty() and json.loads(kept.messages.get_nowait())["n"] == 2
+    assert gone.messages.empty() and received(kept.messages.get_nowait())["n"] == 2
     assert len(hub) == 1
