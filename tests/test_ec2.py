@@ -23,7 +23,6 @@ from . import webhooks
 from .awsfakes import CREDENTIALS, FakePricing, FaultProxy, MotoServer, price_document
 from .harness import wait_for
 from .test_github_e2e import INSTALLATION, REPO, SHA1, comment, deployments, send
-from .test_github_e2e import fake, private_key_pem, start_bot  # noqa: F401  (fixtures)
 
 SHORT_LINK = "https://codeload.example.test/octo/app/legacy.tar.gz/abc?token=SHORTLIVED123"
 PRICE = "0.0208"

@@ -11,8 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -20,53 +18,12 @@ from bot import state
 from bot.model import PreviewKey
 
 from . import webhooks
-from .fakegithub import FakeGitHub
+from .github_app import APP_ID, INSTALLATION, REPO, SECRET, SHA1, SHA2, SHA3
 from .harness import wait_for
 
 pytestmark = pytest.mark.slow
 
-APP_ID = 4242
-INSTALLATION = 77
-SECRET = "webhook-secret-for-tests"
-REPO = "octo/app"
 OTHER = "octo/docs"
-SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
-
-
-@pytest.fixture(scope="session")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
-
-
-@pytest.fixture
-def fake(private_key_pem):
-    with FakeGitHub(APP_ID, private_key_pem) as github:
-        github.add_installation(INSTALLATION, "octo")
-        github.add_repo(REPO, INSTALLATION)
-        github.add_pull(REPO, 1, "feat/login", SHA1)
-        github.set_permission(REPO, "alice", "write")
-        github.set_permission(REPO, "mona", "maintain")
-        github.set_permission(REPO, "eve", "read")
-        yield github
-        assert github.violations == [], github.violations
-
-
-@pytest.fixture
-def start_bot(make_bot, fake, private_key_pem):
-    def start(env: dict | None = None, workers: int = 1):
-        bot = make_bot(
-            {
-                "APP_ID": str(APP_ID),
-                "PRIVATE_KEY": private_key_pem,
-                "WEBHOOK_SECRET": SECRET,
-                "GITHUB_API_URL": fake.url,
-                **(env or {}),
-            }
-        )
-        return bot.start(workers=workers)
-
-    return start
 
 
 def send(bot, event, payload, delivery_id=None, secret=SECRET):

@@ -42,22 +42,8 @@ from worker.reporting import CHECK_RUNS, COMMENTS, GH_DEPLOYMENTS, GitHubReporte
 
 from . import webhooks
 from .fakegithub import DROPPED, FakeGitHub
-from .test_github_e2e import (  # noqa: F401 - fixtures and helpers of the end-to-end tests
-    APP_ID,
-    INSTALLATION,
-    REPO,
-    SECRET,
-    SHA1,
-    bot_comments,
-    check_runs,
-    comment,
-    deployed_on_github,
-    deployments,
-    fake,
-    private_key_pem,
-    send,
-    start_bot,
-)
+from .github_app import APP_ID, INSTALLATION, REPO, SECRET, SHA1
+from .test_github_e2e import bot_comments, check_runs, comment, deployed_on_github, deployments, send
 
 COMMENTS_OF_PR = f"/repos/{REPO}/issues/1/comments"
 

@@ -8,8 +8,6 @@ import json
 import sys
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot import state
 
@@ -30,12 +28,6 @@ CLOUD_TOKEN = "cloud-token-3b9d0e71a4"
 BRANCH = "@org/team/fixes-#1/www.evil.test"
 HOSTILE = "@org/team fixes #1 [x](https://evil.test) https://evil.test"
 EVIL_URL = "https://evil.test/preview"
-
-
-@pytest.fixture(scope="module")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from .fakegithub import FakeGitHub
 from .harness import wait_for
 from .test_fakegithub import auth, make_jwt
 from .test_github_e2e import APP_ID, INSTALLATION, REPO, SHA1, SHA2, bot_comments, check_runs, comment, deployments, send
-from .test_github_e2e import fake, private_key_pem, start_bot  # noqa: F401  (fixtures)
 
 CONFIG = ".github/preview.yml"
 ENVIRONMENTS = ("preview", "staging")

@@ -9,44 +9,18 @@ import math
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from bot import state
 
 from . import webhooks
-from .fakegithub import FakeGitHub
+from .github_app import APP_ID, INSTALLATION, REPO, SECRET, SHA1, SHA2, SHA3
 from .harness import wait_for
 
 pytestmark = pytest.mark.slow
 
-APP_ID = 4242
-INSTALLATION = 77
-SECRET = "webhook-secret-for-tests"
-REPO = "octo/app"
 FORK = "eve/app"
-SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
-
-
-@pytest.fixture(scope="module")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
-
-
-@pytest.fixture
-def fake(private_key_pem):
-    with FakeGitHub(APP_ID, private_key_pem) as github:
-        github.add_installation(INSTALLATION, "octo")
-        github.add_repo(REPO, INSTALLATION)
-        github.add_pull(REPO, 1, "feat/login", SHA1)
-        github.set_permission(REPO, "alice", "write")
-        github.set_permission(REPO, "mona", "maintain")
-        github.set_permission(REPO, "eve", "read")
-        yield github
-        assert github.violations == [], github.violations
 
 
 @pytest.fixture
