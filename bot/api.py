@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import livelogs, previews, state, validation
 from .api_models import (
+    AuthMethods,
     Conflict,
     DeployRequest,
     DeploymentDetail,
@@ -53,7 +54,7 @@ log = logging.getLogger("previewbot.api")
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC_ENDPOINTS = {"api.health", "api.openapi", "api.create_session"}
+PUBLIC_ENDPOINTS = {"api.health", "api.openapi", "api.create_session", "api.auth_methods"}
 JSON_BODY_ENDPOINTS = {"api.deploy", "api.create_session"}
 
 
@@ -75,7 +76,7 @@ spec = SpecTree(
     title="previewbot API",
     version="1",
     description="Preview environments for pull requests. Every route but `/api/health`, "
-    "`/api/openapi.json` and `POST /api/sessions` needs an API token (`.venv/bin/previewbot token create --name "
+    "`/api/openapi.json`, `/api/auth` and `POST /api/sessions` needs an API token (`.venv/bin/previewbot token create --name "
     "NAME`, or a dashboard session's) as `Authorization: Bearer <token>`. Every error is a JSON object "
     "with an `error` field, including 404 for unknown paths and "
     "405 for methods a path does not have. Every route answers CORS preflights (OPTIONS) without a "
@@ -113,7 +114,8 @@ TOKEN_ERRORS = {
 PULL_REQUEST_ERRORS = {
     **TOKEN_ERRORS,
     "HTTP_400": (ErrorBody, "A malformed path parameter, query parameter or body; nothing was queued or written."),
-    "HTTP_403": (ErrorBody, "The token is limited to other repositories."),
+    "HTTP_403": (ErrorBody, "The token is limited to other repositories, or (a write by a GitHub sign-in) the "
+                 "person cannot push to this one."),
     "HTTP_404": (ErrorBody, "A path parameter holding `/` left the path matching no route."),
 }
 NO_LIVE_DEPLOYMENT = (NotFound, "No live deployment (`status` is `idle`), or a path no route matches.")
@@ -249,6 +251,23 @@ def health():
     return jsonify(body), 200 if ok else 503
 
 
+@bp.get("/auth")
+@spec.validate(
+    resp=Response(HTTP_200=(AuthMethods, "How people may sign in besides sign-in links.")),
+    security=PUBLIC,
+    tags=["sessions"],
+    operation_id="authMethods",
+    **NO_INPUT,
+)
+def auth_methods():
+    """How people may sign in to the dashboard
+
+    The dashboard shows "Sign in with GitHub" when `github` is true.
+    """
+    settings = services().settings
+    return jsonify({"github": bool(settings.github_client_id and settings.github_client_secret)})
+
+
 @bp.post("/sessions")
 @spec.validate(
     resp=Response(
@@ -302,7 +321,7 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
     Queues a deploy and answers at once with the deployment in `deploying`. One deployment per
     branch runs at a time: while one runs, the answer is 409.
     """
-    repository, pr_number = _pull_request(owner, repo, prNumber)
+    repository, pr_number = _pull_request(owner, repo, prNumber, write=True)
     svc = services()
     if json.environment not in svc.settings.environments:
         raise validation.InvalidInput(
@@ -393,7 +412,7 @@ def get_deployment(owner: str, repo: str, prNumber: str, query: EnvironmentQuery
 )
 def destroy(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     """Tear the pull request's preview down"""
-    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
+    key = PreviewKey(*_pull_request(owner, repo, prNumber, write=True), query.environment)
     _rate_limit()
     svc = services()
     outcome = previews.request_destroy(svc.redis, svc.settings, key, reason=f"destroyed by token:{g.token['name']}")
@@ -418,7 +437,7 @@ def destroy(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
 )
 def cancel(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     """Cancel the pull request's deploy in progress"""
-    key = PreviewKey(*_pull_request(owner, repo, prNumber), query.environment)
+    key = PreviewKey(*_pull_request(owner, repo, prNumber, write=True), query.environment)
     _rate_limit()
     svc = services()
     deployment = previews.request_cancel(svc.redis, svc.settings, key, reason=f"cancelled by token:{g.token['name']}")
@@ -571,6 +590,7 @@ def pull_requests(query: PullRequestQuery):
             "status": deployment.state if deployment else "idle",
             "deployment": deployment.to_state_json() if deployment else None,
             "environments": [_environment_json(name, latest.get(name), services().settings) for name in names],
+            "canWrite": _may_write(pull["repository"]),
         }
         if query.status is None or card["status"] == query.status:
             items.append(card)
@@ -593,17 +613,26 @@ def openapi():
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _pull_request(owner: str, repo: str, pr: str) -> tuple[str, int]:
+def _pull_request(owner: str, repo: str, pr: str, *, write: bool = False) -> tuple[str, int]:
     repository = validation.repository_name(owner, repo)
     number = validation.pr_number(pr)
     if not _may_see(repository):
         raise ApiError(403, f"This token may not act on {repository}")
+    if write and not _may_write(repository):
+        raise ApiError(403, f"You can read {repository} but not push to it on GitHub, so you may not deploy, destroy or cancel its previews")
     return repository, number
 
 
 def _may_see(repository: str) -> bool:
     allowed = g.token["repositories"]
     return allowed is None or repository in allowed
+
+
+def _may_write(repository: str) -> bool:
+    """A GitHub sign-in writes only where GitHub said the person can push; other tokens
+    wherever they may see."""
+    writable = g.token["writable"]
+    return _may_see(repository) and (writable is None or repository in writable)
 
 
 def _rate_limit() -> None:

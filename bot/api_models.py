@@ -169,11 +169,21 @@ class Health(_Answer):
     github: bool = Field(description="Whether the GitHub App is configured.")
 
 
+class AuthMethods(_Answer):
+    github: bool = Field(
+        description="Whether people may sign in with GitHub (`/auth/github`): GITHUB_CLIENT_ID and "
+        "GITHUB_CLIENT_SECRET are set."
+    )
+
+
 class Session(_Answer):
     token: str = Field(
-        min_length=1, description="A session token, used like an API token; listed and revocable as `session-…`."
+        min_length=1, description="A session token, used like an API token; listed and revocable as `session-…` "
+        "(`github-…` for a GitHub sign-in)."
     )
-    expires_at: str = Field(description="When the token stops being accepted (UTC, ISO 8601): 30 days on.")
+    expires_at: str = Field(
+        description="When the token stops being accepted (UTC, ISO 8601): 30 days on, 8 hours for a GitHub sign-in."
+    )
 
 
 class OpenApiDocument(BaseModel):
@@ -277,6 +287,10 @@ class PullRequestCard(_Answer):
     deployment: DeploymentState | None = Field(description="The default environment's latest deployment.")
     environments: list[EnvironmentOfPullRequest] = Field(
         description="Every environment: those the operator lists, in that order, then any other with a record."
+    )
+    can_write: bool = Field(
+        description="Whether this token may deploy, redeploy, destroy and cancel here: a GitHub sign-in may only "
+        "where the person can push."
     )
 
 

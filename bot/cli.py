@@ -272,7 +272,8 @@ def run_token_command(settings: Settings, args) -> int:
                 state = f"expired {row['expires_at']}"
             else:
                 state = "active"
-            kind = f"dashboard session until {row['expires_at']}" if row["kind"] == "session" else "API token"
+            kind = {"session": "dashboard session", "github": "GitHub sign-in"}.get(row["kind"])
+            kind = f"{kind} until {row['expires_at']}" if kind else "API token"
             print(f"{row['name']}\t{state}\tcreated {row['created_at']}\t{scope}\t{kind}")
         return 0
     if store.revoke_token(args.name):

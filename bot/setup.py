@@ -69,14 +69,15 @@ class RegisteredApp:
 def build_manifest(template: Mapping, settings: Settings, callback_url: str) -> dict:
     """`app.yml` pointed at this previewbot: its home page from PUBLIC_URL, webhooks to
     WEBHOOK_PROXY_URL when a relay carries them (`previewbot relay`), else to PUBLIC_URL +
-    WEBHOOK_PATH; the browser sent back to `callback_url`; always private (previews run the
-    App owner's code)."""
+    WEBHOOK_PATH; the browser sent back to `callback_url`; the dashboard's "Sign in with GitHub"
+    callback registered; always private (previews run the App owner's code)."""
     hook_url = settings.webhook_proxy_url or settings.base_url + settings.webhook_path
     return {
         **template,
         "url": settings.base_url,
         "hook_attributes": {**template.get("hook_attributes", {}), "url": hook_url},
         "redirect_url": callback_url,
+        "callback_urls": [settings.base_url + "/auth/github/callback"],
         "public": False,
     }
 

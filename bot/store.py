@@ -187,6 +187,17 @@ def m007_resources_and_hourly_cost(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("hourly_cost", float)
 
 
+@migrations()
+def m008_github_sessions(db: sqlite_utils.Database) -> None:
+    """Sign in with GitHub: a session (`kind = 'github'`) may read `repositories` and act only on
+    `writable` (JSON; null: on all it may read). A sign-in code carries the scope its session
+    will have, so the code made by the OAuth callback opens a session scoped to that user."""
+    db["api_tokens"].add_column("writable", str)
+    db["signin_codes"].add_column("kind", str, not_null_default="session")
+    db["signin_codes"].add_column("repositories", str)
+    db["signin_codes"].add_column("writable", str)
+
+
 # Each environment's current deployment: `{CURRENT} WHERE …` with `c` the current row, `d` the deployment.
 CURRENT = "SELECT d.* FROM current_deployments c JOIN deployments d ON d.id = c.deployment_id"
 
@@ -198,6 +209,12 @@ PULL_REQUEST_FIELDS = (
 # A sign-in link works once, for a few minutes; the session it opens lasts a month.
 SIGNIN_CODE_TTL = timedelta(minutes=10)
 SESSION_TTL = timedelta(days=30)
+# A GitHub session lasts a working day: who may read and write a repository is GitHub's answer
+# at sign-in, so a revoked collaborator keeps access at most this long.
+GITHUB_SESSION_TTL = timedelta(hours=8)
+SESSION_KINDS = {"session": SESSION_TTL, "github": GITHUB_SESSION_TTL}
+
+LISTED_TOKEN_COLUMNS = ("name", "repositories", "created_at", "revoked_at", "kind", "expires_at")
 
 # Lines kept in SQLite per deployment: the first ones; later ones are counted as dropped. At
 # the 4,000 characters a line may have, that is at most 400 MB for one deployment.
@@ -519,6 +536,7 @@ class Store:
         name: str,
         *,
         repositories: list[str] | None = None,
+        writable: list[str] | None = None,
         kind: str = "api",
         expires_at: str | None = None,
     ) -> str:
@@ -527,18 +545,20 @@ class Store:
             {
                 "name": name,
                 "token_hash": hash_token(token),
-                "repositories": json.dumps(sorted(repositories)) if repositories else None,
+                # A GitHub session with no repositories may see none: only api tokens read [] as all.
+                "repositories": json.dumps(sorted(repositories)) if repositories or kind == "github" else None,
                 "created_at": utcnow(),
                 "revoked_at": None,
                 "kind": kind,
                 "expires_at": expires_at,
+                "writable": json.dumps(sorted(writable)) if writable is not None else None,
             }
         )
         return token
 
     def verify_token(self, token: str | None) -> dict | None:
-        """The token's row (`name`, `kind`, `expires_at`, and `repositories` as a list or None
-        for all) if it is neither revoked nor expired, else None."""
+        """The token's row (`name`, `kind`, `expires_at`, `repositories` and `writable` as lists
+        or None for all) if it is neither revoked nor expired, else None."""
         if not token or len(token) > 200:
             return None
         digest = hash_token(token)
@@ -549,6 +569,7 @@ class Store:
         if row["expires_at"] and row["expires_at"] <= utcnow():
             return None
         row["repositories"] = json.loads(row["repositories"]) if row["repositories"] else None
+        row["writable"] = json.loads(row["writable"]) if row["writable"] else None
         return row
 
     def active_token_names(self, names: set[str]) -> set[str]:
@@ -564,10 +585,8 @@ class Store:
         return {name for (name,) in rows}
 
     def list_tokens(self) -> list[dict]:
-        return [
-            {k: v for k, v in row.items() if k != "token_hash"}
-            for row in self.db["api_tokens"].rows_where(order_by="created_at")
-        ]
+        """What `previewbot token list` shows of each token: never its hash."""
+        return list(self.db["api_tokens"].rows_where(order_by="created_at", select=", ".join(LISTED_TOKEN_COLUMNS)))
 
     def revoke_token(self, name: str) -> bool:
         cursor = self.db.execute(
@@ -577,15 +596,24 @@ class Store:
 
     # -- dashboard sign-in -------------------------------------------------------------------
 
-    def create_signin_code(self) -> str:
+    def create_signin_code(self, *, github: tuple[list[str], list[str]] | None = None) -> str:
         """A one-time code for a sign-in link, returned in clear once and valid for
-        SIGNIN_CODE_TTL; only its hash is kept. Codes that ran out unused are dropped here."""
+        SIGNIN_CODE_TTL; only its hash is kept. Codes that ran out unused are dropped here.
+        `github` is a GitHub user's (readable, writable) repositories: the code then opens a
+        `github` session limited to them."""
         code = "pvc_" + secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
         with self.write() as db:
             db.execute("DELETE FROM signin_codes WHERE expires_at <= ?", [timestamp(now)])
             db["signin_codes"].insert(
-                {"code_hash": hash_token(code), "created_at": timestamp(now), "expires_at": timestamp(now + SIGNIN_CODE_TTL)}
+                {
+                    "code_hash": hash_token(code),
+                    "created_at": timestamp(now),
+                    "expires_at": timestamp(now + SIGNIN_CODE_TTL),
+                    "kind": "github" if github else "session",
+                    "repositories": json.dumps(sorted(github[0])) if github else None,
+                    "writable": json.dumps(sorted(github[1])) if github else None,
+                }
             )
         return code
 
@@ -596,16 +624,25 @@ class Store:
         if not code or len(code) > 200:
             return None
         now = datetime.now(timezone.utc)
-        expires_at = timestamp(now + SESSION_TTL)
         with self.write() as db:
             used = db.execute(
-                "DELETE FROM signin_codes WHERE code_hash = ? AND expires_at > ?", [hash_token(code), timestamp(now)]
-            )
-            if used.rowcount != 1:
+                "DELETE FROM signin_codes WHERE code_hash = ? AND expires_at > ? RETURNING kind, repositories, writable",
+                [hash_token(code), timestamp(now)],
+            ).fetchall()
+            if len(used) != 1:
                 return None
+            kind, repositories, writable = used[0]
+            expires_at = timestamp(now + SESSION_KINDS[kind])
             # An expired session can never be used again; listing it forever would only be noise.
-            db.execute("DELETE FROM api_tokens WHERE kind = 'session' AND expires_at <= ?", [timestamp(now)])
-            token = self._insert_token(db, f"session-{secrets.token_hex(6)}", kind="session", expires_at=expires_at)
+            db.execute("DELETE FROM api_tokens WHERE kind IN ('session', 'github') AND expires_at <= ?", [timestamp(now)])
+            token = self._insert_token(
+                db,
+                f"{kind}-{secrets.token_hex(6)}",
+                repositories=json.loads(repositories) if repositories else None,
+                writable=json.loads(writable) if writable else None,
+                kind=kind,
+                expires_at=expires_at,
+            )
         return token, expires_at
 
     # -- installations -----------------------------------------------------------------------

@@ -30,7 +30,8 @@ Strictness, in the order a request is checked:
    request is performed, and the client gets a 502 (or a dropped connection).
 7. Authentication: app endpoints need an app JWT (RS256, iss, iat, exp checked
    like GitHub); repository endpoints need an unexpired installation token of
-   the installation that owns the repository, with the needed permission.
+   the installation that owns the repository, with the needed permission; user
+   endpoints (``/user…``) a user access token from the OAuth web flow.
 8. The endpoint itself: semantic checks the schema cannot express (check-run
    action limits, conclusion/status consistency, unknown refs...), then state.
 
@@ -451,6 +452,17 @@ APP_OPERATIONS = {
 #: Operations that take no credential: the manifest flow's code is the credential.
 UNAUTHENTICATED_OPERATIONS = {"apps/create-from-manifest"}
 
+#: Operations authenticated as a user (a user access token from the OAuth web flow).
+USER_OPERATIONS = {
+    "users/get-authenticated",
+    "apps/list-installations-for-authenticated-user",
+    "apps/list-installation-repos-for-authenticated-user",
+}
+#: GitHub's OAuth web flow (web pages, not the REST API); a code works once, for 10 minutes.
+OAUTH_AUTHORIZE_PATH = "/login/oauth/authorize"
+OAUTH_TOKEN_PATH = "/login/oauth/access_token"
+OAUTH_CODE_TTL = 600
+
 #: GitHub's web form of the manifest flow (not the REST API): ``POST`` a ``manifest`` field here.
 MANIFEST_FORM_PATH = re.compile(r"/(?:organizations/(?P<org>[A-Za-z0-9-]{1,39})/)?settings/apps/new")
 #: Top-level keys GitHub reads from an App manifest.
@@ -511,6 +523,11 @@ class FakeGitHub:
     - ``reactions[comment_id]``: list of reaction contents, e.g. ``["eyes"]``
     - ``repos[full_name]``: :class:`Repo`; ``installations[id]``: :class:`Installation`
     - ``tokens_issued``: number of installation tokens created
+    - ``signed_in_login``: who is signed in to GitHub in the browser: the OAuth
+      authorize page (``GET /login/oauth/authorize``) approves at once for them and
+      redirects with a code; ``POST /login/oauth/access_token`` trades it (with
+      ``client_id`` and ``client_secret``) for a user access token
+    - ``user_tokens``: every user access token issued, token -> login
     - ``manifests``: every App manifest posted to the manifest flow's form
       (``POST /settings/apps/new``, which redirects with a code at once), with
       its ``org`` and ``state``; exchanging the code makes the fake that new App
@@ -528,6 +545,7 @@ class FakeGitHub:
         self.app_name = name or slug
         self.app_owner = owner
         self.client_id = client_id or f"Iv1.{hashlib.sha1(str(app_id).encode()).hexdigest()[:16]}"
+        self.client_secret = secrets.token_hex(20)
         self.bot_login = f"{slug}[bot]"
         self._public_key = self._load_public_key(public_key_pem)
         self.spec = OpenAPISpec(spec_path)
@@ -553,6 +571,9 @@ class FakeGitHub:
         self.archive_links: list[str] = []
 
         self.manifests: list[dict] = []  # every manifest posted to the form, with its org and state
+        self.signed_in_login: str | None = None
+        self.user_tokens: dict[str, str] = {}  # user access token -> login
+        self._oauth_codes: dict[str, tuple[str, str, float]] = {}  # code -> login, redirect_uri, expiry
         self._manifest_codes: dict[str, tuple[dict, str | None, float]] = {}  # code -> manifest, org, expiry
         self._tokens: dict[str, Token] = {}
         self._faults: list[Fault] = []
@@ -868,6 +889,10 @@ class FakeGitHub:
             with self.lock:
                 answer = self._manifest_form(request, form_path.group("org"))
             return answer(environ, start_response)
+        if (request.method, raw_path) in (("GET", OAUTH_AUTHORIZE_PATH), ("POST", OAUTH_TOKEN_PATH)):
+            with self.lock:
+                answer = self._authorize(request) if request.method == "GET" else self._access_token(request)
+            return answer(environ, start_response)
         with self.lock:
             status, body, headers = self._handle(request, raw_path)
         if status == DROPPED:
@@ -919,6 +944,8 @@ class FakeGitHub:
                        path=unquote(raw_path), raw_path=raw_path)
         if op.operation_id in APP_OPERATIONS:
             self._authenticate_app(request, ctx)
+        elif op.operation_id in USER_OPERATIONS:
+            self._authenticate_user(request, ctx)
         elif op.operation_id not in UNAUTHENTICATED_OPERATIONS:
             self._authenticate_installation(request, ctx)
         handler = getattr(self, "_op_" + re.sub(r"\W", "_", op.operation_id))
@@ -1041,6 +1068,16 @@ class FakeGitHub:
         if int(iss) != self.app_id:
             return undecodable  # GitHub checks the signature with app `iss`'s key: no match
         return None
+
+    def _authenticate_user(self, request: Request, ctx: _Context) -> None:
+        """User endpoints: a user access token from the OAuth web flow."""
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        login = self.user_tokens.get(credential) if scheme.lower() in ("token", "bearer") else None
+        if login is None:
+            raise Rejection(401, "Requires authentication", docs=ctx.op.docs_url,
+                            violation="user endpoint called without a user access token")
+        ctx.credential = credential
+        ctx.login = login
 
     def _authenticate_installation(self, request: Request, ctx: _Context) -> None:
         """Repository endpoints: an installation token with access and permission."""
@@ -1188,6 +1225,75 @@ class FakeGitHub:
         hook_secret = manifest.get("hook_attributes", {}).get("secret")
         return 201, {**app, "client_secret": secrets.token_hex(20),
                      "webhook_secret": hook_secret or secrets.token_hex(20), "pem": pem}
+
+    # ------------------------------------------------------- OAuth web flow
+
+    def _authorize(self, request: Request) -> Response:
+        """GitHub's "Authorize application" page, with ``signed_in_login``'s click already made."""
+        args = request.args
+        if args.get("client_id") != self.client_id:
+            self.violations.append(f"GET {OAUTH_AUTHORIZE_PATH}: unknown client_id {args.get('client_id')!r}")
+            return Response("Not Found", status=404, mimetype="text/plain")
+        if self.signed_in_login is None or not args.get("redirect_uri"):
+            return Response("Sign in to GitHub first", status=403, mimetype="text/plain")
+        code = secrets.token_hex(10)
+        self._oauth_codes[code] = (self.signed_in_login, args["redirect_uri"], self.clock() + OAUTH_CODE_TTL)
+        query = {"code": code, **({"state": args["state"]} if "state" in args else {})}
+        separator = "&" if "?" in args["redirect_uri"] else "?"
+        return Response(status=302, headers={"Location": args["redirect_uri"] + separator + urlencode(query)})
+
+    def _access_token(self, request: Request) -> Response:
+        """Trade an authorization code for a user access token. Like GitHub, a refusal is a 200
+        with an ``error`` field."""
+        form = request.form.to_dict() or _try_json(request.get_data())
+        form = form if isinstance(form, dict) else {}
+        if request.headers.get("Accept") != "application/json":
+            self.violations.append(f"POST {OAUTH_TOKEN_PATH} without Accept: application/json (the answer would be a form)")
+        if (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
+            answer = {"error": "incorrect_client_credentials"}
+        else:
+            login, redirect_uri, expires_at = self._oauth_codes.pop(form.get("code", ""), ("", "", 0.0))
+            if expires_at <= self.clock():
+                answer = {"error": "bad_verification_code"}
+            elif form.get("redirect_uri", redirect_uri) != redirect_uri:
+                answer = {"error": "redirect_uri_mismatch"}
+            else:
+                token = "ghu_" + _random_alnum(36)
+                self.user_tokens[token] = login
+                answer = {"access_token": token, "token_type": "bearer", "scope": ""}
+        return Response(json.dumps(answer), status=200, mimetype="application/json")
+
+    def _user_repos(self, installation_id: int, login: str) -> list[tuple[Repo, str]]:
+        """The installation's repositories ``login`` has an explicit role on, with that role."""
+        found = []
+        for repo in self.repos.values():
+            role = repo.roles.get(login.lower()) or ("admin" if self._role(repo, login) == "admin" else "none")
+            if repo.installation_id == installation_id and role != "none":
+                found.append((repo, role))
+        return found
+
+    def _op_users_get_authenticated(self, ctx: _Context) -> tuple[int, Any]:
+        created = iso(self.started_at)
+        return 200, {**self._user_json(ctx.login), "name": None, "company": None, "blog": "", "location": None,
+                     "email": None, "hireable": None, "bio": None, "public_repos": 0, "public_gists": 0,
+                     "followers": 0, "following": 0, "created_at": created, "updated_at": created,
+                     "private_gists": 0, "total_private_repos": 0, "owned_private_repos": 0, "disk_usage": 0,
+                     "collaborators": 0, "two_factor_authentication": True}
+
+    def _op_apps_list_installations_for_authenticated_user(self, ctx: _Context) -> tuple[int, Any]:
+        items = [self._installation_json(i) for i in sorted(self.installations.values(), key=lambda i: i.id)
+                 if self._user_repos(i.id, ctx.login)]
+        return 200, {"total_count": len(items), "installations": self._paginate(ctx, items)}
+
+    def _op_apps_list_installation_repos_for_authenticated_user(self, ctx: _Context) -> tuple[int, Any]:
+        inst = self.installations.get(int(ctx.params["installation_id"]))
+        repos = self._user_repos(inst.id, ctx.login) if inst else []
+        if not repos:
+            raise _not_found(ctx.op.docs_url)  # normal: not an installation the user can see
+        items = [{**self._repo_json(repo.full_name), "permissions": dict(ROLES[role][1])}
+                 for repo, role in sorted(repos, key=lambda pair: pair[0].full_name)]
+        return 200, {"total_count": len(items), "repository_selection": inst.repository_selection,
+                     "repositories": self._paginate(ctx, items)}
 
     def _op_apps_get_authenticated(self, ctx: _Context) -> tuple[int, Any]:
         return 200, self._app_json()
@@ -1814,6 +1920,7 @@ class _Context:
     path: str
     raw_path: str
     credential: str = ""
+    login: str = ""  # of a user access token
     token: Token | None = None
     repo: Repo | None = None
 

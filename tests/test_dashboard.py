@@ -1183,3 +1183,50 @@ def test_an_environments_row_shows_its_resources_and_cost_as_text(make_bot, page
     preview = card(page, "acme/shop", 71).locator('li.env[data-environment="preview"]')
     expect(preview.locator(".deployment-details")).to_be_hidden()
     page.screenshot(path=output_dir / "row-resources.png")
+
+
+# -- Sign in with GitHub -------------------------------------------------------------------------
+
+
+def test_sign_in_with_github_shows_a_reader_the_preview_without_its_buttons(make_bot, page, output_dir):
+    """A reviewer who can read acme/shop on GitHub but not push to it opens a check run's details
+    link (the log page) and signs in through GitHub's OAuth pages (the fake's, their click already
+    made): they come back to the log, and on the dashboard see the pull request and its preview
+    but are offered nothing to act on it; a repository they cannot read stays out."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from .fakegithub import FakeGitHub
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with FakeGitHub(4242, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)) as fake:
+        fake.add_installation(1, account="acme", account_type="Organization")
+        fake.add_repo("acme/shop", installation_id=1, private=True)
+        fake.add_repo("acme/vault", installation_id=1, private=True)
+        fake.set_permission("acme/shop", "rita", "read")
+        fake.signed_in_login = "rita"
+        oauth = {"GITHUB_URL": fake.url, "GITHUB_API_URL": fake.url, "GITHUB_CLIENT_ID": fake.client_id, "GITHUB_CLIENT_SECRET": fake.client_secret}
+        bot = make_bot(oauth).start()
+        seed(bot, "acme/shop", 60, "feat/review-me", "Review me", "octocat")
+        seed(bot, "acme/vault", 61, "feat/hidden", "Not for rita", "octocat")
+        deployment_id = bot.deploy("acme/shop", 60, "feat/review-me").json()["deploymentId"]
+        bot.wait_status("acme/shop", 60, "deployed")
+
+        log_page = f"{bot.url}/deployments/{deployment_id}/logs"
+        page.goto(log_page)
+        page.get_by_role("link", name="Sign in with GitHub").click()
+        expect(page).to_have_url(log_page)
+        expect(page.locator("#status-text")).to_have_text("Deployed")
+
+        page.goto(bot.url)
+        shop = card(page, "acme/shop", 60)
+        expect(badge(page, "acme/shop", 60)).to_have_text("Deployed")
+        expect(page.locator("li.card")).to_have_count(1)
+        expect(page.locator("#connection")).to_have_text("Live")
+        assert bot.store.verify_token(stored_token(page))["kind"] == "github"
+        expect(shop.locator(".destroy")).to_be_hidden()
+        shop.locator(".preview-toggle").click()
+        expect(shop.locator(".panel-note")).to_have_text("You can read acme/shop on GitHub but not push to it, so you cannot deploy it.")
+        expect(shop.locator(".deploy")).to_be_hidden()
+        page.screenshot(path=output_dir / "github-reader.png")
+        assert fake.violations == []

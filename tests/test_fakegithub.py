@@ -557,6 +557,16 @@ def test_responses_match_githubs_openapi_schemas(fake, client, token, private_pe
     client.post("/app/installations/1/access_tokens", json={"repositories": ["app"]}, headers=bearer)
     fake.add_file("octo/app", ".github/preview.yml", "environments: {}\n")
     client.get("/repos/octo/app/contents/.github/preview.yml", params={"ref": "main"}, headers=auth(token))
+    # Sign in with GitHub: a user access token from the OAuth web flow reads the user's installations.
+    fake.set_permission("octo/app", "alice", "write")
+    fake.signed_in_login = "alice"
+    authorized = client.get("/login/oauth/authorize", params={"client_id": fake.client_id, "redirect_uri": "http://127.0.0.1:1/cb", "state": "s"})
+    oauth_code = parse_qs(urlsplit(authorized.headers["location"]).query)["code"][0]
+    user_token = client.post("/login/oauth/access_token", headers={"Accept": "application/json"}, data={
+        "client_id": fake.client_id, "client_secret": fake.client_secret, "code": oauth_code}).json()["access_token"]
+    client.get("/user", headers=auth(user_token))
+    client.get("/user/installations", headers=auth(user_token))
+    client.get("/user/installations/1/repositories", headers=auth(user_token))
     # Last: trading a manifest's code makes the fake the new App.
     manifest = {"name": "x", "url": "https://previewbot.example.test", "hook_attributes": {"url": "https://previewbot.example.test/hook"},
                 "redirect_url": "http://127.0.0.1:1/cb", "default_permissions": {"checks": "write"}}
@@ -579,7 +589,36 @@ def test_responses_match_githubs_openapi_schemas(fake, client, token, private_pe
         checked.add((op.method, op.template))
     # Every operation with a JSON answer (the tarball's is a redirect, tested on its own).
     answering = {(op.method, op.template) for op in fake.spec.operations if any(s.startswith("2") for s in op.responses)}
-    assert checked == answering and len(answering) == len(fake.spec.operations) - 1 == 22
+    assert checked == answering and len(answering) == len(fake.spec.operations) - 1 == 25
+
+
+def test_oauth_web_flow_and_user_endpoints(fake, client):
+    """The OAuth web flow as GitHub runs it: the authorize page sends the browser back with a code
+    and the state, a code is traded once and only with the App's secret, and a user access token
+    lists only the installations' repositories its user can reach, with their permissions."""
+    fake.set_permission("octo/app", "alice", "read")
+    fake.signed_in_login = "alice"
+    authorized = client.get("/login/oauth/authorize", params={
+        "client_id": fake.client_id, "redirect_uri": "http://127.0.0.1:1/cb", "state": "xyz"})
+    back = parse_qs(urlsplit(authorized.headers["location"]).query)
+    assert authorized.status_code == 302 and back["state"] == ["xyz"]
+
+    def trade(secret: str) -> dict:
+        return client.post("/login/oauth/access_token", headers={"Accept": "application/json"}, data={
+            "client_id": fake.client_id, "client_secret": secret, "code": back["code"][0]}).json()
+
+    assert trade("wrong") == {"error": "incorrect_client_credentials"}
+    token = trade(fake.client_secret)["access_token"]
+    assert trade(fake.client_secret) == {"error": "bad_verification_code"}
+    user = {"Authorization": f"Bearer {token}"}
+    assert client.get("/user", headers=user).json()["login"] == "alice"
+    assert [i["id"] for i in client.get("/user/installations", headers=user).json()["installations"]] == [1]
+    repos = client.get("/user/installations/1/repositories", headers=user).json()["repositories"]
+    assert [(r["full_name"], r["permissions"]["pull"], r["permissions"]["push"]) for r in repos] == [("octo/app", True, False)]
+    assert client.get("/user/installations/2/repositories", headers=user).status_code == 404
+    assert fake.violations == []
+    assert client.get("/user", headers={"Authorization": "Bearer ghu_unknown"}).status_code == 401
+    assert len(fake.violations) == 1
 
 
 def _known_spec_quirk(template: str, error) -> bool:

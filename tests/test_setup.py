@@ -136,6 +136,7 @@ def test_setup_registers_the_app_from_app_yml_and_writes_a_private_env(tmp_path,
     assert posted["default_events"] == template["default_events"] and posted["name"] == template["name"]
     assert posted["url"] == PUBLIC_URL and posted["hook_attributes"] == {"url": f"{PUBLIC_URL}/api/github/webhooks", "active": True}
     assert posted["redirect_url"] == f"{setup.base}/setup/callback" and posted["public"] is False
+    assert posted["callback_urls"] == [f"{PUBLIC_URL}/auth/github/callback"]  # Sign in with GitHub
     assert len(form["state"]) >= 32
 
     # The conversion: one call, valid by GitHub's description, answered as documented.

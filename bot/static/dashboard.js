@@ -57,6 +57,8 @@
   }
 
   var API = apiBase();
+  // Where a sign-in may return to: a deployment's log page on this site (bot.github_signin).
+  var RETURN_PATH = /^\/deployments\/[A-Za-z0-9._~-]{1,64}\/logs$/;
   var WS_BASE = API.replace(/^http/i, "ws");
 
   // -- state --------------------------------------------------------------------------------
@@ -64,6 +66,7 @@
   var state = {
     token: null,
     generation: 0, // bumped on sign-in/out so late responses for an old session are dropped
+    githubAsked: false, // GET /api/auth was sent (see offerGitHubSignIn)
     cards: new Map(), // "owner/repo#12" -> card model (with its DOM nodes)
     repositories: new Set(),
     filters: { repository: "", status: "" },
@@ -280,15 +283,17 @@
   /* A list row's environments, in the API's order (the operator's, then any other with a
    * record), as [{name, next}]. An API without `environments` has only the default one. */
   function environmentsOf(pull) {
+    // A GitHub sign-in may act only where the person can push; other tokens wherever they see.
+    var writable = pull.canWrite !== false;
     var out = [];
     var seen = new Set();
     (Array.isArray(pull.environments) ? pull.environments : []).forEach(function (item) {
       if (!item || !isEnvironmentName(item.environment) || seen.has(item.environment)) return;
       seen.add(item.environment);
       // An environment the operator no longer lists keeps its record but takes no new deploy.
-      out.push({ name: item.environment, next: deploymentOf(item.deployment, item.status), deployable: item.deployable !== false });
+      out.push({ name: item.environment, next: deploymentOf(item.deployment, item.status), deployable: item.deployable !== false, writable: writable });
     });
-    if (!out.length) out.push({ name: DEFAULT_ENVIRONMENT, next: deploymentOf(pull.deployment, pull.status), deployable: true });
+    if (!out.length) out.push({ name: DEFAULT_ENVIRONMENT, next: deploymentOf(pull.deployment, pull.status), deployable: true, writable: writable });
     return out;
   }
 
@@ -334,6 +339,7 @@
   function newEnvironment(name) {
     return {
       name: name,
+      writable: true, // this sign-in may deploy, destroy and cancel here (see environmentsOf)
       deploymentId: null,
       status: "idle",
       previewUrl: null,
@@ -362,6 +368,7 @@
     var env = card.envs.get(name);
     if (!env) {
       env = newEnvironment(name);
+      env.writable = card.canWrite;
       card.envs.set(name, env);
       card.order.push(name);
     }
@@ -395,6 +402,7 @@
     environments.forEach(function (item) {
       var env = environmentOf(card, item.name);
       env.deployable = item.deployable;
+      env.writable = item.writable;
       var before = env.status;
       applyDeployment(env, item.next);
       if (announceChanges && before !== env.status) announce(describe(card, env));
@@ -411,6 +419,7 @@
       branchName: pull.branchName,
       author: pull.author,
       createdAt: pull.createdAt,
+      canWrite: pull.canWrite !== false,
       envs: new Map(), // environment name -> its state (and row)
       order: [], // environment names, as shown
       uid: "pr-" + ++state.idCounter,
@@ -733,7 +742,7 @@
     n.toggle.setAttribute("aria-expanded", String(env.expanded && status !== "failed"));
     n.panel.hidden = !env.expanded || status === "failed";
 
-    n.retry.hidden = status !== "failed";
+    n.retry.hidden = status !== "failed" || !env.writable;
     n.retry.disabled = env.pending;
     n.retry.textContent = env.pending && status === "failed" ? "Retrying\u2026" : "Retry";
 
@@ -753,12 +762,14 @@
       }
     }
 
+    n.deploy.hidden = !env.writable;
     n.deploy.disabled = busy;
     if (env.pending) n.deploy.textContent = "Starting deploy\u2026";
     else if (status === "deploying") n.deploy.textContent = "Deploy in progress\u2026";
     else if (status === "deployed") n.deploy.textContent = "Redeploy Preview";
     else n.deploy.textContent = "Deploy Preview for " + (card.branchName || "this branch");
     n.panelNote.textContent =
+      !env.writable ? "You can read " + card.repository + " on GitHub but not push to it, so you cannot deploy it." :
       status === "deploying" ? "A deploy of this branch is running; wait for it to finish or cancel it." :
       status === "deployed" ? "Rebuilds the preview of " + (card.branchName || "this branch") + " at its latest commit." :
       "Builds an environment for this branch and links it here.";
@@ -805,14 +816,14 @@
     r.message.hidden = !env.message;
 
     // One button at a time: Deploy (idle), Redeploy (deployed), Retry (failed), Cancel (deploying).
-    r.deploy.hidden = env.deployable === false || (status !== "idle" && status !== "deployed");
+    r.deploy.hidden = !actionsFor(env).deploy;
     r.deploy.disabled = env.pending;
     if (env.pending) label(r.deploy, "Starting\u2026", env.name, "Starting the deploy to");
     else label(r.deploy, status === "deployed" ? "Redeploy" : "Deploy", env.name);
     r.deploy.title = status === "deployed"
       ? "Rebuilds " + env.name + " from " + branch + " at its latest commit."
       : "Builds " + env.name + " from " + branch + ".";
-    r.retry.hidden = env.deployable === false || status !== "failed";
+    r.retry.hidden = !actionsFor(env).retry;
     r.retry.disabled = env.pending;
     if (env.pending) label(r.retry, "Retrying\u2026", env.name, "Retrying the deploy to");
     else label(r.retry, "Retry", env.name);
@@ -913,6 +924,7 @@
         card.branchName = pull.branchName;
         card.author = pull.author;
         card.createdAt = pull.createdAt;
+        card.canWrite = pull.canWrite !== false;
         syncEnvironments(card, environmentsOf(pull), state.loaded);
       }
       updateCard(card);
@@ -1078,6 +1090,7 @@
    * offered while deployed, it will POST .../deployment/extend and show the new expiresAt. */
   function actionsFor(env) {
     var status = env.status;
+    if (!env.writable) return { deploy: false, retry: false, cancel: false, destroy: false };
     return {
       deploy: env.deployable !== false && (status === "idle" || status === "deployed"),
       retry: env.deployable !== false && status === "failed",
@@ -1582,7 +1595,20 @@
 
   // -- signing in and out -------------------------------------------------------------------
 
+  /* "Sign in with GitHub" is offered when the server has the App's OAuth pair: asked once, and
+   * only of a page that shows the sign-in form. Unanswered, the button stays hidden. */
+  function offerGitHubSignIn() {
+    if (state.githubAsked) return;
+    state.githubAsked = true;
+    els.signInGitHub.href = API + "/auth/github";
+    api("/api/auth", { anonymous: true }).then(
+      function (body) { els.signInGitHub.hidden = !(body && body.github === true); },
+      function () { els.signInGitHub.hidden = true; }
+    );
+  }
+
   function showSignIn(message, kind) {
+    offerGitHubSignIn();
     els.main.hidden = true;
     els.connection.hidden = true;
     els.signOut.hidden = true;
@@ -1657,8 +1683,9 @@
     );
   }
 
-  /* Trade a sign-in link's one-time code for a session token, then sign in with that. */
-  function signInWithCode(code) {
+  /* Trade a sign-in link's one-time code for a session token, then sign in with that. A GitHub
+   * sign-in started on a log page comes back with `next`, that page: it opens once signed in. */
+  function signInWithCode(code, next) {
     resetSession();
     var generation = state.generation;
     els.signInSubmit.disabled = true;
@@ -1670,7 +1697,9 @@
           showSignIn("Could not sign in: the server's answer had no token. Paste an API token instead.", "error");
           return;
         }
-        signIn(session.token);
+        signIn(session.token).then(function () {
+          if (next && state.token === session.token) window.location.replace(next);
+        });
       },
       function (error) {
         if (generation !== state.generation) return;
@@ -1729,6 +1758,7 @@
     [
       ["signIn", "sign-in"], ["signInForm", "sign-in-form"], ["signInMessage", "sign-in-message"],
       ["signInSubmit", "sign-in-submit"], ["tokenInput", "token-input"], ["signOut", "sign-out"],
+      ["signInGitHub", "sign-in-github"],
       ["connection", "connection"], ["connectionText", "connection-text"], ["main", "main"],
       ["summary", "summary"], ["filters", "filters"], ["filterRepository", "filter-repository"],
       ["filterStatus", "filter-status"], ["filterClear", "filter-clear"], ["loadError", "load-error"],
@@ -1768,16 +1798,18 @@
     var params = new URLSearchParams(window.location.search);
     var code = params.get("code");
     var urlToken = params.get("token");
-    if (code !== null || urlToken !== null) {
+    var next = params.get("next");
+    if (code !== null || urlToken !== null || next !== null) {
       params.delete("code");
       params.delete("token");
+      params.delete("next");
       var qs = params.toString();
       window.history.replaceState(null, "", window.location.pathname + (qs ? "?" + qs : "") + window.location.hash);
     }
     readFiltersFromUrl(params);
 
     var token = storage("get");
-    if (code !== null && code.trim()) signInWithCode(code.trim());
+    if (code !== null && code.trim()) signInWithCode(code.trim(), next !== null && RETURN_PATH.test(next) ? next : null);
     else if (token) signIn(token);
     else if (urlToken !== null) {
       showSignIn("The dashboard no longer takes a token from its address. Paste the token below, " +

@@ -81,6 +81,16 @@
     els.connection.hidden = true;
     els.signedOut.hidden = false;
     if (text) els.signedOutText.textContent = text;
+    offerGitHubSignIn();
+  }
+
+  /* A reviewer who followed a check run's details link signs in with GitHub and comes back
+   * here (the dashboard opens `next` once signed in), when the server offers it. */
+  function offerGitHubSignIn() {
+    els.signInGitHub.href = API + "/auth/github?next=" + encodeURIComponent(window.location.pathname);
+    fetch(API + "/api/auth", { headers: { Accept: "application/json" }, cache: "no-store" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (body) { els.signInGitHub.hidden = !(body && body.github === true); }, function () {});
   }
 
   function showNotice(text) {
@@ -270,7 +280,7 @@
 
   function init() {
     [
-      ["main", "main"], ["signedOut", "signed-out"], ["signedOutText", "signed-out-text"], ["connection", "connection"],
+      ["main", "main"], ["signedOut", "signed-out"], ["signedOutText", "signed-out-text"], ["signInGitHub", "sign-in-github"], ["connection", "connection"],
       ["connectionText", "connection-text"], ["title", "title"], ["status", "status"], ["statusIcon", "status-icon"],
       ["statusText", "status-text"], ["meta", "meta"], ["notice", "notice"], ["newer", "newer"], ["newerLink", "newer-link"],
       ["log", "log"], ["earlier", "earlier"], ["lines", "lines"], ["empty", "empty"], ["follow", "follow"],
