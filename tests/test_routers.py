@@ -666,7 +666,7 @@ def test_the_comment_has_a_section_per_environment(make_ctx, gh, redis_conn):
     assert body.index("#### preview") < body.index("No preview has been deployed here yet") < body.index("#### staging") < body.index("🟢 Deployed")
 
 
-# -- the approved commit (issue #13) ------------------------------------------------------------
+# -- the approved commit: what a maintainer saw is what deploys ---------------------------------
 # A command on a fork's pull request deploys the head previewbot saw before the comment was
 # written; a button deploys its check run's commit. Times count from T0; comments are written at
 # T0 + 60 unless told.
@@ -848,7 +848,7 @@ def test_a_button_on_a_fork_deploys_its_check_runs_commit_whatever_was_seen(ctx,
     assert (current.head_sha, current.head_repository, current.trigger) == (HEAD_SHA, FORK, "button")
 
 
-# -- cheap requests (issue #13) -----------------------------------------------------------------
+# -- cheap requests: outsiders cost little ------------------------------------------------------
 # Who asks is checked first. Someone without write access costs one reaction, the permission
 # check and at most one reply a minute per pull request; writers are answered every time.
 

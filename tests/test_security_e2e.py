@@ -1,7 +1,7 @@
-"""Issue #13, end to end: the real web and worker processes, a real Redis and the fake GitHub
-over HTTP. Only the approved commit deploys (a fork's head as of the maintainer's comment, a
-check run's own commit, a REST deploy's `headSha` only if it is the head), and a command from
-someone without write access costs GitHub little."""
+"""Deploying only what a maintainer approved, end to end: the real web and worker processes, a
+real Redis and the fake GitHub over HTTP. Only the approved commit deploys (a fork's head as of
+the maintainer's comment, a check run's own commit, a REST deploy's `headSha` only if it is the
+head), and a command from someone without write access costs GitHub little."""
 
 from __future__ import annotations
 
