@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import api, dashboard, github_signin, state, webhooks, ws
+from . import api, dashboard, github_signin, setup, state, webhooks, ws
 from .config import Settings, load_settings
 from .feed import FeedThreads, Hub
 from .github import WebGitHub
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, start_feed: bool = True) -> 
     webhooks.init_app(app)
     dashboard.init_app(app)
     github_signin.init_app(app)
+    setup.init_app(app, settings, conn)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -2,9 +2,10 @@
 
 The command serves one page whose form posts the manifest to GitHub; GitHub creates the App
 and sends the browser back with a one-time code, which we exchange for the App's id, key and
-secrets and write to `.env`. It runs a small server of its own rather than `/setup` on
-`previewbot web`: setup comes before anything is configured (no Redis, no App), it must end
-once the App exists, and a production web process must never offer to re-register its App.
+secrets and write to `.env`. The command runs a small server of its own: setup comes before
+anything is configured (no Redis, no App) and ends once the App exists. `make run` in local mode
+(no App configured) serves the same pages at `/setup`; a web process with an App never does, so
+a production one can never be made to re-register its App.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .config import Settings
 
 APP_MANIFEST = Path(__file__).resolve().parent.parent / "app.yml"
 SETUP_PATH = "/setup"
+LOOPBACK = ("127.0.0.1", "::1")
 CALLBACK_PATH = "/setup/callback"
 # GitHub's rule for account names: letters, digits and inner single hyphens, at most 39.
 ORG_NAME = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
@@ -186,13 +188,66 @@ def save_app(app: RegisteredApp, dotenv_path: Path) -> Path:
     return pem_path
 
 
-def create_setup_app(settings: Settings, *, org: str | None, state: str, dotenv_path: Path,
-                     on_registered: Callable[[RegisteredApp], None]) -> Flask:
-    """The setup pages: `/setup` (the form) and its callback, which checks `state`, exchanges
-    the code, saves the App and calls `on_registered` once the answer has been sent."""
+class OneState:
+    """The state of the command's one setup: made once, checked in constant time."""
+
+    def __init__(self) -> None:
+        self.value = secrets.token_urlsafe(32)
+
+    def new(self) -> str:
+        return self.value
+
+    def take(self, state: str) -> bool:
+        return hmac.compare_digest(state, self.value)
+
+
+class RedisStates:
+    """States of the setup pages of `previewbot web`, which may run in several processes: each
+    page view makes one, kept ten minutes, usable once."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def new(self) -> str:
+        state = secrets.token_urlsafe(32)
+        self.conn.set(f"previewbot:setup-state:{state}", 1, ex=600)
+        return state
+
+    def take(self, state: str) -> bool:
+        return bool(state) and len(state) <= 64 and self.conn.getdel(f"previewbot:setup-state:{state}") is not None
+
+
+def init_app(app: Flask, settings: Settings, conn) -> None:
+    """Serve `/setup` from the web process while no App is configured (local mode)."""
+    if settings.github_enabled:
+        return
+    setup_app = create_setup_app(settings, org=None, states=RedisStates(conn), dotenv_path=Path(".env"),
+                                 on_registered=lambda registered: print(
+                                     f"previewbot: registered GitHub App {registered.slug}; restart previewbot to use it", flush=True),
+                                 check=lambda: _check_can_register(settings, org=None, force=False, dotenv_path=Path(".env"), environ=os.environ))
+    inner = app.wsgi_app
+
+    def dispatch(environ, start_response):
+        if environ.get("PATH_INFO") not in (SETUP_PATH, CALLBACK_PATH):
+            return inner(environ, start_response)
+        # Whoever finishes setup chooses the App this previewbot becomes: only someone on this
+        # machine may (a server reached from elsewhere runs `previewbot setup` instead).
+        if environ.get("REMOTE_ADDR") not in LOOPBACK:
+            return _page("Setup is only open on this machine", "<p>Open it from the machine previewbot runs on, "
+                         "or run <code>.venv/bin/previewbot setup</code> there.</p>", 403)(environ, start_response)
+        return setup_app(environ, start_response)
+
+    app.wsgi_app = dispatch
+
+
+def create_setup_app(settings: Settings, *, org: str | None, states, dotenv_path: Path,
+                     on_registered: Callable[[RegisteredApp], None], check: Callable[[], None] = lambda: None) -> Flask:
+    """The setup pages: `/setup` (the form) and its callback, which takes the `state` it was
+    given back (`states`: OneState or RedisStates), exchanges the code, saves the App and calls
+    `on_registered` once the answer has been sent. `check` raises SetupError when no App may be
+    registered now (the page then says why)."""
     app = Flask(__name__, static_folder=None)
     template = load_manifest_template()
-    form_action = registration_url(settings, org, state)
     github = urlsplit(settings.github_url)
 
     @app.after_request
@@ -210,12 +265,17 @@ def create_setup_app(settings: Settings, *, org: str | None, state: str, dotenv_
         # The browser comes back where it reached us (localhost, a tunnel, a server's name).
         if not _HOST.fullmatch(request.host):
             return Response("Unexpected Host header.", status=400, mimetype="text/plain")
+        try:
+            check()
+        except SetupError as exc:
+            return _page("previewbot cannot register a GitHub App yet", f"<p>{html.escape(str(exc))}.</p>", 400)
         callback_url = f"{request.scheme}://{request.host}{CALLBACK_PATH}"
+        form_action = registration_url(settings, org, states.new())
         return Response(setup_page(form_action, build_manifest(template, settings, callback_url)), mimetype="text/html")
 
     @app.get(CALLBACK_PATH)
     def callback() -> Response:
-        if not hmac.compare_digest(request.args.get("state", ""), state):
+        if not states.take(request.args.get("state", "")):
             return _page("This answer is not for this setup", f'<p>The state does not match. <a href="{SETUP_PATH}">Start again</a>.</p>', 400)
         code = request.args.get("code", "")
         try:
@@ -260,7 +320,7 @@ def run_setup(settings: Settings, *, org: str | None, force: bool, dotenv_path: 
             registered.append(app)
             done.set()
 
-        web = create_setup_app(settings, org=org, state=secrets.token_urlsafe(32), dotenv_path=dotenv_path, on_registered=on_registered)
+        web = create_setup_app(settings, org=org, states=OneState(), dotenv_path=dotenv_path, on_registered=on_registered)
         server = make_server(settings.host, settings.port, web, threaded=True, request_handler=_PathOnlyLog)
     except (SetupError, OSError) as exc:
         print(f"previewbot: setup: {exc}", file=sys.stderr)

@@ -377,3 +377,53 @@ def test_with_a_relay_the_app_sends_its_webhooks_to_the_relay():
     manifest = build_manifest({"name": "previewbot", "hook_attributes": {"active": True}}, settings, "http://127.0.0.1:3001/setup/callback")
     assert manifest["hook_attributes"] == {"active": True, "url": "https://smee.io/abc"}
     assert manifest["url"] == "http://127.0.0.1:3001" and manifest["public"] is False
+
+
+# -- /setup on `previewbot web` in local mode --------------------------------------------------
+
+
+def local_web(tmp_path, redis_url, github, **extra):
+    from bot.app import create_app
+
+    settings = load_settings({"REDIS_URL": redis_url, "DATABASE_PATH": str(tmp_path / "bot.db"), "GITHUB_URL": github.url,
+                              "GITHUB_API_URL": github.url, **extra}, dotenv=None)
+    return create_app(settings, start_feed=False).test_client()
+
+
+def test_local_mode_serves_setup_to_this_machine_and_registers_the_app(tmp_path, redis_url, github, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where `make run` runs: .env is written there
+    web = local_web(tmp_path, redis_url, github, PUBLIC_URL=PUBLIC_URL)
+    page = web.get("/setup")
+    assert page.status_code == 200
+    action = html.unescape(re.search(r'<form action="([^"]+)" method="post">', page.text).group(1))
+    manifest = html.unescape(re.search(r'name="manifest" value="([^"]+)"', page.text).group(1))
+    assert json.loads(manifest)["redirect_url"] == "http://localhost/setup/callback"
+    # The person's click on GitHub's page: it sends the browser back with a code and the state.
+    with httpx.Client(timeout=30) as client:
+        sent_back = client.post(action, data={"manifest": manifest})
+    assert sent_back.status_code == 302
+    back = urlsplit(sent_back.headers["location"])
+    done = web.get(f"{back.path}?{back.query}")
+    assert done.status_code == 200 and "/installations/new" in done.text
+    written = dotenv_values(tmp_path / ".env")
+    assert written["APP_ID"] and stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    assert load_settings(dict(written), dotenv=None).github_enabled
+    # A state works once: the same answer again changes nothing.
+    assert web.get(f"{back.path}?{back.query}").status_code == 400
+
+
+def test_local_mode_setup_is_closed_to_other_machines_and_says_what_it_needs(tmp_path, redis_url, github):
+    web = local_web(tmp_path, redis_url, github, PUBLIC_URL=PUBLIC_URL)
+    assert web.get("/setup", environ_overrides={"REMOTE_ADDR": "203.0.113.9"}).status_code == 403
+    assert web.get("/setup/callback?code=x&state=y", environ_overrides={"REMOTE_ADDR": "203.0.113.9"}).status_code == 403
+    without_public_url = local_web(tmp_path, redis_url, github)
+    refused = without_public_url.get("/setup")
+    assert refused.status_code == 400 and "PUBLIC_URL is required" in refused.text
+    assert github.calls == []
+
+
+def test_a_web_process_with_an_app_serves_no_setup(tmp_path, redis_url, github):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    web = local_web(tmp_path, redis_url, github, APP_ID="7", PRIVATE_KEY=pem, WEBHOOK_SECRET="s" * 20)
+    assert web.get("/setup").status_code == 404
