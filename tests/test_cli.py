@@ -39,6 +39,23 @@ def test_token_create_list_revoke(tmp_path):
     assert previewbot("token", "revoke", "ci", env=env).returncode == 1
 
 
+def test_backup_copies_the_database_once_and_keeps_an_existing_copy(tmp_path):
+    import sqlite3
+    import stat
+
+    env = {"DATABASE_PATH": str(tmp_path / "t.db")}
+    assert previewbot("token", "create", "--name", "kept", env=env).returncode == 0
+    target = tmp_path / "copy.db"
+    first = previewbot("backup", str(target), env=env)
+    assert first.returncode == 0 and "integrity check passed" in first.stdout
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with sqlite3.connect(target) as copy:
+        assert copy.execute("SELECT name FROM api_tokens").fetchall() == [("kept",)]
+    again = previewbot("backup", str(target), env=env)
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert previewbot("backup", str(target), "--overwrite", env=env).returncode == 0
+
+
 def test_bad_configuration_stops_with_one_line(tmp_path):
     result = previewbot("run", env={"PORT": "eighty", "DATABASE_PATH": str(tmp_path / "x.db")})
     assert result.returncode == 2
