@@ -18,7 +18,8 @@ from flask import Flask, Response, current_app, request
 from .links import LOG_PAGE_PATH
 from .services import services
 
-_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+# A Host header fit to be written into a page or a header: a name or an address, and a port.
+HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 
 def init_app(app: Flask) -> None:
@@ -54,7 +55,7 @@ def content_security_policy(api_url: str) -> str:
     """Only our own script and style; fetch and WebSocket only to this origin and the API."""
     connect = ["'self'"]
     host = request.host
-    if _HOST.fullmatch(host):  # the Host header is the client's; keep it out of the header if odd
+    if HOST_HEADER.fullmatch(host):  # the Host header is the client's; keep it out of the header if odd
         connect += [f"ws://{host}", f"wss://{host}"]
     if api_url:
         parts = urlsplit(api_url)

@@ -38,7 +38,7 @@ from .livelogs import LogFollowers, log_entries, read_followed_logs
 from .model import Deployment
 from .state import (
     ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
-    publish, restore, script,
+    publish, restore, script, text, text_fields,
 )
 from .store import Store
 
@@ -124,11 +124,11 @@ class Subscriber:
         return not self.pr_number or message["prNumber"] == self.pr_number
 
 
-def text_frame(text: str) -> bytes:
+def text_frame(message: str) -> bytes:
     """A WebSocket text frame as a server sends it (wsproto's own encoding): unmasked and, with
     permessage-deflate declined, the same bytes for every client, so an update is framed once
     and each client's sender only writes it."""
-    return bytes(FrameProtocol(client=False, extensions=[]).send_data(text, fin=True))
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(message, fin=True))
 
 
 class Hub:
@@ -203,7 +203,7 @@ def _deployments_in(items) -> set[str]:
     """The deployments that the deployment events among stream entries are about."""
     found = set()
     for _entry_id, fields in items:
-        fields = _decode(fields)
+        fields = text_fields(fields)
         if fields.get("kind") == "deployment":
             try:
                 found.add(json.loads(fields["data"])["id"])
@@ -258,10 +258,6 @@ def stream_time(event_id: str) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _decode(fields: dict) -> dict:
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
-
-
 LOST_IN_REDIS = "Lost: Redis restarted without this deployment's state. Retry to deploy again."
 # A deploying row younger than this may still be on its way through the stream.
 REPAIR_GRACE_SECONDS = 10
@@ -297,17 +293,13 @@ def recorder_caught_up(conn: redis.Redis) -> bool:
     """Every stream entry has been delivered to a recorder and acknowledged."""
     try:
         stream = conn.xinfo_stream(EVENTS_STREAM)
-        groups = {_text(g["name"]): g for g in conn.xinfo_groups(EVENTS_STREAM)}
+        groups = {text(g["name"]): g for g in conn.xinfo_groups(EVENTS_STREAM)}
     except redis.ResponseError:  # no stream yet: nothing in flight
         return True
     group = groups.get(RECORDER_GROUP)
     if group is None:
         return stream["length"] == 0
-    return group["pending"] == 0 and _text(group["last-delivered-id"]) == _text(stream["last-generated-id"])
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return group["pending"] == 0 and text(group["last-delivered-id"]) == text(stream["last-generated-id"])
 
 
 def restore_current_state(conn: redis.Redis, store: Store) -> int:
@@ -389,7 +381,7 @@ class FeedThreads:
                     RECORDER_GROUP, self.consumer, {stream: ">" for stream in RECORDED_STREAMS}, count=200, block=1000
                 )
                 for stream, items in entries or []:
-                    self._record_entries(_text(stream), items)
+                    self._record_entries(text(stream), items)
             except (redis.RedisError, sqlite3.Error, OSError) as exc:
                 log.warning("event recorder paused: %s", exc)
                 backlog, claim_at = True, 0.0
@@ -430,10 +422,10 @@ class FeedThreads:
         done = []
         with self.store.write():
             for entry_id, fields in items:
-                entry_id = _text(entry_id)
+                entry_id = text(entry_id)
                 if fields:  # a trimmed entry comes back empty
                     try:
-                        record(self.store, entry_id, _decode(fields))
+                        record(self.store, entry_id, text_fields(fields))
                     except (KeyError, ValueError, TypeError) as exc:
                         log.error("dropping malformed event %s: %s", entry_id, exc)
                 done.append(entry_id)
@@ -456,7 +448,7 @@ class FeedThreads:
                     self._forget_recorded_logs()
                     cursors = {}
                     reread_at = time.monotonic() + RECLAIM_SECONDS
-                listed = [_text(i) for i in self.conn.zrange(LOG_STREAMS, 0, -1)]
+                listed = [text(i) for i in self.conn.zrange(LOG_STREAMS, 0, -1)]
                 cursors = {i: cursors[i] for i in listed if i in cursors}
                 unknown = [i for i in listed if i not in cursors]
                 cursors.update(dict.fromkeys(unknown, 0) | self.store.last_log_seqs(unknown))
@@ -467,7 +459,7 @@ class FeedThreads:
                 # Entry ids are `{seq}-0`: each stream is read after the last seq recorded.
                 entries = self.conn.xread({key: f"{cursors[i]}-0" for key, i in streams.items()}, count=LOG_BATCH, block=500)
                 for stream, items in entries or []:
-                    deployment_id = streams[_text(stream)]
+                    deployment_id = streams[text(stream)]
                     cursors[deployment_id] = self._record_log_entries(deployment_id, items)
             except (redis.RedisError, sqlite3.Error, OSError) as exc:
                 log.warning("log recorder paused: %s", exc)
@@ -498,7 +490,7 @@ class FeedThreads:
         newest = self.conn.xrevrange(key, count=1)
         if not newest:
             return
-        top = _text(newest[0][0])
+        top = text(newest[0][0])
         after = self.store.log_counts(deployment_id)["last_seq"]
         while after < int(top.partition("-")[0]):
             items = self.conn.xrange(key, min=f"({after}-0", max=top, count=LOG_BATCH)
@@ -509,7 +501,7 @@ class FeedThreads:
     def _forget_recorded_logs(self) -> None:
         """Unlist the log streams fully recorded and quiet for LOG_IDLE_MS."""
         seconds, micros = self.conn.time()
-        quiet = [_text(i) for i in self.conn.zrangebyscore(LOG_STREAMS, "-inf", seconds * 1000 + micros // 1000 - LOG_IDLE_MS)]
+        quiet = [text(i) for i in self.conn.zrangebyscore(LOG_STREAMS, "-inf", seconds * 1000 + micros // 1000 - LOG_IDLE_MS)]
         recorded = self.store.last_log_seqs(quiet)
         for deployment_id in quiet:
             script(self.conn, _FORGET_LOG)(
@@ -551,7 +543,7 @@ class FeedThreads:
                 for _stream, items in entries or []:
                     for entry_id, fields in items:
                         last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                        fields = _decode(fields)
+                        fields = text_fields(fields)
                         # A record that is not its environment's current one changes no state.
                         if fields.get("kind") == "deployment" and fields.get("current") != "0":
                             self.hub.publish(Deployment.from_json(fields["data"]).ws_message())

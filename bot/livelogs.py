@@ -55,8 +55,8 @@ def log_entries(items) -> list[LogEntry]:
     """Log stream entries as LogEntry; an entry's id is `{seq}-0`."""
     entries = []
     for entry_id, fields in items:
-        fields = {_text(k): _text(v) for k, v in fields.items()}
-        entries.append(LogEntry(int(_text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
+        fields = state.text_fields(fields)
+        entries.append(LogEntry(int(state.text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
     return entries
 
 
@@ -227,11 +227,8 @@ def read_followed_logs(conn: redis.Redis, followers: LogFollowers, stop: threadi
                 {stream: f"{positions[key]}-0" for stream, key in streams.items()}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS
             )
             for stream, items in found or []:
-                followers.add(streams[_text(stream)], log_entries(items))
+                followers.add(streams[state.text(stream)], log_entries(items))
         except (redis.RedisError, OSError) as exc:
             log.warning("log follower paused: %s", exc)
             stop.wait(1.0)
 
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

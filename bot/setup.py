@@ -29,6 +29,8 @@ from flask import Flask, Response, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from .config import Settings
+from .dashboard import HOST_HEADER
+from .state import PREFIX
 
 APP_MANIFEST = Path(__file__).resolve().parent.parent / "app.yml"
 SETUP_PATH = "/setup"
@@ -36,7 +38,6 @@ LOOPBACK = ("127.0.0.1", "::1")
 CALLBACK_PATH = "/setup/callback"
 # GitHub's rule for account names: letters, digits and inner single hyphens, at most 39.
 ORG_NAME = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
-_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 # What setup writes to .env; an inline PRIVATE_KEY goes too, as it would win over the new file.
 WRITTEN = ("APP_ID", "PRIVATE_KEY_PATH", "WEBHOOK_SECRET", "APP_SLUG", "GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET")
 REPLACED = (*WRITTEN, "PRIVATE_KEY")
@@ -210,11 +211,11 @@ class RedisStates:
 
     def new(self) -> str:
         state = secrets.token_urlsafe(32)
-        self.conn.set(f"previewbot:setup-state:{state}", 1, ex=600)
+        self.conn.set(f"{PREFIX}:setup-state:{state}", 1, ex=600)
         return state
 
     def take(self, state: str) -> bool:
-        return bool(state) and len(state) <= 64 and self.conn.getdel(f"previewbot:setup-state:{state}") is not None
+        return bool(state) and len(state) <= 64 and self.conn.getdel(f"{PREFIX}:setup-state:{state}") is not None
 
 
 def init_app(app: Flask, settings: Settings, conn) -> None:
@@ -263,7 +264,7 @@ def create_setup_app(settings: Settings, *, org: str | None, states, dotenv_path
     @app.get(SETUP_PATH)
     def setup() -> Response:
         # The browser comes back where it reached us (localhost, a tunnel, a server's name).
-        if not _HOST.fullmatch(request.host):
+        if not HOST_HEADER.fullmatch(request.host):
             return Response("Unexpected Host header.", status=400, mimetype="text/plain")
         try:
             check()

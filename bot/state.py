@@ -141,10 +141,10 @@ class BranchLock:
             keys=[self.lock_key, self.intents_key],
             args=[deployment_id, lease_ms or self.lease_ms, json.dumps(intent) if intent else ""],
         )
-        return Acquired(bool(int(taken)), _text(holder))
+        return Acquired(bool(int(taken)), text(holder))
 
     def holder(self) -> str | None:
-        return _text(self.conn.get(self.lock_key))
+        return text(self.conn.get(self.lock_key))
 
     def renew(self, deployment_id: str) -> bool:
         return self.renew_and_check(deployment_id)[0]
@@ -154,7 +154,7 @@ class BranchLock:
         call: (still ours, the flag's value)."""
         keys = [self.lock_key] + ([flag_key] if flag_key else [])
         held, flag = script(self.conn, _RENEW)(keys=keys, args=[deployment_id, self.lease_ms])
-        return bool(int(held)), _text(flag) if flag else None
+        return bool(int(held)), text(flag) if flag else None
 
     def release(self, deployment_id: str, *, handover_ms: int | None = None) -> tuple[str, dict] | None:
         """Release the lock; if an intent waits, hand the lock to it, for `handover_ms` (its job
@@ -256,7 +256,7 @@ def publish(conn: redis.Redis, deployment: Deployment, *, expect: str | Absent, 
                     replaced = record(pipe, previous.id)
                     # One deploy per environment at a time, for as long as its lease lives: a
                     # dead deploy's environment is free as soon as its branch lock ran out.
-                    if replaced and replaced.status == "deploying" and _text(pipe.get(lock_key(replaced))) == replaced.id:
+                    if replaced and replaced.status == "deploying" and text(pipe.get(lock_key(replaced))) == replaced.id:
                         pipe.unwatch()
                         raise EnvironmentBusy(replaced.id)
                     if replaced and replaced.status in ("deployed", "failed"):
@@ -395,7 +395,7 @@ def _environments_key(repository: str, pr_number: int) -> str:
 
 def environments_of(conn: redis.Redis, repository: str, pr_number: int) -> dict[str, Deployment]:
     """Each environment of a pull request that has had a deployment, with its current one."""
-    names = sorted(_text(n) for n in conn.smembers(_environments_key(repository, pr_number)))
+    names = sorted(text(n) for n in conn.smembers(_environments_key(repository, pr_number)))
     raws = conn.mget([env_key(PreviewKey(repository, pr_number, name)) for name in names]) if names else []
     return {name: Deployment.from_json(raw) for name, raw in zip(names, raws) if raw}
 
@@ -444,7 +444,7 @@ def record_head(conn: redis.Redis, repository: str, pr_number: int, sha: str, *,
 def heads_seen(conn: redis.Redis, repository: str, pr_number: int) -> list[HeadSeen]:
     """The pull request's heads as previewbot learnt of them, oldest first."""
     entries = conn.zrange(_heads_key(repository, pr_number), 0, -1, withscores=True)
-    return [HeadSeen(_text(member).partition(":")[2], score / 1000) for member, score in entries]
+    return [HeadSeen(text(member).partition(":")[2], score / 1000) for member, score in entries]
 
 
 def claim_reply(conn: redis.Redis, repository: str, pr_number: int, *, seconds: int) -> bool:
@@ -478,7 +478,13 @@ def _batches(iterable, size: int):
         yield batch
 
 
-def _text(value) -> str | None:
+def text(value) -> str | None:
+    """A Redis reply as text (replies are bytes unless the client decodes them); None stays None."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def text_fields(fields: dict) -> dict:
+    """A stream entry's fields as text."""
+    return {text(k): text(v) for k, v in fields.items()}
