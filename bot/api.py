@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from datetime import datetime, timezone
 
 import gidgethub
 import httpx
@@ -22,10 +23,13 @@ from flask import Blueprint, Flask, abort, g, jsonify, request
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from werkzeug.exceptions import HTTPException
 
-from . import livelogs, previews, state, validation
+from . import costs, livelogs, previews, state, validation
 from .api_models import (
     AuthMethods,
     Conflict,
+    CostQuery,
+    CostReport,
+    DeployRefused,
     DeployRequest,
     DeploymentDetail,
     DeploymentPage,
@@ -35,6 +39,7 @@ from .api_models import (
     EnvironmentList,
     EnvironmentQuery,
     ErrorBody,
+    ExtendAccepted,
     Health,
     HistoryQuery,
     LogPage,
@@ -48,6 +53,7 @@ from .api_models import (
 )
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
 from .services import services
+from .times import timestamp
 
 log = logging.getLogger("previewbot.api")
 
@@ -300,7 +306,14 @@ def create_session(json: SessionRequest):
 @spec.validate(
     resp=Response(
         HTTP_202=(DeploymentRecord, "The deploy is queued; the deployment is `deploying`."),
-        **PULL_REQUEST_ERRORS,
+        **{
+            **PULL_REQUEST_ERRORS,
+            "HTTP_403": (
+                DeployRefused,
+                "The token is limited to other repositories, the person cannot push to this one (a GitHub sign-in), or "
+                "(`code`: `budget_exceeded`) the repository's monthly budget is spent and this would be a new preview.",
+            ),
+        },
         HTTP_409=(Conflict, "A deploy of this branch, or of this environment, is already in progress."),
         HTTP_413=(ErrorBody, "The request body is over 1 MiB."),
         HTTP_422=(
@@ -372,6 +385,8 @@ def deploy(owner: str, repo: str, prNumber: str, json: DeployRequest):
             }
         )
         outcome = previews.request_deploy(svc.redis, svc.settings, deployment)
+        if outcome.refused:
+            raise ApiError(403, outcome.refused, code="budget_exceeded")
         if not outcome.started:
             raise ApiError(409, "A deploy of this branch, or of this environment, is already in progress", deploymentId=outcome.holder)
         svc.store.record_deployment(deployment, None)
@@ -444,6 +459,60 @@ def cancel(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
     if deployment is None:
         raise ApiError(409, "No deploy of this pull request is in progress")
     return jsonify(deployment.to_state_json()), 202
+
+
+@bp.post("/repos/<owner>/<repo>/pull-requests/<prNumber>/deployment/extend")
+@spec.validate(
+    query=EnvironmentQuery,
+    resp=Response(
+        HTTP_200=(ExtendAccepted, "The preview lives its whole TTL again, from now."),
+        HTTP_409=(ErrorBody, "Nothing is deployed in the environment."),
+        **PULL_REQUEST_ERRORS,
+        HTTP_429=RATE_LIMITED,
+    ),
+    path_parameter_descriptions=PULL_REQUEST_PATH,
+    tags=["deployments"],
+    operation_id="extendDeployment",
+)
+def extend(owner: str, repo: str, prNumber: str, query: EnvironmentQuery):
+    """Keep the pull request's preview for its whole TTL again, from now"""
+    key = PreviewKey(*_pull_request(owner, repo, prNumber, write=True), query.environment)
+    _rate_limit()
+    svc = services()
+    deployment = previews.request_extend(svc.redis, svc.settings, key, reason=f"extended by token:{g.token['name']}")
+    if deployment is None:
+        raise ApiError(409, "Nothing is deployed in this environment, so there is nothing to extend")
+    return jsonify({"expiresAt": deployment.expires_at})
+
+
+@bp.get("/costs")
+@spec.validate(
+    query=CostQuery,
+    resp=Response(
+        HTTP_200=(CostReport, "The month's spend per repository and pull request."),
+        **TOKEN_ERRORS,
+        HTTP_400=(ErrorBody, "A malformed query parameter."),
+        HTTP_403=(ErrorBody, "The token is limited to other repositories."),
+    ),
+    tags=["costs"],
+    operation_id="listCosts",
+)
+def cost_report(query: CostQuery):
+    """What previews cost in a UTC month, per repository and pull request
+
+    A deployment costs its `hourlyCost` for every hour from its creation until its record ended
+    (or until now); one that spans a month end is split at it.
+    """
+    if query.repository and not _may_see(query.repository):
+        raise ApiError(403, f"This token may not see {query.repository}")
+    now = datetime.now(timezone.utc)
+    month = query.month or costs.month_of(now)
+    _start, month_end = costs.month_bounds(month)
+    found = services().store.costing_deployments(before=timestamp(month_end), repository=query.repository)
+    report = costs.totals([d for d in found if _may_see(d.repository)], month=month, now=now)
+    budget = services().settings.monthly_budget
+    report["repositories"] = [{**entry, "budget": budget} for entry in report["repositories"]]
+    return jsonify(report)
 
 
 @bp.get("/repos/<owner>/<repo>/pull-requests/<prNumber>/environments")

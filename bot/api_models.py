@@ -203,6 +203,10 @@ class DeploymentRecord(Deployment):
     model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
     deployment_id: str = Field(description="The same as `id`.")
+    cost: float | None = Field(
+        description="USD so far: `hourlyCost` for every hour from `createdAt` until the record ended, or until now "
+        "while it runs; null when the hourly cost is unknown."
+    )
 
 
 class DeploymentState(DeploymentRecord):
@@ -237,6 +241,49 @@ class HistoryRecord(DeploymentRecord):
     finished_at: str | None = Field(
         description="When the deploy itself ended (`deployed`, `failed` or `cancelled`); null while it runs."
     )
+
+
+class ExtendAccepted(_Answer):
+    expires_at: str | None = Field(description="The preview's new expiry (now + its TTL); null when it never expires.")
+
+
+class DeployRefused(ErrorBody):
+    code: Literal["budget_exceeded"] | None = Field(
+        None, description="`budget_exceeded`: the repository's PREVIEW_MONTHLY_BUDGET is spent this month and this would be a new preview."
+    )
+
+
+class CostQuery(BaseModel):
+    repository: str | None = Field(None, description="Only this repository (`owner/repo`); unset, every one the token may see.")
+    month: str | None = Field(None, description="`YYYY-MM`, a UTC month; unset, the current one.")
+
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _repository(cls, value: object) -> object:
+        return validation.full_repository_name(value) if value else None
+
+    @field_validator("month", mode="before")
+    @classmethod
+    def _month(cls, value: object) -> object:
+        return validation.month(value) if value else None
+
+
+class PullRequestCost(_Answer):
+    pr_number: int
+    total: float = Field(description="USD spent on the pull request's previews in the month.")
+
+
+class RepositoryCost(_Answer):
+    repository: str
+    total: float = Field(description="USD spent on the repository's previews in the month.")
+    budget: float | None = Field(description="PREVIEW_MONTHLY_BUDGET, USD; null when there is none.")
+    pull_requests: list[PullRequestCost] = Field(description="By pull request number.")
+
+
+class CostReport(_Answer):
+    month: str = Field(description="The UTC month, `YYYY-MM`.")
+    total: float = Field(description="USD over every repository listed.")
+    repositories: list[RepositoryCost] = Field(description="Those with a cost in the month, by name.")
 
 
 class DeploymentPage(_Answer):

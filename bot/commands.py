@@ -7,19 +7,19 @@ from dataclasses import dataclass
 
 from .model import DEFAULT_ENVIRONMENT, ENVIRONMENT_NAME, RESERVED_NAMES
 
-SUBCOMMANDS = ("deploy", "destroy", "cancel", "status", "help")
+SUBCOMMANDS = ("deploy", "destroy", "cancel", "extend", "status", "help")
 COMMAND_LINE = re.compile(r"^[ \t]{0,3}/preview(?![\w-])[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 
 
 ALIASES = {"redeploy": "deploy", "up": "deploy", "down": "destroy", "stop": "destroy"}
 # These act on one environment, named after them (the default one when none is).
-ENVIRONMENT_ACTIONS = ("deploy", "destroy", "cancel")
+ENVIRONMENT_ACTIONS = ("deploy", "destroy", "cancel", "extend")
 
 
 @dataclass(frozen=True)
 class Command:
-    action: str  # deploy, destroy, cancel, status or help
+    action: str  # deploy, destroy, cancel, extend, status or help
     environment: str = DEFAULT_ENVIRONMENT
     unknown: str | None = None  # the words we did not understand (the help is the answer)
 
@@ -68,7 +68,7 @@ def is_bot(user: dict) -> bool:
 
 
 def _command(words: list[str], rest: str) -> Command:
-    """`/preview [ENV]`, `/preview destroy|cancel [ENV]`, `/preview status|help`."""
+    """`/preview [ENV]`, `/preview destroy|cancel|extend [ENV]`, `/preview status|help`."""
     if not words:
         return Command("deploy")
     action = ALIASES.get(words[0], words[0])

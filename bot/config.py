@@ -93,6 +93,9 @@ class Settings:
     environments: tuple[str, ...] = ("preview",)
     ec2: EC2Settings = EC2Settings()
     hourly_cost: float | None = None  # PREVIEW_HOURLY_COST, USD, when nothing better is known
+    ttl_seconds: float = 72 * 3600.0  # PREVIEW_TTL, a duration; 0: previews never expire (bot.expiry)
+    ttl_warning_seconds: float = 2 * 3600.0  # PREVIEW_TTL_WARNING: how long before the end people are warned
+    monthly_budget: float | None = None  # PREVIEW_MONTHLY_BUDGET, USD per repository per UTC month (bot.costs)
     # Each named environment's settings where the operator set PREVIEW_ENV_<NAME>_* values.
     overrides: Mapping[str, "Settings"] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -251,6 +254,9 @@ def _load(env: dict) -> Settings:
         worker_nice=_number("WORKER_NICE", get("WORKER_NICE"), 5, int, low=0, high=19),
         ec2=_ec2_settings(get, required=provisioner == "ec2"),
         hourly_cost=_number("PREVIEW_HOURLY_COST", get("PREVIEW_HOURLY_COST"), None, float, low=0),
+        ttl_seconds=_duration("PREVIEW_TTL", get("PREVIEW_TTL"), Settings.ttl_seconds, low=0),
+        ttl_warning_seconds=_duration("PREVIEW_TTL_WARNING", get("PREVIEW_TTL_WARNING"), Settings.ttl_warning_seconds, low=0),
+        monthly_budget=_number("PREVIEW_MONTHLY_BUDGET", get("PREVIEW_MONTHLY_BUDGET"), None, float, low=0),
     )
 
 

@@ -33,13 +33,15 @@ from datetime import datetime, timezone
 import redis
 from wsproto.frame_protocol import FrameProtocol
 
+from . import costs
 from . import queue as job_queue
 from .livelogs import LogFollowers, log_entries, read_followed_logs
 from .model import Deployment
 from .state import (
     ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
-    publish, restore, script, text, text_fields,
+    publish, restore,
 )
+from .redis_io import script, text, text_fields
 from .store import Store
 
 log = logging.getLogger("previewbot.feed")
@@ -286,6 +288,7 @@ def repair_lost_deployments(conn: redis.Redis, store: Store, *, now: float | Non
         log.warning("repaired deployment %s (%s): lost in Redis", deployment.id, deployment.key)
         repaired.append(failed)
     restore_current_state(conn, store)
+    restore_spend(conn, store)
     return repaired
 
 
@@ -311,6 +314,22 @@ def restore_current_state(conn: redis.Redis, store: Store) -> int:
             log.warning("restored the state of %s in Redis from SQLite", deployment.key)
             restored += 1
     return restored
+
+
+def restore_spend(conn: redis.Redis, store: Store) -> bool:
+    """Give a Redis that restarted empty (or never had it) the spend of the records that ended,
+    from SQLite, once: the budget's month-to-date (bot.costs) must not start again at zero."""
+    if conn.exists(costs.SPEND_RESTORED):
+        return False
+    ended: dict[str, dict[str, float]] = {}
+    for deployment in store.costing_deployments(before="9999"):
+        end = costs.ended_at(deployment)
+        if end is None:
+            continue
+        for month, spent in costs.monthly_cost(deployment, now=end).items():
+            by_repository = ended.setdefault(month, {})
+            by_repository[deployment.repository] = by_repository.get(deployment.repository, 0.0) + spent
+    return costs.restore_spend(conn, ended)
 
 
 def keep_log_counters(conn: redis.Redis, store: Store) -> None:

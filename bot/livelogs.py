@@ -29,6 +29,7 @@ import redis
 
 from . import state
 from .model import Deployment
+from .redis_io import text, text_fields
 from .store import Store
 
 log = logging.getLogger("previewbot.livelogs")
@@ -55,8 +56,8 @@ def log_entries(items) -> list[LogEntry]:
     """Log stream entries as LogEntry; an entry's id is `{seq}-0`."""
     entries = []
     for entry_id, fields in items:
-        fields = state.text_fields(fields)
-        entries.append(LogEntry(int(state.text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
+        fields = text_fields(fields)
+        entries.append(LogEntry(int(text(entry_id).partition("-")[0]), fields.get("at"), fields.get("line", "")))
     return entries
 
 
@@ -227,7 +228,7 @@ def read_followed_logs(conn: redis.Redis, followers: LogFollowers, stop: threadi
                 {stream: f"{positions[key]}-0" for stream, key in streams.items()}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS
             )
             for stream, items in found or []:
-                followers.add(streams[state.text(stream)], log_entries(items))
+                followers.add(streams[text(stream)], log_entries(items))
         except (redis.RedisError, OSError) as exc:
             log.warning("log follower paused: %s", exc)
             stop.wait(1.0)

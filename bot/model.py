@@ -17,6 +17,9 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from .costs import cost_of
+from .times import timestamp
+
 DEFAULT_ENVIRONMENT = "preview"
 # Environment names: short slugs, never a subcommand word or alias (`/preview destroy` must not
 # deploy an environment called "destroy").
@@ -38,7 +41,9 @@ ACTIVE_STATUSES = ("deploying",)
 
 def utcnow() -> str:
     """Timestamps are ISO 8601 in UTC with milliseconds, which also sort as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timestamp(datetime.now(timezone.utc))
+
+
 
 
 def new_deployment_id() -> str:
@@ -125,6 +130,10 @@ class Deployment(BaseModel):
     """What the provisioner made for it, e.g. its EC2 instance."""
     hourly_cost: float | None = None
     """USD an hour while the preview runs, when known."""
+    expires_at: str | None = None
+    """When the deployed preview is destroyed unless someone extends it; null: never."""
+    expired: bool = False
+    """True once the preview was destroyed because it expired (its outcome is `expired`)."""
     # What the repository's `.github/preview.yml` says of the environment (bot.repo_config), as
     # read at the commit deployed; None (or empty) where the operator's setting applies.
     ttl_seconds: float | None = None
@@ -167,6 +176,8 @@ class Deployment(BaseModel):
     @property
     def outcome(self) -> Outcome | None:
         """Why the environment is idle, when this record ended it."""
+        if self.status == "destroyed" and self.expired:
+            return "expired"
         return self.status if self.status in ("cancelled", "destroyed") else None
 
     def changed(self, **changes) -> Deployment:
@@ -176,8 +187,8 @@ class Deployment(BaseModel):
         return Deployment.model_validate({**self.model_dump(), "updated_at": utcnow(), **changes})
 
     def to_json(self) -> dict:
-        """The camelCase JSON object, with the seed's `deploymentId` beside `id`."""
-        return {**self.model_dump(by_alias=True), "deploymentId": self.id}
+        """The camelCase JSON object, with the seed's `deploymentId` beside `id` and the `cost` so far."""
+        return {**self.model_dump(by_alias=True), "deploymentId": self.id, "cost": cost_of(self, now=datetime.now(timezone.utc))}
 
     def to_state_json(self) -> dict:
         """The JSON object where `status` means the environment's state (§ statuses)."""
@@ -217,6 +228,8 @@ class Deployment(BaseModel):
             "teardown_error": self.teardown_error,
             "resources": json.dumps([r.model_dump(by_alias=True) for r in self.resources]) if self.resources else None,
             "hourly_cost": self.hourly_cost,
+            "expires_at": self.expires_at,
+            "expired": int(self.expired),
         }
 
     @classmethod
@@ -243,6 +256,8 @@ class Deployment(BaseModel):
             teardown_error=row.get("teardown_error"),
             resources=json.loads(row["resources"]) if row.get("resources") else (),
             hourly_cost=row.get("hourly_cost"),
+            expires_at=row.get("expires_at"),
+            expired=bool(row.get("expired")),
         )
 
     def ws_message(self) -> dict:
@@ -264,4 +279,9 @@ class Deployment(BaseModel):
             message["error"] = self.error
         if self.outcome:
             message["outcome"] = self.outcome
+        if self.state == "deployed":
+            message["expiresAt"] = self.expires_at
+        if self.hourly_cost is not None:
+            message["hourlyCost"] = self.hourly_cost
+            message["cost"] = cost_of(self, now=datetime.now(timezone.utc))
         return message

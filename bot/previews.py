@@ -10,10 +10,11 @@ the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import redis
 
-from . import queue, state
+from . import costs, expiry, queue, state
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey, new_deployment_id
 
 # A cancel request outlives the job it stops by far; it only needs to be seen once.
@@ -26,14 +27,19 @@ class Outcome:
     deployment: Deployment | None = None  # the deployment acted on
     holder: str | None = None  # the deployment id holding the branch, when not started
     queued: bool = False  # an intent was queued behind the holder
+    refused: str | None = None  # why it may not start at all (the monthly budget is spent)
 
 
-def request_deploy(conn: redis.Redis, settings, deployment: Deployment, *, queue_if_busy: bool = False) -> Outcome:
-    """Deploy `deployment` (made with `Deployment.new`) unless its branch or environment is busy.
+def request_deploy(conn: redis.Redis, settings, deployment: Deployment, *, queue_if_busy: bool = False, now: datetime | None = None) -> Outcome:
+    """Deploy `deployment` (made with `Deployment.new`) unless its branch or environment is busy,
+    or it would be a new preview of a repository whose monthly budget is spent.
 
     When busy and `queue_if_busy`, a deploy intent waits behind the running job and runs at
     the newest commit once it ends (a push during a deploy).
     """
+    refused = budget_refusal(conn, settings, deployment.key, now=now or datetime.now(timezone.utc))
+    if refused:
+        return Outcome(False, refused=refused)
     lock = state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds)
     intent = None
     if queue_if_busy:
@@ -106,6 +112,39 @@ def request_cancel(conn: redis.Redis, settings, key: PreviewKey, *, reason: str)
             state.give_back(conn, cancelled)
             release(conn, settings, state.lock_for(conn, deployment, lease_seconds=settings.lease_seconds), deployment.id)
     return deployment
+
+
+def request_extend(conn: redis.Redis, settings, key: PreviewKey, *, reason: str, now: datetime | None = None) -> Deployment | None:
+    """Give the deployed preview of `key` its whole TTL again from now (`expiresAt = now + TTL`);
+    None when nothing is deployed there. GitHub is told again (the warning goes away)."""
+    deployment = state.current(conn, key)
+    if deployment is None or deployment.status != "deployed":
+        return None
+    ttl = expiry.ttl_for(deployment, settings)
+    extended = deployment.changed(expires_at=expiry.expires_at(ttl, start=now or datetime.now(timezone.utc)))
+    recorded = state.publish(conn, extended, expect="deployed", message=reason)
+    if recorded is not None:
+        queue.enqueue_report(conn, deployment=recorded, why=f"extended-{recorded.updated_at}")
+    return recorded
+
+
+def budget_refusal(conn: redis.Redis, settings, key: PreviewKey, *, now: datetime) -> str | None:
+    """Why a deploy to `key` may not start: PREVIEW_MONTHLY_BUDGET is spent for its repository
+    this month and it would be a new preview (a redeploy of a live one goes on)."""
+    budget = settings.monthly_budget
+    if budget is None:
+        return None
+    current = state.current(conn, key)
+    if current is not None and current.state in costs.RUNNING_STATUSES:
+        return None
+    live = {d.id: d for d in state.live_deployments(conn) + state.active_deployments(conn)}
+    spent = costs.month_to_date(conn, key.repository, live.values(), now=now)
+    if not costs.over_budget(spent, budget):
+        return None
+    return (
+        f"The monthly preview budget of {key.repository} is spent (${spent:,.2f} of ${budget:,.2f} in {costs.month_of(now)}), "
+        "so no new preview starts until next month; redeploys of live previews go on."
+    )
 
 
 def cancel_key(deployment_id: str) -> str:

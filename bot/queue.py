@@ -5,6 +5,8 @@ The web process enqueues `worker.…` functions by their dotted names and never 
 
 from __future__ import annotations
 
+import re
+
 import redis
 from rq import Queue, Retry
 from rq.callbacks import Callback
@@ -103,12 +105,13 @@ def job_id_for_lock(lock_id: str) -> list[str]:
     return [f"deploy-{lock_id}", f"destroy-{lock_id}"]
 
 
-def enqueue_report(conn: redis.Redis, *, deployment: Deployment) -> None:
-    """Queue a report of `deployment`'s state to GitHub (for changes made outside a job)."""
+def enqueue_report(conn: redis.Redis, *, deployment: Deployment, why: str | None = None) -> None:
+    """Queue a report of `deployment`'s state to GitHub (for changes made outside a job); `why`
+    tells reports of the same status apart (an Extend, an expiry warning)."""
     get_queue(conn).enqueue(
         "worker.jobs.report_deployment",
         deployment=deployment.to_json(),
-        job_id=f"report-{deployment.id}-{deployment.status}",
+        job_id=f"report-{deployment.id}-{deployment.status}" + (f"-{re.sub(r'[^A-Za-z0-9_-]', '', why)}" if why else ""),
         job_timeout=GITHUB_JOB_TIMEOUT,
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,

@@ -8,9 +8,12 @@ preview URL on a host the operator allows."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Mapping
 
+from . import expiry
 from .config import Settings
+from .costs import cost_of
 from .links import log_page_url
 from .masking import Masker
 from .model import DEFAULT_ENVIRONMENT, Deployment, PreviewKey
@@ -25,6 +28,7 @@ ACTIONS = {
     "destroy": {"label": "Destroy", "description": "Tear the preview down", "identifier": "destroy"},
     "retry": {"label": "Retry", "description": "Try the deploy again", "identifier": "retry"},
     "cancel": {"label": "Cancel", "description": "Stop this deploy and clean up", "identifier": "cancel"},
+    "extend": {"label": "Extend", "description": "Keep the preview longer", "identifier": "extend"},
 }
 
 HELP = """\
@@ -36,6 +40,7 @@ HELP = """\
 | `/preview ENV` | the same in environment ENV (e.g. `staging`) |
 | `/preview destroy [ENV]` | tear the preview down |
 | `/preview cancel [ENV]` | stop the deploy in progress and tear down what it built |
+| `/preview extend [ENV]` | keep the preview for its whole time again, from now |
 | `/preview status` | refresh this comment with every environment's state |
 | `/preview help` | show this help |
 
@@ -89,27 +94,37 @@ def _escape(value: object, *, join_after: str) -> str:
 
 
 def render_status_comment(
-    environments: Mapping[str, Deployment | None], *, note: str | None = None, show_help: bool = False, settings: Settings | None = None
+    environments: Mapping[str, Deployment | None],
+    *,
+    note: str | None = None,
+    show_help: bool = False,
+    settings: Settings | None = None,
+    now: datetime | None = None,
 ) -> str:
     """The one bot comment per pull request, found again by its hidden marker: a section per
     environment (name -> its current deployment, None when it never had one), in order.
-    `settings` names the secrets to mask and the hosts a preview URL may link to."""
+    `settings` names the secrets to mask and the hosts a preview URL may link to; `now` decides
+    the cost so far and whether the expiry warning shows."""
     settings = settings or Settings()
+    now = now or datetime.now(timezone.utc)
     mask = Masker.from_settings(settings)
     lines = [COMMENT_MARKER, "### Preview environment" if list(environments) == [DEFAULT_ENVIRONMENT] else "### Preview environments", ""]
     for name, deployment in environments.items():
         if len(environments) > 1:
             lines += [f"#### {text(name)}", ""]
-        lines += _environment_section(name, deployment, settings.for_environment(name), mask) + [""]
+        lines += _environment_section(name, deployment, settings.for_environment(name), mask, now) + [""]
     if note:
         lines += [f"> {mask(note)}", ""]
     if show_help:
         lines += [HELP, ""]
-    lines += ["<sub>Commands: `/preview [ENV]`, `/preview destroy [ENV]`, `/preview cancel [ENV]`, `/preview status`, `/preview help`</sub>"]
+    lines += [
+        "<sub>Commands: `/preview [ENV]`, `/preview destroy [ENV]`, `/preview cancel [ENV]`, `/preview extend [ENV]`, "
+        "`/preview status`, `/preview help`</sub>"
+    ]
     return "\n".join(lines)
 
 
-def _environment_section(name: str, deployment: Deployment | None, settings: Settings, mask: Masker) -> list[str]:
+def _environment_section(name: str, deployment: Deployment | None, settings: Settings, mask: Masker, now: datetime) -> list[str]:
     if deployment is None:
         command = "/preview" if name == DEFAULT_ENVIRONMENT else f"/preview {name}"
         return [f"No preview has been deployed here yet. Comment `{command}` to deploy one."]
@@ -123,13 +138,20 @@ def _environment_section(name: str, deployment: Deployment | None, settings: Set
     if deployment.head_sha:
         rows.append(("Commit", code(deployment.head_sha[:12])))
     rows.append(("Logs", f"[deployment log]({log_page_url(settings, deployment.id)})"))
+    if status == "deployed" and deployment.expires_at:
+        rows.append(("Expires", text(_when(deployment.expires_at))))
+    cost = cost_line(deployment, now=now)
+    if cost:
+        rows.append(("Cost", text(cost)))
     rows.append(("Updated", text(deployment.updated_at)))
     if status == "idle" and deployment.status == "cancelled":
         rows.append(("Cancelled", text(deployment.updated_at)))
     if status == "idle" and deployment.destroyed_at:
-        rows.append(("Destroyed", text(deployment.destroyed_at)))
+        rows.append(("Expired" if deployment.expired else "Destroyed", text(deployment.destroyed_at)))
     # Errors are blocks of code, which a table cell cannot hold: they follow the table.
     blocks = []
+    if expiry.warning_due(deployment, now=now, warning_seconds=settings.ttl_warning_seconds):
+        blocks += ["", f"> [!WARNING]\n> {expiry_warning(deployment, now=now, settings=settings)}"]
     if status == "failed" and deployment.error:
         blocks += ["", "**Error**", "", _error(deployment.error, mask, 1000)]
     if deployment.teardown_error:
@@ -154,11 +176,15 @@ def check_run_environment(name: str | None, external_id: str | None) -> str | No
     return match.group(1) if match else None
 
 
-def check_run_fields(deployment: Deployment | None, *, settings: Settings | None = None, config_error: str | None = None) -> dict:
+def check_run_fields(
+    deployment: Deployment | None, *, settings: Settings | None = None, config_error: str | None = None, now: datetime | None = None
+) -> dict:
     """Status, conclusion, output and buttons of the Preview check run for a deployment.
     `settings` names the secrets to mask and the hosts a preview URL may link to. An idle
-    environment whose `.github/preview.yml` is wrong (`config_error`) fails with the problems."""
+    environment whose `.github/preview.yml` is wrong (`config_error`) fails with the problems.
+    From PREVIEW_TTL_WARNING before its expiry (as of `now`), a preview offers Extend."""
     settings = settings or Settings()
+    now = now or datetime.now(timezone.utc)
     mask = Masker.from_settings(settings)
     status = deployment.state if deployment else "idle"
     branch = code(mask(deployment.branch_name)) if deployment else ""
@@ -174,15 +200,21 @@ def check_run_fields(deployment: Deployment | None, *, settings: Settings | None
     if status == "deployed":
         environment = settings.for_environment(deployment.environment)
         url = mask(deployment.preview_url or "")
+        summary = f"The preview of {branch} is live at {_preview_link(url, environment)}"
+        facts = [cost_line(deployment, now=now)]
+        if deployment.expires_at:
+            facts.append(f"Expires {_when(deployment.expires_at)}.")
+        summary += "".join(f"\n\n{text(fact)}" for fact in facts if fact)
+        actions = [ACTIONS["redeploy"], ACTIONS["destroy"]]
+        if expiry.warning_due(deployment, now=now, warning_seconds=environment.ttl_warning_seconds):
+            summary += f"\n\n**{expiry_warning(deployment, now=now, settings=environment)}**"
+            actions.append(ACTIONS["extend"])
         return {
             **details,
             "status": "completed",
             "conclusion": "success",
-            "output": {
-                "title": "Preview deployed",
-                "summary": f"The preview of {branch} is live at {_preview_link(url, environment)}{_teardown_note(deployment, mask)}",
-            },
-            "actions": [ACTIONS["redeploy"], ACTIONS["destroy"]],
+            "output": {"title": "Preview deployed", "summary": summary + _teardown_note(deployment, mask)},
+            "actions": actions,
         }
     if status == "failed":
         error = _error(deployment.error or "unknown error", mask, 2000)
@@ -203,6 +235,8 @@ def check_run_fields(deployment: Deployment | None, *, settings: Settings | None
     summary = "No preview is running. Click **Deploy preview** or comment `/preview`."
     if deployment and deployment.status == "cancelled":
         summary = f"The deploy was cancelled. {summary}"
+    elif deployment and deployment.expired:
+        summary = f"The preview expired and was destroyed. {summary}"
     elif deployment and deployment.destroyed_at:
         summary = f"The preview was destroyed. {summary}"
     return {
@@ -229,7 +263,7 @@ def deployment_status_fields(deployment: Deployment, state: str, *, settings: Se
     masked, no mention or reference) and the environment URL when its host is allowed."""
     settings = settings or Settings()
     mask = Masker.from_settings(settings)
-    words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview destroyed"}
+    words = {"in_progress": "Deploying the preview", "success": "Preview deployed", "inactive": "Preview expired" if deployment.expired else "Preview destroyed"}
     if state == "failure":
         description = _plain("Failed: " + mask(deployment.error or "unknown error"))
     else:
@@ -241,6 +275,30 @@ def deployment_status_fields(deployment: Deployment, state: str, *, settings: Se
     if state == "inactive":
         fields["auto_inactive"] = False
     return fields
+
+
+def cost_line(deployment: Deployment, *, now: datetime) -> str | None:
+    """`$0.42 so far, $0.0208/h`, or None when the hourly cost is unknown."""
+    if deployment.hourly_cost is None:
+        return None
+    spent = cost_of(deployment, now=now) or 0.0
+    return f"${spent:,.2f} so far, ${deployment.hourly_cost:,.4f}/h"
+
+
+def expiry_warning(deployment: Deployment, *, now: datetime, settings: Settings) -> str:
+    """The warning before a preview expires, with its time and how to keep it."""
+    left = expiry.describe_left(expiry.seconds_left(deployment, now=now) or 0)
+    command = "/preview extend" if deployment.environment == DEFAULT_ENVIRONMENT else f"/preview extend {deployment.environment}"
+    ttl = expiry.describe_left(expiry.ttl_for(deployment, settings))
+    return (
+        f"This preview expires {_when(deployment.expires_at)} (in {left}) and will be destroyed. "
+        f"Click Extend on the check run or comment `{command}` to keep it {ttl} from now."
+    )
+
+
+def _when(moment: str) -> str:
+    """A timestamp as people read it: `2026-12-02 14:05 UTC`."""
+    return f"{moment[:10]} {moment[11:16]} UTC"
 
 
 def environment_name(key: PreviewKey) -> str:

@@ -13,7 +13,9 @@ from typing import NamedTuple
 
 import redis
 
+from . import costs, expiry
 from .model import ACTIVE_STATUSES, LIVE_STATUSES, Deployment, PreviewKey, new_deployment_id, utcnow
+from .redis_io import script, text
 
 PREFIX = "previewbot"
 EVENTS_STREAM = f"{PREFIX}:events"
@@ -172,18 +174,6 @@ class BranchLock:
         return [json.loads(raw) for raw in self.conn.lrange(self.intents_key, 0, -1)]
 
 
-_scripts: dict[tuple[int, str], object] = {}
-
-
-def script(conn: redis.Redis, source: str):
-    """A Lua script registered once per client, so each call sends its SHA, not its text."""
-    key = (id(conn), source)
-    script = _scripts.get(key)
-    if script is None:
-        script = _scripts[key] = conn.register_script(source)
-    return script
-
-
 def lock_for(conn: redis.Redis, deployment: Deployment, *, lease_seconds: float) -> BranchLock:
     key = branch_key(deployment.repository, deployment.head_repository, deployment.branch_name, deployment.environment)
     return BranchLock(conn, key, lease_seconds=lease_seconds)
@@ -267,7 +257,7 @@ def publish(conn: redis.Redis, deployment: Deployment, *, expect: str | Absent, 
                 if current:
                     pipe.set(env, deployment.dumps())
                     pipe.sadd(_environments_key(deployment.repository, deployment.pr_number), deployment.environment)
-                _record(pipe, deployment, message, current=current)
+                _record(pipe, deployment, message, current=current, before=seen)
                 pipe.execute()
                 return deployment
             except redis.WatchError:
@@ -317,8 +307,12 @@ def _active(conn, deployment_id: str) -> Deployment | None:
     return Deployment.from_json(raw) if raw else None
 
 
-def _record(pipe, deployment: Deployment, message: str | None, *, current: bool) -> None:
+def _record(pipe, deployment: Deployment, message: str | None, *, current: bool, before: Deployment | None = None) -> None:
+    """The writes of one change of a record, inside its transaction: the record, the active set,
+    the expiry schedule, the spend of a record that stops costing, and the event."""
     payload = deployment.dumps()
+    expiry.schedule(pipe, deployment, current=current)
+    costs.add_ended(pipe, before, deployment)
     if deployment.status in ACTIVE_STATUSES:
         pipe.hset(ACTIVE, deployment.id, payload)
     else:
@@ -386,6 +380,8 @@ def restore(conn: redis.Redis, deployment: Deployment) -> bool:
     restored = conn.set(env_key(deployment.key), deployment.dumps(), nx=True)
     if restored:
         conn.sadd(_environments_key(deployment.repository, deployment.pr_number), deployment.environment)
+        conn.set(record_key(deployment.id), deployment.dumps(), nx=True)
+        expiry.restore(conn, deployment)
     return bool(restored)
 
 
@@ -476,15 +472,3 @@ def _batches(iterable, size: int):
             batch = []
     if batch:
         yield batch
-
-
-def text(value) -> str | None:
-    """A Redis reply as text (replies are bytes unless the client decodes them); None stays None."""
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def text_fields(fields: dict) -> dict:
-    """A stream entry's fields as text."""
-    return {text(k): text(v) for k, v in fields.items()}

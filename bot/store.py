@@ -198,6 +198,14 @@ def m008_github_sessions(db: sqlite_utils.Database) -> None:
     db["signin_codes"].add_column("writable", str)
 
 
+@migrations()
+def m009_expiry(db: sqlite_utils.Database) -> None:
+    """When a deployed preview expires (`expires_at`, null: never), and whether a destroyed one
+    ended because it did (`expired`, 0 or 1)."""
+    db["deployments"].add_column("expires_at", str)
+    db["deployments"].add_column("expired", int, not_null_default=0)
+
+
 # Each environment's current deployment: `{CURRENT} WHERE …` with `c` the current row, `d` the deployment.
 CURRENT = "SELECT d.* FROM current_deployments c JOIN deployments d ON d.id = c.deployment_id"
 
@@ -359,6 +367,14 @@ class Store:
         """Each environment's current deployment where it is deployed or failed (an environment
         may exist)."""
         return [Deployment.from_row(row) for row in self.db.query(f"{CURRENT} WHERE d.status IN ('deployed', 'failed')")]
+
+    def costing_deployments(self, *, before: str, repository: str | None = None) -> list[Deployment]:
+        """Deployments with an hourly cost created before `before` (a timestamp), of one
+        repository or all: what the costs of a month are made of (bot.costs)."""
+        where, params = "hourly_cost IS NOT NULL AND created_at < ?", [before]
+        if repository:
+            where, params = where + " AND repository = ?", params + [repository]
+        return [Deployment.from_row(r) for r in self.db["deployments"].rows_where(where, params)]
 
     def deployments_with_status(self, status: str, limit: int = 1000) -> list[Deployment]:
         return [Deployment.from_row(r) for r in self.db["deployments"].rows_where("status = ?", [status], order_by="updated_at", limit=limit)]

@@ -32,6 +32,13 @@ def full_repository_name(value: object) -> str:
     return repository_name(owner, repo)
 
 
+def month(value: object) -> str:
+    """A UTC month, `YYYY-MM`."""
+    if not isinstance(value, str) or not re.fullmatch(r"(19|20|21)\d\d-(0[1-9]|1[0-2])", value):
+        raise InvalidInput("month must look like 2026-12 (YYYY-MM)")
+    return value
+
+
 def pr_number(value: object) -> int:
     text = str(value)
     if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_PR_NUMBER:

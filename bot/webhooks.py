@@ -20,7 +20,8 @@ from gidgethub import ValidationFailure, sansio
 from . import queue as jobs
 from .commands import mentions_command
 from .services import Services
-from .state import DELIVERIES_STREAM, EVENTS_MAXLEN, PREFIX, script
+from .redis_io import script
+from .state import DELIVERIES_STREAM, EVENTS_MAXLEN, PREFIX
 
 log = logging.getLogger("previewbot.webhooks")
 

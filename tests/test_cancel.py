@@ -148,7 +148,9 @@ def test_the_reconciler_never_fails_a_deploy_that_finished_during_its_pass(tmp_p
         # and no lock or job is left, so the diagnosis is "Worker lost".
         redis_conn.hset(state.ACTIVE, deployment.id, deployment.dumps())
         assert reconcile() == []
-        assert state.record(redis_conn, deployment.id) == finished
+        recorded = state.record(redis_conn, deployment.id)
+        # The pass gives the preview its expiry (it had none) and changes nothing else.
+        assert recorded.expires_at and recorded == finished.model_copy(update={"expires_at": recorded.expires_at, "updated_at": recorded.updated_at})
         assert state.current(redis_conn, PreviewKey("octo/app", 6)).status == "deployed"
     finally:
         context.set_context(None)

@@ -15,6 +15,7 @@ from bot import render, state
 from bot.config import ConfigError, load_settings
 from bot.model import PreviewKey
 from bot.repo_config import NO_CONFIG, RepoConfigError, parse_duration, parse_repo_config
+from bot.times import parse_time
 
 from . import webhooks
 from .fakegithub import FakeGitHub
@@ -207,6 +208,9 @@ def test_the_repositorys_file_reaches_the_provisioner(start_bot, fake, tmp_path)
     assert (env["PREVIEW_VAR_FEATURE_X"], env["PREVIEW_VAR_GREETING"]) == ("1", "hello world")
     deployed = current(bot)
     assert (deployed.ttl_seconds, deployed.hourly_cost, deployed.vars) == (3 * 3600, 0.25, {"FEATURE_X": "1", "GREETING": "hello world"})
+    # The repository's ttl, not PREVIEW_TTL (72h), sets the expiry.
+    lives = parse_time(deployed.expires_at) - parse_time(deployed.updated_at)
+    assert abs(lives.total_seconds() - 3 * 3600) < 5
     [read] = fake.calls_to("GET", rf"/repos/{REPO}/contents/\.github/preview\.yml")
     assert read.query == {"ref": SHA1}
 

@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
 import gidgethub
 import httpx
 import redis
 
-from bot import previews, state
+from bot import expiry, previews, state
 from bot.github import GitHubGaveUp, github_session
 from bot.masking import Masker
 from bot.model import Deployment, utcnow
@@ -96,7 +97,9 @@ def destroy_preview(*, deployment: dict, lock_id: str, reason: str) -> dict | No
         except ProvisionError as exc:
             result = finish(ctx, deployment, status=deployment.status, teardown_error=f"Destroy failed: {exc}", message=reason)
             return _report(ctx, result)
-        result = finish(ctx, deployment, status="destroyed", destroyed_at=utcnow(), teardown_error=None, message=reason)
+        result = finish(
+            ctx, deployment, status="destroyed", destroyed_at=utcnow(), teardown_error=None, expired=reason == expiry.EXPIRED_REASON, message=reason
+        )
         if result is not None:
             ctx.reporter.destroyed(result, reason=reason)
         return result.to_json() if result else None
@@ -248,12 +251,14 @@ def _provision(ctx: WorkerContext, deployment: Deployment, lease: Lease) -> tupl
 
 def _provisioned_fields(ctx: WorkerContext, deployment: Deployment, provisioned: ProvisionResult) -> dict:
     """What a deployed record keeps of the provisioner's result. The hourly cost is the
-    provisioner's (the EC2 price), else the repository's `hourly_cost`, else PREVIEW_HOURLY_COST."""
+    provisioner's (the EC2 price), else the repository's `hourly_cost`, else PREVIEW_HOURLY_COST.
+    Its expiry is counted from now, when it is deployed."""
     costs = (provisioned.hourly_cost, deployment.hourly_cost, ctx.settings.for_environment(deployment.environment).hourly_cost)
     return {
         "preview_url": provisioned.url,
         "resources": provisioned.resources,
         "hourly_cost": next((cost for cost in costs if cost is not None), None),
+        "expires_at": expiry.expires_at(expiry.ttl_for(deployment, ctx.settings), start=datetime.now(timezone.utc)),
     }
 
 

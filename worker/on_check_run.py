@@ -15,7 +15,7 @@ from bot.github import may_deploy
 from bot.model import PreviewKey
 from bot.render import check_name, check_run_environment, text
 
-from .on_comment import fetch_pull_for_deploy, not_an_environment, refusal, reply_to_outsider, short_sha, show_check_run, start_deploy_from_github
+from .on_comment import fetch_pull_for_deploy, not_an_environment, nothing_to_extend, refusal, reply_to_outsider, short_sha, show_check_run, start_deploy_from_github
 
 router = routing.Router()
 
@@ -40,7 +40,7 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
         return  # only our own check runs
     environment = check_run_environment(check_run.get("name"), check_run.get("external_id"))
     pr_number = pull_request_number(check_run)
-    if environment is None or pr_number is None or identifier not in DEPLOY_ACTIONS | {"destroy", "cancel"}:
+    if environment is None or pr_number is None or identifier not in DEPLOY_ACTIONS | {"destroy", "cancel", "extend"}:
         return
     key = PreviewKey(data["repository"]["full_name"], pr_number, environment)
     login = data["sender"]["login"]
@@ -52,6 +52,10 @@ async def run_action(data: dict, handling, identifier: str | None) -> None:
         return
     if identifier == "cancel":
         previews.request_cancel(ctx.redis, ctx.settings, key, reason=f"cancelled by @{login}")
+        return
+    if identifier == "extend":
+        if previews.request_extend(ctx.redis, ctx.settings, key, reason=f"extended by @{login}") is None:
+            await ctx.reporter.update_comment(session, key, note=nothing_to_extend(environment))
         return
     if environment not in ctx.settings.environments:
         await ctx.reporter.update_comment(session, key, note=not_an_environment(ctx.settings, environment))

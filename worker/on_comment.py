@@ -83,6 +83,11 @@ async def preview_command(event, handling) -> None:
             await reporter.update_comment(session, key, note=f"No deploy of {text(key.environment)} is in progress.")
         return
 
+    if command.action == "extend":
+        if previews.request_extend(ctx.redis, ctx.settings, key, reason=f"extended by @{login}") is None:
+            await reporter.update_comment(session, key, note=nothing_to_extend(key.environment))
+        return
+
     if key.environment not in ctx.settings.environments:
         await reporter.react(session, key.repository, comment_id, "confused")
         await reporter.update_comment(session, key, note=not_an_environment(ctx.settings, key.environment), show_help=True)
@@ -173,6 +178,10 @@ def moved_head_note(login: str, head: str, environment: str, *, seen_before: boo
     )
 
 
+def nothing_to_extend(environment: str) -> str:
+    return f"No preview is deployed in {text(environment)}, so there is nothing to extend."
+
+
 def short_sha(sha: str | None) -> str:
     return text(str(sha or "unknown")[:12])
 
@@ -208,6 +217,11 @@ async def start_deploy_from_github(handling, pull: dict, *, key: PreviewKey, tri
         comment_id=comment_id,
     )
     outcome = previews.request_deploy(ctx.redis, ctx.settings, deployment, queue_if_busy=queue_if_busy)
+    if outcome.refused:
+        await ctx.reporter.update_comment(session, key, note=f"@{requested_by}: nothing was deployed. {outcome.refused}")
+        if comment_id:
+            await ctx.reporter.react(session, key.repository, comment_id, "confused")
+        return False
     if not outcome.started and not outcome.queued:
         await ctx.reporter.update_comment(
             session, key, note=f"@{requested_by}: a deploy of this branch is already in progress; it was not started twice."

@@ -29,6 +29,7 @@ from bot.model import Deployment
 from bot.queue import QUEUE_NAME, get_queue, job_id_for_lock
 
 from .context import get_context, github_deadline
+from .expiry import give_expiries
 from .jobs import finish
 from .provisioners import ProvisionError, TaggedResource, TracksResources
 from .pulls import fetch_pull
@@ -64,6 +65,7 @@ def reconcile() -> list[Deployment]:
         lock = state.lock_for(ctx.redis, deployment, lease_seconds=ctx.settings.lease_seconds)
         previews.release(ctx.redis, ctx.settings, lock, deployment.id)  # also when its lease already ran out
     retry_failed_teardowns(ctx)
+    give_expiries(ctx.redis, ctx.settings, now=datetime.now(timezone.utc))
     terminate_orphans(ctx)
     if ctx.settings.github_enabled:
         requeue_github_jobs_of_dead_workers(ctx.redis)

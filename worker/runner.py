@@ -2,7 +2,7 @@
 
 RQ's worker loop ends when Redis disappears in the middle of a job (its own bookkeeping
 needs Redis). This process then waits for Redis and starts the loop again, so a Redis restart
-never takes the workers with it. The heartbeat and the reconcile
+never takes the workers with it. The heartbeat, the reconcile scheduler and the expiry
 scheduler run beside it.
 """
 
@@ -22,6 +22,7 @@ from bot import state
 from bot.queue import get_queue
 
 from . import context
+from .expiry import ExpiryScheduler
 from .reconcile import Heartbeat, ReconcileScheduler
 
 log = logging.getLogger("previewbot.worker")
@@ -44,6 +45,8 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
     heartbeat.start()
     scheduler = ReconcileScheduler(conn, settings)
     scheduler.start()
+    expiries = ExpiryScheduler(conn, settings)
+    expiries.start()
     try:
         while True:
             # Jobs run in this process (no fork per job): installation tokens stay cached
@@ -70,6 +73,7 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             _wait_for_redis(conn)
             _run_again(conn, interrupted)
     finally:
+        expiries.stop()
         scheduler.stop()
         heartbeat.stop()
 
