@@ -277,6 +277,14 @@ def deployment_status_fields(deployment: Deployment, state: str, *, settings: Se
     return fields
 
 
+def kept_preview_note(deployment: Deployment) -> str:
+    """What the comment says of a redeploy that failed or was cancelled while the last good
+    preview kept running."""
+    what = "was cancelled" if deployment.status == "cancelled" else "failed (see its check run and log)"
+    commit = f" of {deployment.head_sha[:12]}" if deployment.head_sha else ""
+    return f"The redeploy{commit} to {text(deployment.environment)} {what}; the last good preview is still running."
+
+
 def cost_line(deployment: Deployment, *, now: datetime) -> str | None:
     """`$0.42 so far, $0.0208/h`, or None when the hourly cost is unknown."""
     if deployment.hourly_cost is None:

@@ -22,6 +22,7 @@ from worker.reconcile import is_orphan
 from . import webhooks
 from .awsfakes import CREDENTIALS, FakePricing, FaultProxy, MotoServer, price_document
 from .harness import wait_for
+from .test_health import HealthServer
 from .test_github_e2e import INSTALLATION, REPO, SHA1, comment, deployments, send
 
 SHORT_LINK = "https://codeload.example.test/octo/app/legacy.tar.gz/abc?token=SHORTLIVED123"
@@ -123,18 +124,29 @@ def test_deploy_launches_a_tagged_instance_with_imdsv2_required_and_prices_it(aw
     }
 
 
-def test_a_redeploy_launches_the_new_instance_then_terminates_the_old_and_destroy_terminates_all(aws, ami):
+def test_a_redeploy_launches_the_new_instance_then_retires_the_old_and_destroy_terminates_all(aws, ami):
     ec2 = provisioner(ami)
     first = ec2.deploy(request(deployment_id="1" * 32)).resources[0].id
     other_pr = ec2.deploy(request(deployment_id="3" * 32, environment="staging")).resources[0].id
     lines: list[str] = []
-    second = ec2.deploy(request(deployment_id="2" * 32, lines=lines)).resources[0].id
+    launched = ec2.deploy(request(deployment_id="2" * 32, lines=lines))
+    second = launched.resources[0].id
     assert second != first
+    assert state_of(aws, first) == "running" and state_of(aws, second) == "running"  # both, until the new one is deployed
+    ec2.retire(request(deployment_id="2" * 32, lines=lines), launched)
     assert state_of(aws, first) == "terminated" and state_of(aws, second) == "running"
     assert any(line.startswith(f"ec2: terminating {first}") for line in lines)
     ec2.destroy(request(deployment_id="2" * 32))
     assert state_of(aws, second) == "terminated"
     assert state_of(aws, other_pr) == "running"  # another environment of the pull request stays
+
+
+def test_a_discarded_redeploy_terminates_only_what_it_launched(aws, ami):
+    ec2 = provisioner(ami)
+    first = ec2.deploy(request(deployment_id="1" * 32)).resources[0].id
+    launched = ec2.deploy(request(deployment_id="2" * 32))
+    ec2.discard(request(deployment_id="2" * 32), launched)
+    assert state_of(aws, first) == "running" and state_of(aws, launched.resources[0].id) == "terminated"
 
 
 def test_a_bad_ami_fails_with_awss_message_and_launches_nothing(aws):
@@ -332,6 +344,42 @@ def test_deploy_redeploy_and_destroy_through_the_service(make_bot, moto, aws, am
         assert client.delete("/api/repos/octo/app/pull-requests/7/deployment").status_code == 202
     wait_for(lambda: bot.deployment("octo/app", 7).status_code == 404, timeout=60, message="the teardown")
     assert instances(aws, "pending", "running") == []
+
+
+@pytest.mark.slow
+def test_a_redeploy_that_never_gets_healthy_or_is_cancelled_keeps_the_last_good_preview(make_bot, moto, aws, ami, tmp_path):
+    with HealthServer(200) as preview:
+        bot = ec2_bot(
+            make_bot, moto, ami, PREVIEW_URL_TEMPLATE=preview.url, PREVIEW_URL_ALLOWED_HOSTS="127.0.0.1",
+            PREVIEW_HEALTH_PATH="/healthz", PREVIEW_HEALTH_TIMEOUT="2s",
+        ).start()
+        first = bot.deploy("octo/app", 9, "feat/vm").json()
+        bot.wait_status("octo/app", 9, "deployed", timeout=60)
+        [good] = instances(aws, "running")
+
+        preview.status = 502  # the redeploy's instance never answers
+        second = bot.deploy("octo/app", 9, "feat/vm").json()
+        wait_for(lambda: bot.store.get_deployment(second["id"])["status"] == "failed", timeout=60, message="the redeploy to fail")
+        assert "502" in bot.store.get_deployment(second["id"])["error_message"]
+        live = bot.wait_status("octo/app", 9, "deployed")
+        assert live["id"] == first["id"] and live["previewUrl"] == preview.url  # the last good preview, still running
+        assert [i["InstanceId"] for i in instances(aws, "pending", "running")] == [good["InstanceId"]]
+
+        # A redeploy cancelled while its health check waits keeps it too.
+        third = bot.deploy("octo/app", 9, "feat/vm").json()
+        wait_for(lambda: any("health" in row["line"] for row in bot.store.deployment_logs(third["id"])), timeout=60, message="the health check")
+        with bot.client() as client:
+            assert client.post("/api/repos/octo/app/pull-requests/9/deployment/cancel").status_code == 202
+        wait_for(lambda: bot.store.get_deployment(third["id"])["status"] == "cancelled", timeout=60, message="the cancel")
+        assert bot.wait_status("octo/app", 9, "deployed")["id"] == first["id"]
+        assert [i["InstanceId"] for i in instances(aws, "pending", "running")] == [good["InstanceId"]]
+
+        preview.status = 200  # a healthy redeploy then takes over and retires the old instance
+        fourth = bot.deploy("octo/app", 9, "feat/vm").json()
+        wait_for(lambda: bot.deployment("octo/app", 9).json()["id"] == fourth["id"] and bot.deployment("octo/app", 9).json()["status"] == "deployed",
+                 timeout=60, message="the healthy redeploy")
+        assert state_of(aws, good["InstanceId"]) == "terminated"
+        assert bot.store.get_deployment(first["id"])["status"] == "superseded"
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from bot.repo_config import CONFIG_PATH, RepoConfig, RepoConfigError
 from . import health
 from .context import WorkerContext, get_context, github_deadline, job_seconds_left, source_archive_link
 from .pulls import config_ref, fetch_pull, read_repo_config
-from .provisioners import ProvisionError, ProvisionRequest, ProvisionResult
+from .provisioners import KeepsPrevious, ProvisionError, ProvisionRequest, ProvisionResult
 
 log = logging.getLogger("previewbot.worker")
 
@@ -56,23 +56,37 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
         deployment, config_error = _with_repo_config(ctx, deployment)
         if config_error:
             return _report(ctx, _ended_unbuilt(ctx, deployment, status="failed", error=config_error))
-        state.supersede(ctx.redis, deployment)
+        keeps_previous = _keeps_previous(ctx, deployment)
+        if not keeps_previous:
+            state.supersede(ctx.redis, deployment)
         ctx.reporter.deploy_started(deployment)
         if deployment.replaces:
             _tear_down_replaced(ctx, deployment)
         provisioned, error = _provision(ctx, deployment, lease)
+        unhealthy = None
         if not error and lease.reason is None:
-            error = _check_health(ctx, deployment, provisioned.url, lease)
+            error = unhealthy = _check_health(ctx, deployment, provisioned.url, lease)
+        if lease.reason == "cancelled" or unhealthy:
+            # Whatever the provisioner built is torn down: only the new part of a redeploy that
+            # keeps the last good preview, else the environment.
+            if keeps_previous:
+                if provisioned is not None:
+                    ctx.provisioner_for(deployment.environment).discard(_provision_request(ctx, deployment, threading.Event()), provisioned)
+            else:
+                _destroy_quietly(ctx, deployment.changed(preview_url=provisioned.url if provisioned else deployment.preview_url))
         if lease.reason == "cancelled":
-            # Whatever the provisioner built before it stopped is torn down.
-            _destroy_quietly(ctx, deployment)
             result = finish(ctx, deployment, status="cancelled", message=lease.cancel_reason)
         elif lease.reason == "lost":
             result = finish(ctx, deployment, status="failed", error=LEASE_LOST)
         elif error:
             result = finish(ctx, deployment, status="failed", error=error)
         else:
+            if keeps_previous:
+                ctx.provisioner_for(deployment.environment).retire(_provision_request(ctx, deployment, threading.Event()), provisioned)
+                state.supersede(ctx.redis, deployment)
             result = finish(ctx, deployment, status="deployed", **_provisioned_fields(ctx, deployment, provisioned))
+        if keeps_previous and result is not None and result.status != "deployed":
+            state.give_back(ctx.redis, result)  # the last good preview is the environment's again
         return _report(ctx, result)
 
 
@@ -291,8 +305,8 @@ def _with_repo_config(ctx: WorkerContext, deployment: Deployment) -> tuple[Deplo
 
 
 def _check_health(ctx: WorkerContext, deployment: Deployment, url: str, lease: Lease) -> str | None:
-    """The health check, part of the deploy: the error when the preview never answered, after
-    tearing down what was built. A cancel or a lost lease stops it; the caller handles those."""
+    """The health check, part of the deploy: the error when the preview never answered (the
+    caller tears down what was built). A cancel or a lost lease stops it; the caller handles those."""
     mask = Masker.from_settings(ctx.settings)
 
     def log_attempt(line: str) -> None:
@@ -308,9 +322,20 @@ def _check_health(ctx: WorkerContext, deployment: Deployment, url: str, lease: L
         log=log_attempt,
         at_most=None if left is None else left - HEALTH_MARGIN_SECONDS,
     )
-    if error and lease.reason is None:
-        _destroy_quietly(ctx, deployment.changed(preview_url=url))
     return error
+
+
+def _keeps_previous(ctx: WorkerContext, deployment: Deployment) -> bool:
+    """Whether this deploy is a redeploy of a live preview of the same branch by a provisioner
+    that builds the new one beside it (`KeepsPrevious`): the last good preview then stays the
+    environment's until the new one is deployed, and stays so if it never is."""
+    replaced = state.record(ctx.redis, deployment.replaces) if deployment.replaces else None
+    return (
+        replaced is not None
+        and replaced.status == "deployed"
+        and (replaced.head_repository, replaced.branch_name) == (deployment.head_repository, deployment.branch_name)
+        and isinstance(ctx.provisioner_for(deployment.environment), KeepsPrevious)
+    )
 
 
 def _tear_down_replaced(ctx: WorkerContext, deployment: Deployment) -> None:

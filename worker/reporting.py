@@ -102,9 +102,19 @@ class GitHubReporter:
             await self._deployment_status(
                 session, deployment, github_id, "success" if deployment.status == "deployed" else "failure"
             )
-        await self._update_comment(session, deployment.key)
+        await self._update_comment(session, deployment.key, note=self._kept_note(deployment))
         if deployment.comment_id:
             await self._react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
+
+    def _kept_note(self, deployment: Deployment) -> str | None:
+        """A redeploy that failed or was cancelled while the last good preview kept running: the
+        comment shows that preview and says what became of the redeploy."""
+        if deployment.status not in ("failed", "cancelled"):
+            return None
+        current = state.current(self.redis, deployment.key)
+        if current is None or current.id == deployment.id or current.status != "deployed":
+            return None
+        return render.kept_preview_note(deployment)
 
     async def report_destroyed(self, session: GitHubSession, deployment: Deployment) -> None:
         await self._update_check_run(session, deployment)

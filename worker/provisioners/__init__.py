@@ -71,6 +71,17 @@ class Provisioner(Protocol):
     def destroy(self, request: ProvisionRequest) -> None: ...
 
 
+@runtime_checkable
+class KeepsPrevious(Protocol):
+    """A provisioner whose deploy builds the new preview beside the running one (EC2: a new
+    instance), so a redeploy that fails, is cancelled or never gets healthy leaves the last good
+    preview running. The job calls `retire` once the new one is deployed, `discard` otherwise."""
+
+    def retire(self, request: ProvisionRequest, result: ProvisionResult) -> None: ...
+
+    def discard(self, request: ProvisionRequest, result: ProvisionResult) -> None: ...
+
+
 @dataclass(frozen=True)
 class TaggedResource:
     """A resource found in the cloud by the tags a provisioner put on it."""

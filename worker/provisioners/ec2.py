@@ -76,10 +76,6 @@ class EC2Provisioner:
             self._terminate_quietly([instance_id], request, "which this deploy launched")
             raise
         request.log(f"ec2: {instance_id} is running")
-        replaced = [i["InstanceId"] for i in self._instances(_key_filters(request.key)) if i["InstanceId"] != instance_id]
-        if replaced:
-            # Should this fail, the reconciler terminates them: they belong to no live deployment.
-            self._terminate_quietly(replaced, request, "which the new one replaces")
         return ProvisionResult(
             url,
             resources=(Resource(kind="ec2:instance", id=instance_id, type=self.settings.instance_type, region=self.region),),
@@ -136,6 +132,24 @@ class EC2Provisioner:
             f"{TAG}branch": request.branch,
             "Name": f"previewbot {request.repository}#{request.pr_number} {request.environment}",
         }
+
+    # -- a redeploy keeps the last good preview until the new one is deployed -----------------
+
+    def retire(self, request: ProvisionRequest, result: ProvisionResult) -> None:
+        """The new instance is the preview now: terminate the environment's others (the instance
+        it replaces). Should this fail, the reconciler terminates them: no live deployment owns them."""
+        kept = {resource.id for resource in result.resources}
+        try:
+            replaced = [i["InstanceId"] for i in self._instances(_key_filters(request.key)) if i["InstanceId"] not in kept]
+        except ProvisionError as exc:
+            request.log(f"ec2: could not list the instances the new one replaces: {exc}")
+            return
+        if replaced:
+            self._terminate_quietly(replaced, request, "which the new one replaces")
+
+    def discard(self, request: ProvisionRequest, result: ProvisionResult) -> None:
+        """The new instance never became the preview (unhealthy, cancelled): terminate it alone."""
+        self._terminate_quietly([resource.id for resource in result.resources], request, "which this deploy launched")
 
     # -- destroy -----------------------------------------------------------------------------
 
