@@ -339,21 +339,21 @@ LOG_STREAM_MAXLEN = 10_000
 LOG_LINE_MAX_CHARS = 4000
 LOG_TTL_SECONDS = 7 * 24 * 3600
 
-# KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS; ARGV[1] deployment id, ARGV[2] at,
-# ARGV[3] line, ARGV[4] max length, ARGV[5] TTL. An entry's id is `{seq}-0`, so a reader asks
-# for the lines after a seq directly. A counter lost while its stream stayed (evicted, or
+# KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS; ARGV[1] deployment id, ARGV[2] max
+# length, ARGV[3] TTL, then pairs of (at, line). Each line's entry id is `{seq}-0`, so a reader
+# asks for the lines after a seq directly. A counter lost while its stream stayed (evicted, or
 # restored from SQLite behind lines not yet recorded) carries on after the stream's last line.
-_PUBLISH_LOG = """
-local seq = redis.call('INCR', KEYS[1])
+_PUBLISH_LOGS = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 local top = last and tonumber(string.match(last[1], '^%d+')) or 0
-if top >= seq then
-  seq = top + 1
-  redis.call('SET', KEYS[1], seq)
+if top > seq then seq = top end
+for i = 4, #ARGV, 2 do
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'seq', seq, 'at', ARGV[i], 'line', ARGV[i + 1])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'seq', seq, 'at', ARGV[2], 'line', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[1], seq, 'EX', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
 return seq
@@ -362,10 +362,15 @@ return seq
 
 def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
     """Append a line to its deployment's log, numbered after the deployment's previous line."""
-    script(conn, _PUBLISH_LOG)(
-        keys=[LOG_SEQ.format(deployment_id), LOG_STREAM.format(deployment_id), LOG_STREAMS],
-        args=[deployment_id, utcnow(), line[:LOG_LINE_MAX_CHARS], LOG_STREAM_MAXLEN, LOG_TTL_SECONDS],
-    )
+    publish_logs(conn, deployment_id, [(utcnow(), line)])
+
+
+def publish_logs(conn: redis.Redis, deployment_id: str, lines: list[tuple[str, str]]) -> None:
+    """Append (at, line) pairs to the deployment's log, in order, in one call."""
+    args: list[str | int] = [deployment_id, LOG_STREAM_MAXLEN, LOG_TTL_SECONDS]
+    for at, line in lines:
+        args += [at, line[:LOG_LINE_MAX_CHARS]]
+    script(conn, _PUBLISH_LOGS)(keys=[LOG_SEQ.format(deployment_id), LOG_STREAM.format(deployment_id), LOG_STREAMS], args=args)
 
 
 def current(conn: redis.Redis, key: PreviewKey) -> Deployment | None:

@@ -5,6 +5,7 @@ entries a dead recorder left behind are taken over while the live ones keep runn
 from __future__ import annotations
 
 import pytest
+import redis
 
 from bot import feed as feed_module
 from bot import state
@@ -12,6 +13,7 @@ from bot.app import create_app
 from bot.feed import FeedThreads, Hub
 from bot.model import Deployment, new_deployment_id
 from bot.store import Store, migrations
+from worker.logbuffer import LogBuffer
 
 from .harness import wait_for
 
@@ -266,3 +268,26 @@ def test_old_log_rows_are_numbered_in_stream_order_by_the_migration(tmp_path):
     assert store.log_counts("a") == {"last_seq": 3, "stored": 3, "dropped": 0}
     store.record_logs("a", [(4, "t", "fourth")])
     assert recorded(store, "a")[-1] == (4, "fourth")
+
+
+def test_a_workers_log_buffer_writes_every_line_in_order_in_batches(redis_conn):
+    buffer = LogBuffer(redis_conn)
+    one, two = new_deployment_id(), new_deployment_id()
+    for n in range(1, 20_001):
+        buffer.add(one, f"one {n}")
+        if n % 4 == 0:
+            buffer.add(two, f"two {n // 4}")
+    assert buffer.flush()
+    assert stream_seqs(redis_conn, one) == list(range(10_001, 20_001))  # the newest LOG_STREAM_MAXLEN
+    lines = [fields[b"line"].decode() for _id, fields in redis_conn.xrange(state.LOG_STREAM.format(two))]
+    assert lines == [f"two {n}" for n in range(1, 5_001)]
+    buffer.add(one, "after")  # numbering goes on after the batches
+    assert buffer.flush()
+    assert stream_seqs(redis_conn, one)[-1] == 20_001
+
+
+def test_a_log_buffer_drops_a_batch_redis_refuses_and_goes_on():
+    gone = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+    buffer = LogBuffer(gone)
+    buffer.add(new_deployment_id(), "lost")
+    assert buffer.flush()  # dropped, logged, nothing raised to the provisioner's reader

@@ -17,6 +17,7 @@ from bot import github, state
 from bot.config import Settings, load_settings
 from bot.model import Deployment
 
+from .logbuffer import LogBuffer
 from .provisioners import ProvisionError, Provisioner, make_provisioner
 
 log = logging.getLogger("previewbot.worker")
@@ -41,6 +42,10 @@ class WorkerContext:
     redis: redis.Redis
     reporter: object
     provisioners: dict[str, Provisioner] = field(default_factory=dict)
+    logs: LogBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logs = LogBuffer(self.redis)
 
     def provisioner_for(self, environment: str) -> Provisioner:
         """The provisioner of a named environment, made from its settings the first time."""

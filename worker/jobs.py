@@ -147,6 +147,7 @@ def finish(ctx: WorkerContext, deployment: Deployment, *, status: str, message: 
     mask = Masker.from_settings(ctx.settings)
     changes = {name: mask(value) if name in PROVISIONER_TEXT and value else value for name, value in changes.items()}
     result = deployment.changed(status=status, **changes)
+    ctx.logs.flush()  # the outcome comes after the deployment's last log line
     recorded = _while_redis_returns(lambda: state.publish(ctx.redis, result, expect=deployment.status, message=message))
     if recorded is None:
         log.info("deployment %s changed meanwhile; not recording it %s", deployment.id, status)
@@ -383,10 +384,7 @@ def _while_redis_returns(action):
 
 def _log_line(ctx: WorkerContext, deployment_id: str, line: str) -> None:
     # Log lines are best effort: a Redis hiccup must not fail the deploy that prints them.
-    try:
-        state.publish_log(ctx.redis, deployment_id, line)
-    except redis.RedisError:
-        pass
+    ctx.logs.add(deployment_id, line)
 
 
 def _provision_request(ctx: WorkerContext, deployment: Deployment, stop: threading.Event) -> ProvisionRequest:

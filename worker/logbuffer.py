@@ -1,0 +1,72 @@
+"""Log lines on their way from provisioners to Redis, in batches.
+
+A build can print far faster than one Redis call a line. Lines are buffered per deployment and a
+thread of the worker process writes whatever has gathered in one call per deployment
+(`bot.state.publish_logs`): while a call is under way the next batch fills, so a quiet deploy
+still sends each line at once and a chatty one sends thousands per call. A provisioner that
+prints faster than Redis takes its lines waits when the buffer is full, instead of growing it
+without bound. Lines are best effort: a Redis error drops a batch, never the deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from bot import state
+from bot.model import utcnow
+
+log = logging.getLogger("previewbot.worker")
+
+# Lines one call writes at most, and lines buffered before a provisioner's output waits.
+BATCH_LINES = 2000
+MAX_BUFFERED_LINES = 50_000
+
+
+class LogBuffer:
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self._pending: dict[str, list[tuple[str, str]]] = {}
+        self._count = 0
+        self._writing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="previewbot-logs", daemon=True)
+        self._thread.start()
+
+    def add(self, deployment_id: str, line: str) -> None:
+        """Queue a line (already masked) of a deployment's log, stamped now."""
+        with self._changed:
+            while self._count >= MAX_BUFFERED_LINES:
+                self._changed.wait()
+            self._pending.setdefault(deployment_id, []).append((utcnow(), line))
+            self._count += 1
+            self._changed.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every line queued so far is written (or dropped): a deployment's outcome is
+        published after its last line. False when it took longer than `timeout`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending and not self._writing, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending)
+                batches, self._pending, self._writing = self._pending, {}, True
+            try:
+                self._write(batches)
+            finally:
+                with self._changed:
+                    self._count -= sum(len(lines) for lines in batches.values())
+                    self._writing = False
+                    self._changed.notify_all()
+
+    def _write(self, batches: dict[str, list[tuple[str, str]]]) -> None:
+        for deployment_id, lines in batches.items():
+            for start in range(0, len(lines), BATCH_LINES):
+                try:
+                    state.publish_logs(self.conn, deployment_id, lines[start : start + BATCH_LINES])
+                except redis.RedisError as exc:
+                    log.warning("dropped %d log lines of %s: %s", len(lines[start : start + BATCH_LINES]), deployment_id, type(exc).__name__)
