@@ -773,7 +773,7 @@ exit 1
     link = row.get_by_role("link", name="https://preview-50.shop.example.com")
     expect(link).to_have_attribute("href", "https://preview-50.shop.example.com")
     expect(row.locator(".env-deployed .check")).to_have_text("✓")
-    expect(row.get_by_role("button")).to_have_text(["Redeploy", "Destroy", "History▾"])
+    expect(row.get_by_role("button")).to_have_text(["Redeploy", "Extend", "Destroy", "History▾"])
     expect(row.get_by_role("button", name="Redeploy preview")).to_be_enabled()
     expect(row.locator(".error-text")).to_be_hidden()
 
@@ -1166,11 +1166,15 @@ def test_an_environments_row_shows_its_resources_and_cost_as_text(make_bot, page
     bot = make_bot({"PREVIEW_ENVIRONMENTS": "preview,staging"}).start()
     seed(bot, "acme/shop", 71, "feat/big", "Needs a big VM", "octocat")
     hostile = '<img src=x onerror=alert(1)>'
+    now = datetime.now(timezone.utc)
     staging = Deployment.new(repository="acme/shop", pr_number=71, branch_name="feat/big", environment="staging").changed(
         status="deployed",
         preview_url="https://staging-71.shop.example.com",
         resources=(Resource(kind="ec2:instance", id="i-0abc1234def567890", type="t3.large", region="eu-west-1"), Resource(kind=hostile, id="x")),
         hourly_cost=0.0944,
+        # Running for 4 h 30 min (USD 0.4248 so far), and 3 more hours before it expires.
+        created_at=(now - timedelta(hours=4, minutes=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        expires_at=(now + timedelta(hours=3, seconds=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
     bot.store.record_deployment(staging, "1-0")
 
@@ -1179,6 +1183,14 @@ def test_an_environments_row_shows_its_resources_and_cost_as_text(make_bot, page
     expect(row.locator(".env-status")).to_have_text("Deployed")
     expect(row.locator(".resource")).to_have_text(["ec2:instance i-0abc1234def567890 t3.large eu-west-1", f"{hostile} x"])
     expect(row.locator(".hourly-cost")).to_have_text("$0.0944 an hour")
+    expect(row.locator(".costs")).to_have_text("$0.42 so far · $0.0944 an hour")
+    # Three hours left: not yet a warning.
+    expiry = row.locator(".expiry")
+    expect(expiry).to_have_text("Expires in 3 h")
+    expect(expiry).not_to_have_class(re.compile(r"\bis-warning\b"))
+    expect(expiry.locator("time")).to_have_attribute("datetime", staging.expires_at)
+    expect(expiry).to_have_attribute("title", re.compile(r"^Expires at \d{4}-\d\d-\d\d \d\d:\d\d UTC unless extended$"))
+    expect(row.get_by_role("button", name="Extend staging", exact=True)).to_be_visible()
     assert row.locator("img").count() == 0
     preview = card(page, "acme/shop", 71).locator('li.env[data-environment="preview"]')
     expect(preview.locator(".deployment-details")).to_be_hidden()
@@ -1225,8 +1237,231 @@ def test_sign_in_with_github_shows_a_reader_the_preview_without_its_buttons(make
         expect(page.locator("#connection")).to_have_text("Live")
         assert bot.store.verify_token(stored_token(page))["kind"] == "github"
         expect(shop.locator(".destroy")).to_be_hidden()
+        # They see how long the preview has left, but may not extend it.
+        expect(shop.locator(".expiry")).to_have_text(re.compile(r"^Expires in 2 d 23 h$"))
+        expect(shop.locator(".extend")).to_be_hidden()
+        expect(shop.get_by_role("button", name=re.compile("Extend"))).to_have_count(0)
         shop.locator(".preview-toggle").click()
         expect(shop.locator(".panel-note")).to_have_text("You can read acme/shop on GitHub but not push to it, so you cannot deploy it.")
         expect(shop.locator(".deploy")).to_be_hidden()
         page.screenshot(path=output_dir / "github-reader.png")
         assert fake.violations == []
+
+
+# -- expiry: the time left, Extend, and previews that expire ---------------------------------------
+
+
+def expiry_of(bot, repository: str, number: int, environment: str | None = None) -> str | None:
+    with bot.client() as c:
+        params = {"environment": environment} if environment else {}
+        return c.get(f"/api/repos/{repository}/pull-requests/{number}/deployment", params=params).json()["expiresAt"]
+
+
+def test_a_deployed_preview_shows_its_time_left_and_cost_and_extend_keeps_it(make_bot, page, output_dir):
+    """The page's feed is silenced: what Extend shows comes from its own answer."""
+    bot = make_bot({"PREVIEW_TTL": "1h", "PREVIEW_HOURLY_COST": "0.5"}).start()
+    seed(bot, "acme/shop", 80, "feat/expiring", "Lives an hour", "octocat")
+    assert bot.deploy("acme/shop", 80, "feat/expiring").status_code == 202
+    bot.wait_status("acme/shop", 80, "deployed")
+    before = expiry_of(bot, "acme/shop", 80)
+    assert before
+
+    page.route_web_socket(re.compile(r"/ws$"), silent_feed)
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 80)
+    expect(badge(page, "acme/shop", 80)).to_have_text("Deployed")
+    expiry = item.locator(".expiry")
+    expect(expiry).to_have_text("Expires in 59 min")
+    expect(expiry.locator("time")).to_have_attribute("datetime", before)
+    # Less than two hours left: shown as a warning.
+    expect(expiry).to_have_class(re.compile(r"\bis-warning\b"))
+    expect(item.locator(".cost-so-far")).to_have_text(re.compile(r"^(< \$0\.01|\$0\.0\d) so far$"))
+    expect(item.locator(".hourly-cost")).to_have_text("$0.50 an hour")
+    extend = item.get_by_role("button", name="Extend preview", exact=True)
+    expect(extend).to_be_visible()
+    expect(extend).to_have_text("Extend")
+    page.screenshot(path=output_dir / "expires-in.png")
+
+    # Held back a moment, the request shows as pending; then the answer's expiry is shown at once.
+    requested: list[str] = []
+
+    def slow_extend(route):
+        requested.append(route.request.method + " " + route.request.url)
+        page.wait_for_timeout(700)
+        route.continue_()
+
+    page.route("**/deployment/extend*", slow_extend)
+    extend.focus()
+    page.keyboard.press("Enter")
+    extending = item.locator("button.extend")
+    expect(extending).to_have_text("Extending…")
+    expect(extending).to_be_disabled()
+    expect(extending).to_have_text("Extend")
+    expect(extending).to_be_enabled()
+    expect(extending).to_be_focused()
+    assert requested == [f"POST {bot.url}/api/repos/acme/shop/pull-requests/80/deployment/extend"]
+    after = expiry_of(bot, "acme/shop", 80)
+    assert after > before
+    expect(expiry.locator("time")).to_have_attribute("datetime", after)
+    expect(expiry).to_have_text("Expires in 59 min")
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #80: extended; expires in 59 min.")
+    expect(item.locator(".card-message")).to_be_hidden()
+    page.screenshot(path=output_dir / "extended.png")
+
+
+def test_a_preview_that_expires_is_torn_down_and_says_so(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_TTL": "6s", "PREVIEW_TTL_WARNING": "1h", "PREVIEW_HOURLY_COST": "36"}).start()
+    seed(bot, "acme/shop", 81, "feat/short-lived", "Lives six seconds", "octocat")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 81)
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/short-lived").click()
+    expect(badge(page, "acme/shop", 81)).to_have_text("Deployed")
+    expiry = item.locator(".expiry")
+    expect(expiry).to_have_text(re.compile(r"^(Expires in [1-6] s|Expiring now)$"))
+    expect(expiry).to_have_class(re.compile(r"\bis-warning\b"))
+    page.screenshot(path=output_dir / "about-to-expire.png")
+
+    # The worker destroys it on its own; the WebSocket says idle with the outcome "expired".
+    expect(badge(page, "acme/shop", 81)).to_have_text("Idle", timeout=20_000)
+    expect(item.locator(".outcome")).to_have_text("Expired")
+    expect(item.locator(".state-idle")).to_contain_text("The preview expired and was torn down.")
+    expect(expiry).to_be_hidden()
+    expect(item.locator("button.extend")).to_be_hidden()
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #81: preview expired and torn down.")
+
+    history = bot.client().get("/api/repos/acme/shop/pull-requests/81/deployments").json()["deployments"]
+    assert [(d["status"], d["expired"]) for d in history] == [("destroyed", True)]
+    assert history[0]["cost"] > 0
+    item.get_by_role("button", name="History of preview").click()
+    entries = item.locator(".history-item")
+    expect(entries).to_have_count(1)
+    expect(entries.locator(".history-badge")).to_have_text("Expired")
+    expect(entries.first).to_have_attribute("data-status", "expired")
+    # What it cost, from its creation until it was torn down.
+    expect(entries.locator(".history-cost")).to_have_text(f"${history[0]['cost']:.2f}")
+    page.screenshot(path=output_dir / "expired.png")
+
+    # A reload still says why (from the list).
+    page.reload()
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(item.locator(".outcome")).to_have_text("Expired")
+
+
+def test_extend_is_offered_only_for_a_deployed_preview_that_expires(make_bot, page, tmp_path):
+    gate = tmp_path / "gate"
+    bot = command_bot(
+        make_bot,
+        tmp_path,
+        f"""
+case "$PREVIEW_BRANCH" in
+  *broken*) echo "build failed" >&2; exit 1 ;;
+  *slow*) while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done ;;
+esac
+echo "https://pr-$PREVIEW_PR_NUMBER.preview.acme.test"
+""",
+        {"PREVIEW_TTL": "3h"},
+    ).start()
+    seed(bot, "acme/shop", 82, "feat/done", "Deployed", "octocat")
+    seed(bot, "acme/shop", 83, "fix/broken-build", "Failed", "octocat")
+    seed(bot, "acme/shop", 84, "docs/readme", "Idle", "octocat")
+    seed(bot, "acme/shop", 85, "feat/slow-build", "Deploying", "octocat")
+    assert bot.deploy("acme/shop", 82, "feat/done").status_code == 202
+    assert bot.deploy("acme/shop", 83, "fix/broken-build").status_code == 202
+    assert bot.deploy("acme/shop", 85, "feat/slow-build").status_code == 202
+    bot.wait_status("acme/shop", 82, "deployed")
+    bot.wait_status("acme/shop", 83, "failed")
+
+    open_dashboard(page, bot)
+    expect(badge(page, "acme/shop", 82)).to_have_text("Deployed")
+    expect(badge(page, "acme/shop", 83)).to_have_text("Failed")
+    expect(badge(page, "acme/shop", 84)).to_have_text("Idle")
+    expect(badge(page, "acme/shop", 85)).to_have_text("Deploying")
+    deployed = card(page, "acme/shop", 82)
+    expect(deployed.get_by_role("button", name="Extend preview", exact=True)).to_be_visible()
+    expect(deployed.locator(".expiry")).to_have_text(re.compile(r"^Expires in 2 h 59 min$"))
+    expect(deployed.locator(".expiry")).not_to_have_class(re.compile(r"\bis-warning\b"))
+    for number in (83, 84, 85):
+        item = card(page, "acme/shop", number)
+        toggle = item.locator("button.preview-toggle")
+        if toggle.is_visible():
+            toggle.click()  # nor in the open panel
+        expect(item.locator("button.extend")).to_have_count(1)  # rendered, but not offered
+        expect(item.locator("button.extend")).to_be_hidden()
+        expect(item.get_by_role("button", name=re.compile("Extend"))).to_have_count(0)
+        expect(item.locator(".expiry")).to_be_hidden()
+
+    # The running deploy ends: now it is offered there too.
+    gate.touch()
+    slow = card(page, "acme/shop", 85)
+    expect(badge(page, "acme/shop", 85)).to_have_text("Deployed")
+    expect(slow.get_by_role("button", name="Extend preview", exact=True)).to_be_visible()
+    expect(slow.locator(".expiry")).to_have_text(re.compile(r"^Expires in 2 h 59 min$"))
+
+
+def test_each_environment_row_has_its_own_extend_and_one_that_never_expires_has_none(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_ENVIRONMENTS": "preview,staging,qa", "PREVIEW_TTL": "1h", "PREVIEW_ENV_QA_TTL": "0",
+                    "PREVIEW_HOURLY_COST": "0.0208"}).start()
+    seed(bot, "acme/shop", 86, "feat/three", "Three environments", "octocat")
+    for environment in ("staging", "qa"):
+        assert bot.deploy("acme/shop", 86, "feat/three", environment=environment).status_code == 202
+        wait_env_status(bot, "acme/shop", 86, environment, "deployed")
+    before = expiry_of(bot, "acme/shop", 86, "staging")
+    assert before and expiry_of(bot, "acme/shop", 86, "qa") is None
+
+    open_dashboard(page, bot)
+    staging = env_row(page, "acme/shop", 86, "staging")
+    qa = env_row(page, "acme/shop", 86, "qa")
+    preview = env_row(page, "acme/shop", 86, "preview")
+    expect(env_badge(page, "acme/shop", 86, "staging")).to_have_text("Deployed")
+    expect(env_badge(page, "acme/shop", 86, "qa")).to_have_text("Deployed")
+    expect(staging.locator(".expiry")).to_have_text("Expires in 59 min")
+    expect(staging.locator(".costs")).to_have_text(re.compile(r"^(< \$0\.01|\$0\.00) so far · \$0\.0208 an hour$"))
+    # Never expires: nothing said, nothing to extend; the cost is still shown.
+    expect(qa.locator(".expiry")).to_be_hidden()
+    expect(qa.get_by_role("button", name=re.compile("Extend"))).to_have_count(0)
+    expect(qa.locator(".hourly-cost")).to_have_text("$0.0208 an hour")
+    expect(preview.get_by_role("button", name=re.compile("Extend"))).to_have_count(0)
+
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url) if "/deployment/extend" in r.url else None)
+    staging.get_by_role("button", name="Extend staging", exact=True).click()
+    expect(page.locator("#announcer")).to_contain_text("acme/shop #86 staging: extended; expires in 59 min.")
+    assert requested == [f"{bot.url}/api/repos/acme/shop/pull-requests/86/deployment/extend?environment=staging"]
+    after = expiry_of(bot, "acme/shop", 86, "staging")
+    assert after > before
+    expect(staging.locator(".expiry time")).to_have_attribute("datetime", after)
+    page.screenshot(path=output_dir / "rows-extend.png")
+
+    # Torn down elsewhere just before the extend request arrives: the error shows on the row.
+    def destroyed_first(route):
+        with bot.client() as c:
+            assert c.delete("/api/repos/acme/shop/pull-requests/86/deployment", params={"environment": "staging"}).status_code == 202
+        wait_env_status(bot, "acme/shop", 86, "staging", "idle")
+        route.continue_()
+
+    page.route("**/deployment/extend*", destroyed_first)
+    staging.get_by_role("button", name="Extend staging", exact=True).click()
+    message = staging.locator(".env-message")
+    expect(message).to_have_text("Could not extend the preview: Nothing is deployed in this environment, so there is nothing to extend")
+    expect(message).to_have_attribute("data-kind", "error")
+    # The list then says what happened.
+    expect(env_badge(page, "acme/shop", 86, "staging")).to_have_text("Idle")
+    expect(staging.get_by_role("button", name=re.compile("Extend"))).to_have_count(0)
+
+
+def test_a_deploy_refused_by_the_monthly_budget_shows_why_on_the_card(make_bot, page, output_dir):
+    bot = make_bot({"PREVIEW_MONTHLY_BUDGET": "0", "PREVIEW_HOURLY_COST": "0.5"}).start()
+    seed(bot, "acme/shop", 87, "feat/over-budget", "Over budget", "octocat")
+
+    open_dashboard(page, bot)
+    item = card(page, "acme/shop", 87)
+    item.locator("button.preview-toggle").click()
+    item.get_by_role("button", name="Deploy Preview for feat/over-budget").click()
+    message = item.locator(".card-message")
+    expect(message).to_contain_text("Could not start the deploy: The monthly preview budget of acme/shop is spent")
+    expect(message).to_have_attribute("data-kind", "error")
+    expect(badge(page, "acme/shop", 87)).to_have_text("Idle")
+    expect(item.get_by_role("button", name="Deploy Preview for feat/over-budget")).to_be_enabled()
+    page.screenshot(path=output_dir / "over-budget.png")

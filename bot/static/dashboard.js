@@ -1,8 +1,8 @@
 /* previewbot dashboard: plain JavaScript, no build step, no dependencies.
  *
  * Data comes from the REST API (GET /api/pull-requests, POST .../deploy, POST .../deployment/cancel,
- * DELETE .../deployment, GET .../deployments for the history, each for one of a pull request's
- * environments) and live updates from the WebSocket at /ws. Each deployment's log has a page of
+ * POST .../deployment/extend, DELETE .../deployment, GET .../deployments for the history, each for
+ * one of a pull request's environments) and live updates from the WebSocket at /ws. Each deployment's log has a page of
  * its own (deployments/ID/logs, logs.js).
  * A token never goes in a URL: a sign-in link carries a one-time code (`/?code=…`) that the page
  * trades for a session token (POST /api/sessions), and the WebSocket gets the token in its first
@@ -44,8 +44,11 @@
   // A deployment record's status (the history), as the history shows it.
   var RECORD_LABEL = {
     deploying: "Deploying", deployed: "Deployed", failed: "Failed", cancelled: "Cancelled",
-    superseded: "Superseded", destroyed: "Torn down",
+    superseded: "Superseded", destroyed: "Torn down", expired: "Expired",
   };
+  // Less time than this before a preview expires, its expiry is shown as a warning (the
+  // server's PREVIEW_TTL_WARNING is not known here; 2 hours is its default).
+  var EXPIRY_WARNING_MS = 2 * 3600 * 1000;
 
   // -- where the API lives ------------------------------------------------------------------
 
@@ -147,7 +150,39 @@
   var usd = window.Intl ? new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumSignificantDigits: 3 }) : null;
 
   function formatHourlyCost(value) {
-    return (usd ? usd.format(value) : "$" + value) + " an hour";
+    // Whole cents as such ("$0.50"), else three significant digits ("$0.0208").
+    var cents = Math.abs(value * 100 - Math.round(value * 100)) < 1e-9;
+    return (cents ? "$" + value.toFixed(2) : usd ? usd.format(value) : "$" + value) + " an hour";
+  }
+
+  function formatCost(cost) {
+    return cost < 0.01 && cost > 0 ? "< $0.01" : "$" + cost.toFixed(2);
+  }
+
+  function isTimestamp(value) {
+    return typeof value === "string" && !isNaN(Date.parse(value));
+  }
+
+  /* How long a preview has left, as the server says it (bot.expiry.describe_left):
+   * "1 h 59 min", "45 min", "2 d 23 h", "30 s". */
+  function formatTimeLeft(ms) {
+    var seconds = Math.max(0, Math.floor(ms / 1000));
+    if (seconds < 60) return seconds + " s";
+    var minutesTotal = Math.floor(seconds / 60);
+    var days = Math.floor(minutesTotal / 1440);
+    var rest = minutesTotal % 1440;
+    var hours = Math.floor(rest / 60);
+    var minutes = rest % 60;
+    var parts = [];
+    if (days) parts.push(days + " d");
+    if (hours) parts.push(hours + " h");
+    if (minutes && !days) parts.push(minutes + " min");
+    return parts.join(" ") || "0 min";
+  }
+
+  function utcText(iso) {
+    var date = new Date(iso);
+    return date.toISOString().replace("T", " ").replace(/:\d\d\.\d+Z$/, " UTC");
   }
 
   var relative = window.Intl && Intl.RelativeTimeFormat ? new Intl.RelativeTimeFormat("en", { numeric: "auto" }) : null;
@@ -264,7 +299,7 @@
   // state and buttons.
 
   function deploymentOf(d, status) {
-    if (!d) return { deploymentId: null, status: status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null, resources: [], hourlyCost: null };
+    if (!d) return { deploymentId: null, status: status || "idle", previewUrl: null, error: null, startedAt: null, updatedAt: "", outcome: null, resources: [], hourlyCost: null, cost: null, expiresAt: null };
     return {
       deploymentId: d.id || d.deploymentId || null,
       status: d.status || status || "idle",
@@ -272,11 +307,14 @@
       error: d.error || null,
       startedAt: d.createdAt || null,
       updatedAt: d.updatedAt || d.createdAt || "",
-      // The list gives the record's own status beside the environment's state.
-      outcome: d.outcome || d.recordStatus || null,
+      // The list gives the record's own status beside the environment's state; a record
+      // destroyed because it expired ended with the outcome "expired".
+      outcome: d.outcome || (d.recordStatus === "destroyed" && d.expired === true ? "expired" : d.recordStatus) || null,
       // Only the list carries them; WebSocket messages and action answers leave them undefined.
       resources: resourcesOf(d.resources),
       hourlyCost: hourlyCostOf(d.hourlyCost),
+      cost: hourlyCostOf(d.cost),
+      expiresAt: isTimestamp(d.expiresAt) ? d.expiresAt : null,
     };
   }
 
@@ -316,12 +354,23 @@
     env.status = next.status in STATUS_LABEL ? next.status : "idle";
     if (Array.isArray(next.resources)) {
       env.resources = next.resources;
-      env.hourlyCost = next.hourlyCost;
     } else if (!sameDeployment || env.status !== previousStatus) {
       // Unknown until the list says (a deploy records them when it ends).
       env.resources = null;
-      env.hourlyCost = null;
     }
+    if (next.hourlyCost !== undefined) {
+      // The list, and WebSocket messages since they carry the cost (absent: not known).
+      env.hourlyCost = next.hourlyCost;
+      env.cost = next.hourlyCost === null ? null : next.cost === undefined ? null : next.cost;
+      env.costAt = Date.now();
+    } else if (!sameDeployment || env.status !== previousStatus) {
+      env.hourlyCost = null;
+      env.cost = null;
+    }
+    // When the deployed preview is destroyed unless extended; null: never (or not deployed).
+    if (env.status !== "deployed") env.expiresAt = null;
+    else if (next.expiresAt !== undefined) env.expiresAt = next.expiresAt;
+    else if (!sameDeployment) env.expiresAt = null;
     env.previewUrl = env.status === "deployed" ? next.previewUrl || (sameDeployment ? env.previewUrl : null) : null;
     env.error = env.status === "failed" ? next.error || "The deploy failed without an error message." : null;
     env.outcome = env.status === "idle" && Object.prototype.hasOwnProperty.call(OUTCOME_LABEL, next.outcome) ? next.outcome : null;
@@ -329,6 +378,7 @@
       env.cancelPending = false;
       env.cancelRequested = null;
     }
+    if (env.status !== "deployed") env.extendPending = false;
     if (env.status === "deploying") {
       env.startedAt = next.startedAt || (sameDeployment && env.startedAt) || next.updatedAt || null;
     }
@@ -349,6 +399,11 @@
       updatedAt: "",
       resources: null, // what the deployment runs on, as text; null until the list says
       hourlyCost: null, // USD an hour, when known
+      cost: null, // USD so far, when known, as of costAt (Date.now())
+      costAt: 0,
+      expiresAt: null, // when the deployed preview expires unless extended; null: never
+      extendPending: false, // the extend request is on its way
+      extendFocus: false, // its Extend button had the focus when clicked
       expanded: false, // the classic card's Preview panel
       pending: false, // the deploy request is on its way
       cancelPending: false, // the cancel request is on its way
@@ -540,6 +595,10 @@
     n.cancel = el("button", "button button-danger cancel", "Cancel deploy");
     n.cancel.type = "button";
     n.cancel.addEventListener("click", function () { cancel(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
+    n.extend = el("button", "button extend", "Extend");
+    n.extend.type = "button";
+    n.extend.setAttribute("aria-label", "Extend preview");
+    n.extend.addEventListener("click", function () { extend(card, environmentOf(card, DEFAULT_ENVIRONMENT)); });
     n.destroy = el("button", "button button-danger destroy", "Destroy");
     n.destroy.type = "button";
     n.destroy.setAttribute("aria-label", "Destroy preview");
@@ -547,6 +606,7 @@
     actions.appendChild(n.toggle);
     actions.appendChild(n.retry);
     actions.appendChild(n.cancel);
+    actions.appendChild(n.extend);
     actions.appendChild(n.destroy);
     n.single.appendChild(actions);
     n.confirm = buildConfirm(card, function () { return environmentOf(card, DEFAULT_ENVIRONMENT); });
@@ -612,10 +672,13 @@
     r.cancel = el("button", "button button-danger cancel");
     r.cancel.type = "button";
     r.cancel.addEventListener("click", function () { rowAction(card, env, r.cancel, cancel); });
+    r.extend = el("button", "button extend");
+    r.extend.type = "button";
+    r.extend.addEventListener("click", function () { extend(card, env); });
     r.destroy = el("button", "button button-danger destroy");
     r.destroy.type = "button";
     r.destroy.addEventListener("click", function () { askDestroy(card, env); });
-    [r.deploy, r.retry, r.cancel, r.destroy].forEach(function (b) { actions.appendChild(b); });
+    [r.deploy, r.retry, r.cancel, r.extend, r.destroy].forEach(function (b) { actions.appendChild(b); });
     head.appendChild(actions);
     r.root.appendChild(head);
     r.confirm = buildConfirm(card, function () { return env; });
@@ -750,8 +813,10 @@
     n.cancel.hidden = !actionsFor(env).cancel;
     n.cancel.disabled = cancelling;
     n.cancel.textContent = cancelling ? "Cancelling\u2026" : "Cancel deploy";
+    updateExtend(env, n.extend, "preview");
     updateDestroy(env, n.destroy, n.confirm, "Destroy", "preview");
     updateLinks(card, env, n.links);
+    keepExtendFocus(env, n.extend, n.toggle);
     if (env.keepFocus && (n.cancel.hidden || !cancelling)) {
       // Disabling or hiding the focused Cancel button drops the keyboard focus to the page:
       // give it back to this card (Cancel again after an error, else Preview or Retry).
@@ -832,8 +897,10 @@
     r.cancel.hidden = !actionsFor(env).cancel;
     r.cancel.disabled = cancelling;
     label(r.cancel, cancelling ? "Cancelling\u2026" : "Cancel", env.name, cancelling ? "Cancelling the deploy to" : "Cancel the deploy to");
+    updateExtend(env, r.extend, env.name);
     updateDestroy(env, r.destroy, r.confirm, "Destroy", env.name);
     updateLinks(card, env, r.links);
+    keepExtendFocus(env, r.extend, r.deploy);
 
     if (env.keepFocus) {
       // Hiding or disabling the focused button drops the keyboard focus to the page: give it
@@ -853,26 +920,84 @@
     }
   }
 
-  /* A deployed environment's resources and hourly cost, when the API gave them. */
+  /* A deployed environment's time left before it expires, its resources, and its cost so far
+   * and hourly cost, when the API gave them. */
   function buildDetails() {
-    var d = { root: el("div", "deployment-details"), resources: el("ul", "resources"), cost: el("p", "hourly-cost"), shown: "" };
+    var d = { root: el("div", "deployment-details"), resources: el("ul", "resources"), shown: "" };
+    d.expiry = el("p", "expiry");
+    d.expiryText = el("span", "expiry-text");
+    d.expiryTime = el("time", "expiry-time");
+    d.expiry.appendChild(d.expiryText);
+    d.expiry.appendChild(d.expiryTime);
+    d.costs = el("p", "costs");
+    d.spent = el("span", "cost-so-far");
+    d.separator = el("span", "cost-separator", " \u00B7 ");
+    d.separator.setAttribute("aria-hidden", "true");
+    d.cost = el("span", "hourly-cost");
+    d.costs.appendChild(d.spent);
+    d.costs.appendChild(d.separator);
+    d.costs.appendChild(d.cost);
+    d.root.appendChild(d.expiry);
     d.root.appendChild(d.resources);
-    d.root.appendChild(d.cost);
+    d.root.appendChild(d.costs);
     return d;
+  }
+
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
   }
 
   function updateDetails(details, env) {
     var deployed = env.status === "deployed";
     var resources = deployed && env.resources ? env.resources : [];
-    var cost = deployed ? env.hourlyCost : null;
-    var shown = JSON.stringify([resources, cost]);
-    if (shown === details.shown) return;
-    details.shown = shown;
-    details.resources.replaceChildren.apply(details.resources, resources.map(function (text) { return el("li", "resource", text); }));
-    details.resources.hidden = !resources.length;
-    details.cost.textContent = cost === null ? "" : formatHourlyCost(cost);
-    details.cost.hidden = cost === null;
-    details.root.hidden = !resources.length && cost === null;
+    var shown = JSON.stringify(resources);
+    if (shown !== details.shown) {
+      details.shown = shown;
+      details.resources.replaceChildren.apply(details.resources, resources.map(function (text) { return el("li", "resource", text); }));
+      details.resources.hidden = !resources.length;
+    }
+    var hourly = deployed ? env.hourlyCost : null;
+    var spent = deployed ? costSoFar(env) : null;
+    setText(details.cost, hourly === null ? "" : formatHourlyCost(hourly));
+    details.cost.hidden = hourly === null;
+    setText(details.spent, spent === null ? "" : formatCost(spent) + " so far");
+    details.spent.hidden = spent === null;
+    details.separator.hidden = spent === null || hourly === null;
+    details.costs.hidden = hourly === null && spent === null;
+    var expiring = updateExpiry(details, env);
+    details.root.hidden = !resources.length && details.costs.hidden && !expiring;
+  }
+
+  /* USD so far: the API's figure, plus the hourly cost since it was given while the preview runs. */
+  function costSoFar(env) {
+    if (env.cost === null || env.cost === undefined) return null;
+    if (env.status !== "deployed" || !env.hourlyCost || !env.costAt) return env.cost;
+    return env.cost + env.hourlyCost * Math.max(0, Date.now() - env.costAt) / 3600000;
+  }
+
+  /* "Expires in 1 h 59 min", the exact time (UTC) in the title, as a warning under two hours. */
+  function updateExpiry(details, env) {
+    var expires = env.status === "deployed" && env.expiresAt ? Date.parse(env.expiresAt) : NaN;
+    if (isNaN(expires)) {
+      details.expiry.hidden = true;
+      details.expiry.classList.remove("is-warning");
+      return false;
+    }
+    var left = expires - Date.now();
+    setText(details.expiryText, left > 0 ? "Expires in " : "Expiring now");
+    setText(details.expiryTime, left > 0 ? formatTimeLeft(left) : "");
+    if (details.expiryTime.dateTime !== env.expiresAt) {
+      details.expiryTime.dateTime = env.expiresAt;
+      details.expiry.title = "Expires at " + utcText(env.expiresAt) + " unless extended";
+    }
+    details.expiry.classList.toggle("is-warning", left < EXPIRY_WARNING_MS);
+    details.expiry.hidden = false;
+    return true;
+  }
+
+  function detailsOf(card, env) {
+    if (hasRows(card)) return env.row ? env.row.details : null;
+    return env.name === DEFAULT_ENVIRONMENT || card.order[0] === env.name ? card.nodes.details : null;
   }
 
   function updateElapsed(card, env) {
@@ -895,6 +1020,7 @@
       if (env.status === "deployed") return name + ": preview deployed" + (env.previewUrl ? " at " + env.previewUrl : "") + ".";
       if (env.status === "failed") return name + ": deploy failed. " + (env.error || "");
       if (env.outcome === "cancelled") return name + ": deploy cancelled.";
+      if (env.outcome === "expired") return name + ": preview expired and torn down.";
       return name + ": no preview.";
     }
     var e = env.name;
@@ -1086,18 +1212,81 @@
 
   // -- destroy, logs and history ------------------------------------------------------------
 
-  /* The buttons an environment offers in its state. Extend (expiry) joins here when it lands:
-   * offered while deployed, it will POST .../deployment/extend and show the new expiresAt. */
+  /* The buttons an environment offers in its state. */
   function actionsFor(env) {
     var status = env.status;
-    if (!env.writable) return { deploy: false, retry: false, cancel: false, destroy: false };
+    if (!env.writable) return { deploy: false, retry: false, cancel: false, destroy: false, extend: false };
     return {
       deploy: env.deployable !== false && (status === "idle" || status === "deployed"),
       retry: env.deployable !== false && status === "failed",
       cancel: status === "deploying",
       // A failed deploy may have left an environment behind: it can be torn down too.
       destroy: status === "deployed" || status === "failed",
+      // A deployed preview that expires can be kept for its whole time again, from now.
+      extend: status === "deployed" && !!env.expiresAt,
     };
+  }
+
+  function destroying(env) {
+    return env.destroyPending || (env.destroyRequested !== null && env.destroyRequested === env.deploymentId);
+  }
+
+  /* Extend: offered while the preview is deployed with an expiry, and not being torn down. */
+  function updateExtend(env, button, name) {
+    button.hidden = !actionsFor(env).extend || destroying(env);
+    button.disabled = env.extendPending;
+    label(button, env.extendPending ? "Extending\u2026" : "Extend", name, env.extendPending ? "Extending" : "Extend");
+    button.title = "Keeps " + name + " for its whole time again, from now, instead of tearing it down when it expires.";
+  }
+
+  /* A disabled button loses the keyboard focus: once the extend is answered, give it back to
+   * Extend (or, if Extend went away, to `fallback`). */
+  function keepExtendFocus(env, button, fallback) {
+    if (!env.extendFocus || env.extendPending) return;
+    env.extendFocus = false;
+    var active = document.activeElement;
+    if (active && active !== document.body && active !== button) return;
+    if (!button.hidden && !button.disabled) button.focus();
+    else if (fallback && !fallback.hidden && !fallback.disabled) fallback.focus();
+  }
+
+  /* POST .../deployment/extend: 200 with the new expiresAt (now + the TTL), shown at once; 409
+   * when nothing is deployed any more (the list then tells what happened). */
+  function extend(card, env) {
+    if (env.extendPending || !actionsFor(env).extend || !state.token) return;
+    var generation = state.generation;
+    var deploymentId = env.deploymentId;
+    var rows = hasRows(card);
+    var who = card.repository + " #" + card.prNumber + (rows ? " " + env.name : "");
+    env.extendFocus = document.activeElement === (rows ? env.row && env.row.extend : card.nodes.extend);
+    env.extendPending = true;
+    env.message = "";
+    updateCard(card);
+    api(pullRequestPath(card, "/deployment/extend", env), { method: "POST" }).then(
+      function (body) {
+        if (generation !== state.generation) return;
+        env.extendPending = false;
+        if (env.status === "deployed" && env.deploymentId === deploymentId && body && body.expiresAt !== undefined) {
+          env.expiresAt = isTimestamp(body.expiresAt) ? body.expiresAt : null;
+          announce(who + ": extended; " + (env.expiresAt ? "expires in " + formatTimeLeft(Date.parse(env.expiresAt) - Date.now()) : "never expires") + ".");
+        }
+        updateCard(card);
+      },
+      function (error) {
+        if (generation !== state.generation) return;
+        env.extendPending = false;
+        if (error.status === 401) {
+          signOut("Your sign-in is no longer accepted (" + error.message + "). Sign in again.", "error");
+          return;
+        }
+        env.message = error.status === 429 ? error.message : "Could not extend the preview: " + error.message;
+        env.messageKind = "error";
+        // A 409 means nothing is deployed any more: the list tells what happened instead.
+        if (error.status === 409) scheduleRefetch();
+        updateCard(card);
+        announce(who + ": " + env.message);
+      }
+    );
   }
 
   /* Destroy asks first: a line under the buttons with the real button and "Keep". */
@@ -1135,11 +1324,11 @@
   function updateDestroy(env, button, confirm, text, name) {
     // Not while a deploy (a Retry, a Redeploy) is on its way: that one decides what runs next.
     var offered = actionsFor(env).destroy && !env.pending;
-    var destroying = env.destroyPending || (env.destroyRequested !== null && env.destroyRequested === env.deploymentId);
+    var tearingDown = destroying(env);
     if (!offered) env.confirmingDestroy = false;
     button.hidden = !offered || env.confirmingDestroy;
-    button.disabled = destroying;
-    label(button, destroying ? "Destroying\u2026" : text, name, destroying ? "Tearing down" : "Destroy");
+    button.disabled = tearingDown;
+    label(button, tearingDown ? "Destroying\u2026" : text, name, tearingDown ? "Tearing down" : "Destroy");
     confirm.root.hidden = !offered || !env.confirmingDestroy;
     confirm.root.setAttribute("aria-label", "Confirm destroying " + name);
     confirm.text.textContent = "Tear down " + name + "? Its environment and everything on it go away.";
@@ -1329,10 +1518,6 @@
     return typeof sha === "string" && /^[0-9a-f]{7,64}$/i.test(sha) ? sha.slice(0, 7) : "";
   }
 
-  function formatCost(cost) {
-    return cost < 0.01 && cost > 0 ? "< $0.01" : "$" + cost.toFixed(2);
-  }
-
   /* Built from the records each time (a page is small), text only, and put in place only when
    * it differs: an update of something else (the list refetched) keeps the entries, a focused
    * link among them included. */
@@ -1342,6 +1527,8 @@
       if (!d || typeof d.id !== "string") return;
       var item = el("li", "history-item");
       var status = d.status in RECORD_LABEL ? d.status : "";
+      // A preview torn down because it expired says so.
+      if (status === "destroyed" && d.expired === true) status = "expired";
       item.dataset.status = status;
       item.dataset.deploymentId = d.id;
       var head = el("div", "history-head");
@@ -1373,7 +1560,7 @@
       var ended = Date.parse(d.finishedAt);
       if (!isNaN(started) && !isNaN(ended)) facts.push(["history-duration", "took " + formatElapsed(ended - started)]);
       else if (!isNaN(started) && status === "deploying") facts.push(["history-duration", "running " + formatElapsed(Date.now() - started)]);
-      if (typeof d.cost === "number" && isFinite(d.cost)) facts.push(["history-cost", formatCost(d.cost)]);
+      if (typeof d.cost === "number" && isFinite(d.cost) && d.cost >= 0) facts.push(["history-cost", formatCost(d.cost) + (status === "deployed" ? " so far" : "")]);
       if (facts.length) {
         var line = el("p", "history-facts muted");
         facts.forEach(function (fact) { line.appendChild(el("span", fact[0], fact[1])); });
@@ -1542,6 +1729,10 @@
       startedAt: null,
       updatedAt: message.updatedAt,
       outcome: message.outcome,
+      // Messages carry the cost when it is known, and the expiry of a deployed preview.
+      hourlyCost: hourlyCostOf(message.hourlyCost),
+      cost: hourlyCostOf(message.cost),
+      expiresAt: message.expiresAt === undefined ? undefined : isTimestamp(message.expiresAt) ? message.expiresAt : null,
     });
     if (!changed) {
       // Another deployment finished while this card shows a newer one running: let the list,
@@ -1551,7 +1742,7 @@
     }
     if (message.branchName) card.branchName = message.branchName;
     if (env.messageKind === "info") env.message = "";
-    // Messages carry no resources nor cost: the list has those of a deployment that just ended.
+    // Messages carry no resources: the list has those of a deployment that just ended.
     if (env.status === "deployed" && env.resources === null) scheduleRefetch();
     updateCard(card);
     announce(describe(card, env));
@@ -1577,7 +1768,14 @@
     if (!state.token) return;
     var deploying = anyDeploying();
     state.cards.forEach(function (card) {
-      eachEnvironment(card, function (env) { if (env.status === "deploying") updateElapsed(card, env); });
+      eachEnvironment(card, function (env) {
+        if (env.status === "deploying") updateElapsed(card, env);
+        // The time left and the cost so far go on (only text that changed is written).
+        if (env.status === "deployed") {
+          var details = detailsOf(card, env);
+          if (details) updateDetails(details, env);
+        }
+      });
     });
     var since = Date.now() - state.lastListAt;
     // Events can be missed (a restart of the web process between publish and delivery);
