@@ -118,6 +118,11 @@ def due(conn: redis.Redis, *, now: datetime, warning_seconds: float) -> tuple[li
     return [text(i) for i in expired], [text(i) for i in warn]
 
 
+def is_expiring(conn: redis.Redis, deployment_id: str) -> bool:
+    """Whether the preview expired and its destroy was asked for."""
+    return conn.zscore(EXPIRING, deployment_id) is not None
+
+
 def restore(conn: redis.Redis, deployment: Deployment) -> None:
     """Put back on the schedule a live preview Redis forgot (restored from SQLite)."""
     if deployment.status == "deployed" and deployment.expires_at:

@@ -116,15 +116,16 @@ def request_cancel(conn: redis.Redis, settings, key: PreviewKey, *, reason: str)
 
 def request_extend(conn: redis.Redis, settings, key: PreviewKey, *, reason: str, now: datetime | None = None) -> Deployment | None:
     """Give the deployed preview of `key` its whole TTL again from now (`expiresAt = now + TTL`);
-    None when nothing is deployed there. GitHub is told again (the warning goes away)."""
+    None when nothing is deployed there, or it expired and its teardown is under way. GitHub is
+    told again (the warning goes away)."""
     deployment = state.current(conn, key)
-    if deployment is None or deployment.status != "deployed":
-        return None
+    if deployment is None or deployment.status != "deployed" or expiry.is_expiring(conn, deployment.id):
+        return None  # nothing deployed, or its teardown is under way
     ttl = expiry.ttl_for(deployment, settings)
     extended = deployment.changed(expires_at=expiry.expires_at(ttl, start=now or datetime.now(timezone.utc)))
     recorded = state.publish(conn, extended, expect="deployed", message=reason)
     if recorded is not None:
-        queue.enqueue_report(conn, deployment=recorded, why=f"extended-{recorded.updated_at}")
+        queue.enqueue_expiry_report(conn, deployment=recorded, why="extended")
     return recorded
 
 

@@ -105,13 +105,26 @@ def job_id_for_lock(lock_id: str) -> list[str]:
     return [f"deploy-{lock_id}", f"destroy-{lock_id}"]
 
 
-def enqueue_report(conn: redis.Redis, *, deployment: Deployment, why: str | None = None) -> None:
-    """Queue a report of `deployment`'s state to GitHub (for changes made outside a job); `why`
-    tells reports of the same status apart (an Extend, an expiry warning)."""
+def enqueue_report(conn: redis.Redis, *, deployment: Deployment) -> None:
+    """Queue a report of `deployment`'s state to GitHub (for changes made outside a job)."""
     get_queue(conn).enqueue(
         "worker.jobs.report_deployment",
         deployment=deployment.to_json(),
-        job_id=f"report-{deployment.id}-{deployment.status}" + (f"-{re.sub(r'[^A-Za-z0-9_-]', '', why)}" if why else ""),
+        job_id=f"report-{deployment.id}-{deployment.status}",
+        job_timeout=GITHUB_JOB_TIMEOUT,
+        result_ttl=600,
+        failure_ttl=7 * 24 * 3600,
+    )
+
+
+def enqueue_expiry_report(conn: redis.Redis, *, deployment: Deployment, why: str) -> None:
+    """Queue the check run and the PR comment of a deployed preview shown again: its expiry
+    warning is due (`why` = "warned") or it was extended ("extended")."""
+    stamp = re.sub(r"\D", "", deployment.expires_at or "never")
+    get_queue(conn).enqueue(
+        "worker.jobs.report_expiry",
+        deployment=deployment.to_json(),
+        job_id=f"expiry-{deployment.id}-{why}-{stamp}",
         job_timeout=GITHUB_JOB_TIMEOUT,
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,

@@ -21,6 +21,8 @@ from bot.commands import Command, parse_command
         ("/preview down staging", Command("destroy", "staging")),
         ("/preview cancel", Command("cancel")),
         ("/preview Cancel Staging", Command("cancel", "staging")),
+        ("/preview extend", Command("extend")),
+        ("/preview extend staging", Command("extend", "staging")),
         ("/preview status staging", Command("help", unknown="status staging")),
         ("/preview destroy staging now", Command("help", unknown="destroy staging now")),
         ("/preview destroy status", Command("help", unknown="destroy status")),

@@ -64,6 +64,8 @@ def test_the_schedule_follows_the_records_and_claims_each_expiry_and_warning_onc
 
     destroyed, _ = run_due(redis_conn, ttl_settings, now=NOW + timedelta(hours=3, minutes=41))
     assert [d.id for d in destroyed] == [preview.id]
+    # Its teardown is under way: too late to extend it.
+    assert previews.request_extend(redis_conn, ttl_settings, preview.key, reason="late", now=NOW + timedelta(hours=3, minutes=41)) is None
     assert run_due(redis_conn, ttl_settings, now=NOW + timedelta(hours=3, minutes=41, seconds=1)) == ([], [])  # claimed
     # The destroy was queued for a worker; the record ends `destroyed`, expired, and leaves the schedule.
     ended = state.publish(redis_conn, extended.changed(status="destroyed", expired=True), expect="deployed")

@@ -59,6 +59,8 @@ def test_a_preview_warns_is_extended_then_expires_and_says_so_everywhere(start_b
     assert history[0]["expired"] is True and history[0]["status"] == "destroyed" and history[0]["cost"] > 0
     fake.wait_for(lambda: deployments(fake)[0]["statuses"][-1]["state"] == "inactive", message="GitHub deployment inactive")
     assert deployments(fake)[0]["statuses"][-1]["description"] == "Preview expired"
+    # The warning and the Extend showed again on the check run and the comment only.
+    assert [s["state"] for s in deployments(fake)[0]["statuses"]] == ["in_progress", "success", "inactive"]
     fake.wait_for(lambda: "expired" in check_runs(fake)[0]["output"]["summary"], message="check run says expired")
     assert [a["identifier"] for a in check_runs(fake)[0]["actions"]] == ["deploy"]
     fake.wait_for(lambda: "**Expired**" in bot_comments(fake)[0]["body"], message="comment says expired")

@@ -221,6 +221,34 @@ def test_preview_destroy_without_a_preview_says_none_is_running(ctx, gh, redis_c
     assert jobs(redis_conn) == [] and locks(redis_conn) == {}
 
 
+def test_preview_extend_gives_the_live_preview_its_whole_ttl_and_shows_it_again(ctx, gh, redis_conn):
+    live = seed(redis_conn)
+    deliver(ctx, gh, "issue_comment", comment("/preview extend"))
+
+    extended = state.current(redis_conn, live.key)
+    assert extended.id == live.id and extended.status == "deployed" and extended.expires_at
+    job = only_job(redis_conn, "worker.jobs.report_expiry")
+    assert job.kwargs["deployment"]["expiresAt"] == extended.expires_at
+    assert locks(redis_conn) == {}  # no provisioning: nothing takes the branch
+
+
+def test_preview_extend_without_a_deployed_preview_says_so(ctx, gh, redis_conn):
+    seed(redis_conn, status="failed")
+    deliver(ctx, gh, "issue_comment", comment("/preview extend"))
+
+    assert "so there is nothing to extend" in bot_comment(gh)
+    assert jobs(redis_conn) == []
+
+
+def test_extend_button_on_our_check_run_extends(ctx, gh, redis_conn):
+    live = seed(redis_conn)
+    deliver(ctx, gh, "check_run", button("extend"))
+
+    assert gh.requests() == [("GET", permission("alice"))]
+    assert state.current(redis_conn, live.key).expires_at
+    assert only_job(redis_conn, "worker.jobs.report_expiry").kwargs["deployment"]["id"] == live.id
+
+
 def test_preview_help_answers_a_reader_in_the_bot_comment(ctx, gh, redis_conn):
     deliver(ctx, gh, "issue_comment", comment("/preview help", user="rita"))
 

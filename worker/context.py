@@ -35,6 +35,9 @@ class NullReporter:
     def destroyed(self, deployment: Deployment, *, reason: str) -> None:
         pass
 
+    def expiry_changed(self, deployment: Deployment) -> None:
+        pass
+
 
 @dataclass
 class WorkerContext:

@@ -46,7 +46,7 @@ def run_due(conn: redis.Redis, settings, *, now: datetime) -> tuple[list[Deploym
         deployment = state.record(conn, deployment_id)
         if deployment is None or deployment.status != "deployed" or not deployment.installation_id:
             continue
-        queue.enqueue_report(conn, deployment=deployment, why=f"warned-{deployment.expires_at}")
+        queue.enqueue_expiry_report(conn, deployment=deployment, why="warned")
         warned.append(deployment)
     return destroyed, warned
 

@@ -124,6 +124,12 @@ def report_deployment(*, deployment: dict) -> None:
     get_context().reporter.deploy_finished(Deployment.from_json(deployment))
 
 
+def report_expiry(*, deployment: dict) -> None:
+    """Show a deployed preview's check run and PR comment again: its expiry warning is due, or
+    it was extended (the warning and the Extend button go)."""
+    get_context().reporter.expiry_changed(Deployment.from_json(deployment))
+
+
 def job_crashed(job, connection, exc_type, exc_value, traceback) -> None:
     """RQ's failure callback: a job that raised (or timed out) still ends its deployment."""
     ctx = get_context()

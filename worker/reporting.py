@@ -70,6 +70,9 @@ class GitHubReporter:
     def destroyed(self, deployment: Deployment, *, reason: str) -> None:
         self._run(deployment, self.report_destroyed)
 
+    def expiry_changed(self, deployment: Deployment) -> None:
+        self._run(deployment, self.report_expiry)
+
     def _run(self, deployment: Deployment, report) -> None:
         if not deployment.installation_id:
             return
@@ -105,6 +108,15 @@ class GitHubReporter:
         await self._update_comment(session, deployment.key, note=self._kept_note(deployment))
         if deployment.comment_id:
             await self._react(session, deployment.repository, deployment.comment_id, "rocket" if deployment.status == "deployed" else "confused")
+
+    async def report_expiry(self, session: GitHubSession, deployment: Deployment) -> None:
+        """The check run and the comment as of now (the warning, the Extend button); the
+        deployment and its GitHub statuses are unchanged, so nothing else is written."""
+        current = state.current(self.redis, deployment.key)
+        if current is None or current.id != deployment.id or current.status != "deployed":
+            return  # it changed since: that change was reported
+        await self._update_check_run(session, current)
+        await self._update_comment(session, current.key)
 
     def _kept_note(self, deployment: Deployment) -> str | None:
         """A redeploy that failed or was cancelled while the last good preview kept running: the
