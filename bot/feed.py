@@ -38,7 +38,7 @@ from . import queue as job_queue
 from .livelogs import LogFollowers, log_entries, read_followed_logs
 from .model import Deployment
 from .state import (
-    ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
+    ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_RECORDED, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
     publish, restore,
 )
 from .redis_io import script, text, text_fields
@@ -498,7 +498,9 @@ class FeedThreads:
                 # This process skipped lines while another held the lock, and that one has not
                 # recorded them (yet, or ever): a gap is recorded only when Redis lost the lines.
                 lines = log_entries(self.conn.xrange(LOG_STREAM.format(deployment_id), min=f"({after}-0", count=LOG_BATCH)) or lines
-            return self.store.record_logs(deployment_id, lines)
+            recorded = self.store.record_logs(deployment_id, lines)
+            self.conn.set(LOG_RECORDED.format(deployment_id), recorded, ex=LOG_TTL_SECONDS)
+            return recorded
         finally:
             script(self.conn, _UNLOCK)(keys=[lock], args=[self.consumer])
 
@@ -516,6 +518,7 @@ class FeedThreads:
             if not items:
                 return
             after = self.store.record_logs(deployment_id, log_entries(items))
+            self.conn.set(LOG_RECORDED.format(deployment_id), after, ex=LOG_TTL_SECONDS)
 
     def _forget_recorded_logs(self) -> None:
         """Unlist the log streams fully recorded and quiet for LOG_IDLE_MS."""

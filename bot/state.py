@@ -339,16 +339,30 @@ LOG_STREAM_MAXLEN = 10_000
 LOG_LINE_MAX_CHARS = 4000
 LOG_TTL_SECONDS = 7 * 24 * 3600
 
-# KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS; ARGV[1] deployment id, ARGV[2] max
-# length, ARGV[3] TTL, then pairs of (at, line). Each line's entry id is `{seq}-0`, so a reader
-# asks for the lines after a seq directly. A counter lost while its stream stayed (evicted, or
-# restored from SQLite behind lines not yet recorded) carries on after the stream's last line.
+# The last seq of a deployment's log that a web process recorded in SQLite (`bot.feed`), so that
+# a writer never trims from the stream lines not yet recorded (see `publish_logs`).
+LOG_RECORDED = PREFIX + ":log-recorded:{}"
+
+# KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS, KEYS[4] LOG_RECORDED; ARGV[1] deployment
+# id, ARGV[2] max length, ARGV[3] TTL, ARGV[4] "wait" to refuse a batch that would trim lines not
+# yet recorded (returns -1, writes nothing), then pairs of (at, line). Each line's entry id is
+# `{seq}-0`, so a reader asks for the lines after a seq directly. A counter lost while its stream
+# stayed (evicted, or restored from SQLite behind lines not yet recorded) carries on after the
+# stream's last line.
 _PUBLISH_LOGS = """
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 local top = last and tonumber(string.match(last[1], '^%d+')) or 0
 if top > seq then seq = top end
-for i = 4, #ARGV, 2 do
+local count = (#ARGV - 4) / 2
+if ARGV[4] == 'wait' then
+  local recorded = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local oldest_kept = seq + count - tonumber(ARGV[2]) + 1
+  if recorded < top and oldest_kept > recorded + 1 then
+    return -1
+  end
+end
+for i = 5, #ARGV, 2 do
   seq = seq + 1
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'seq', seq, 'at', ARGV[i], 'line', ARGV[i + 1])
 end
@@ -361,16 +375,24 @@ return seq
 
 
 def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
-    """Append a line to its deployment's log, numbered after the deployment's previous line."""
-    publish_logs(conn, deployment_id, [(utcnow(), line)])
+    """Append a line to its deployment's log, numbered after the deployment's previous line
+    (`conn` may be a pipeline)."""
+    _append_logs(conn, deployment_id, [(utcnow(), line)], wait_for_recorder=False)
 
 
-def publish_logs(conn: redis.Redis, deployment_id: str, lines: list[tuple[str, str]]) -> None:
-    """Append (at, line) pairs to the deployment's log, in order, in one call."""
-    args: list[str | int] = [deployment_id, LOG_STREAM_MAXLEN, LOG_TTL_SECONDS]
+def publish_logs(conn: redis.Redis, deployment_id: str, lines: list[tuple[str, str]], *, wait_for_recorder: bool = False) -> bool:
+    """Append (at, line) pairs to the deployment's log, in order, in one call. With
+    `wait_for_recorder`, a batch that would trim lines of the stream that no web process has
+    recorded yet is refused (False): the caller waits for the recorder and tries again."""
+    return int(_append_logs(conn, deployment_id, lines, wait_for_recorder=wait_for_recorder)) >= 0
+
+
+def _append_logs(conn, deployment_id: str, lines: list[tuple[str, str]], *, wait_for_recorder: bool):
+    args: list[str | int] = [deployment_id, LOG_STREAM_MAXLEN, LOG_TTL_SECONDS, "wait" if wait_for_recorder else ""]
     for at, line in lines:
         args += [at, line[:LOG_LINE_MAX_CHARS]]
-    script(conn, _PUBLISH_LOGS)(keys=[LOG_SEQ.format(deployment_id), LOG_STREAM.format(deployment_id), LOG_STREAMS], args=args)
+    keys = [LOG_SEQ.format(deployment_id), LOG_STREAM.format(deployment_id), LOG_STREAMS, LOG_RECORDED.format(deployment_id)]
+    return script(conn, _PUBLISH_LOGS)(keys=keys, args=args)
 
 
 def current(conn: redis.Redis, key: PreviewKey) -> Deployment | None:

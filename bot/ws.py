@@ -27,7 +27,7 @@ import redis
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 
-from .feed import CLOSED, LOGS_READY, REVOKED, Subscriber
+from .feed import CLOSED, LOGS_READY, REVOKED, Subscriber, text_frame
 from .livelogs import TAIL_LINES, find_deployment, log_message, read_log
 from .services import Services, services
 
@@ -229,9 +229,10 @@ def _send_logs(ws, svc: Services, subscriber: Subscriber) -> None:
                     continue  # unsubscribed meanwhile
                 entries = read_log(svc.redis, svc.store, deployment_id, after=cursor, limit=LOG_SEND_BATCH)
                 lines = [(entry.seq, log_message(deployment, entry)) for entry in entries]
-            for seq, text in lines:
-                ws.send(text)
-                subscriber.log_cursors[deployment_id] = seq
+            if lines:
+                # One write for the batch: a line a frame, framed as wsproto would.
+                ws.sock.sendall(b"".join(text_frame(text) for _seq, text in lines))
+                subscriber.log_cursors[deployment_id] = lines[-1][0]
             more = more or len(lines) == LOG_SEND_BATCH
     finally:
         svc.store.release()

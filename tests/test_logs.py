@@ -291,3 +291,30 @@ def test_a_log_buffer_drops_a_batch_redis_refuses_and_goes_on():
     buffer = LogBuffer(gone)
     buffer.add(new_deployment_id(), "lost")
     assert buffer.flush()  # dropped, logged, nothing raised to the provisioner's reader
+
+
+def test_a_flood_waits_for_the_recorder_instead_of_trimming_lines_it_has_not_recorded(redis_conn):
+    buffer = LogBuffer(redis_conn, patience=30)
+    deployment_id = new_deployment_id()
+    recorded_key = state.LOG_RECORDED.format(deployment_id)
+    for n in range(1, state.LOG_STREAM_MAXLEN + 1):
+        buffer.add(deployment_id, f"line {n}")
+    assert buffer.flush()
+    for n in range(state.LOG_STREAM_MAXLEN + 1, state.LOG_STREAM_MAXLEN + 501):
+        buffer.add(deployment_id, f"line {n}")
+    assert not buffer.flush(timeout=0.3)  # the stream is full of lines nobody recorded: it waits
+    assert stream_seqs(redis_conn, deployment_id)[0] == 1
+    redis_conn.set(recorded_key, 600)  # a recorder took the first 600
+    assert buffer.flush()
+    seqs = stream_seqs(redis_conn, deployment_id)
+    assert seqs[0] == 501 and seqs[-1] == state.LOG_STREAM_MAXLEN + 500  # only recorded lines went
+
+
+def test_without_a_recorder_a_flood_trims_after_the_patience(redis_conn):
+    buffer = LogBuffer(redis_conn, patience=0.2)
+    deployment_id = new_deployment_id()
+    redis_conn.set(state.LOG_RECORDED.format(deployment_id), 0)
+    for n in range(1, state.LOG_STREAM_MAXLEN + 2001):
+        buffer.add(deployment_id, f"line {n}")
+    assert buffer.flush()
+    assert stream_seqs(redis_conn, deployment_id)[-1] == state.LOG_STREAM_MAXLEN + 2000

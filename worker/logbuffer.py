@@ -5,13 +5,16 @@ thread of the worker process writes whatever has gathered in one call per deploy
 (`bot.state.publish_logs`): while a call is under way the next batch fills, so a quiet deploy
 still sends each line at once and a chatty one sends thousands per call. A provisioner that
 prints faster than Redis takes its lines waits when the buffer is full, instead of growing it
-without bound. Lines are best effort: a Redis error drops a batch, never the deploy.
+without bound; and the stream, capped at LOG_STREAM_MAXLEN lines, takes a batch only when that
+trims no line a web process has not recorded in SQLite yet, so a flood slows to the recorder's
+pace rather than losing lines. Lines are best effort: a Redis error drops a batch, never the deploy.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 
@@ -23,14 +26,20 @@ log = logging.getLogger("previewbot.worker")
 # Lines one call writes at most, and lines buffered before a provisioner's output waits.
 BATCH_LINES = 2000
 MAX_BUFFERED_LINES = 50_000
+# A stream full of lines not yet recorded waits for a web process's recorder, this long without
+# progress at most, looking this often.
+RECORDER_PATIENCE_SECONDS = 5.0
+RECORDER_POLL_SECONDS = 0.01
 
 
 class LogBuffer:
-    def __init__(self, conn: redis.Redis):
+    def __init__(self, conn: redis.Redis, *, patience: float = RECORDER_PATIENCE_SECONDS):
         self.conn = conn
+        self.patience = patience
         self._pending: dict[str, list[tuple[str, str]]] = {}
         self._count = 0
         self._writing = False
+        self._patient: dict[str, bool] = {}  # deployment id -> False once no recorder kept up
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="previewbot-logs", daemon=True)
         self._thread.start()
@@ -66,7 +75,23 @@ class LogBuffer:
     def _write(self, batches: dict[str, list[tuple[str, str]]]) -> None:
         for deployment_id, lines in batches.items():
             for start in range(0, len(lines), BATCH_LINES):
+                batch = lines[start : start + BATCH_LINES]
                 try:
-                    state.publish_logs(self.conn, deployment_id, lines[start : start + BATCH_LINES])
+                    self._publish(deployment_id, batch)
                 except redis.RedisError as exc:
-                    log.warning("dropped %d log lines of %s: %s", len(lines[start : start + BATCH_LINES]), deployment_id, type(exc).__name__)
+                    log.warning("dropped %d log lines of %s: %s", len(batch), deployment_id, type(exc).__name__)
+
+    def _publish(self, deployment_id: str, batch: list[tuple[str, str]]) -> None:
+        """Write a batch once the stream has room for it without trimming lines no web process
+        recorded yet; when no recorder makes progress for `patience` seconds (no web
+        process runs), the oldest lines are trimmed as before."""
+        waiting_since = progress = None
+        while not state.publish_logs(self.conn, deployment_id, batch, wait_for_recorder=self._patient.get(deployment_id, True)):
+            recorded = self.conn.get(state.LOG_RECORDED.format(deployment_id))
+            now = time.monotonic()
+            if recorded != progress or waiting_since is None:
+                waiting_since, progress = now, recorded
+            elif now - waiting_since > self.patience:
+                log.warning("no web process records the log of %s; its oldest lines are trimmed unrecorded", deployment_id)
+                self._patient[deployment_id] = False
+            time.sleep(RECORDER_POLL_SECONDS)
