@@ -344,11 +344,11 @@ LOG_TTL_SECONDS = 7 * 24 * 3600
 LOG_RECORDED = PREFIX + ":log-recorded:{}"
 
 # KEYS[1] counter, KEYS[2] stream, KEYS[3] LOG_STREAMS, KEYS[4] LOG_RECORDED; ARGV[1] deployment
-# id, ARGV[2] max length, ARGV[3] TTL, ARGV[4] "wait" to refuse a batch that would trim lines not
-# yet recorded (returns -1, writes nothing), then pairs of (at, line). Each line's entry id is
-# `{seq}-0`, so a reader asks for the lines after a seq directly. A counter lost while its stream
-# stayed (evicted, or restored from SQLite behind lines not yet recorded) carries on after the
-# stream's last line.
+# id, ARGV[2] max length, ARGV[3] TTL, ARGV[4] "wait" to write only as many lines as the stream
+# holds without trimming lines not yet recorded, then pairs of (at, line). Returns how many lines
+# it wrote, from the first. Each line's entry id is `{seq}-0`, so a reader asks for the lines
+# after a seq directly. A counter lost while its stream stayed (evicted, or restored from SQLite
+# behind lines not yet recorded) carries on after the stream's last line.
 _PUBLISH_LOGS = """
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
@@ -357,12 +357,12 @@ if top > seq then seq = top end
 local count = (#ARGV - 4) / 2
 if ARGV[4] == 'wait' then
   local recorded = tonumber(redis.call('GET', KEYS[4]) or '0')
-  local oldest_kept = seq + count - tonumber(ARGV[2]) + 1
-  if recorded < top and oldest_kept > recorded + 1 then
-    return -1
+  if recorded < top then
+    count = math.max(0, math.min(count, recorded + tonumber(ARGV[2]) - seq))
   end
 end
-for i = 5, #ARGV, 2 do
+if count == 0 then return 0 end
+for i = 5, 4 + 2 * count, 2 do
   seq = seq + 1
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'seq', seq, 'at', ARGV[i], 'line', ARGV[i + 1])
 end
@@ -370,7 +370,7 @@ redis.call('SET', KEYS[1], seq, 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
-return seq
+return count
 """
 
 
@@ -380,11 +380,12 @@ def publish_log(conn: redis.Redis, deployment_id: str, line: str) -> None:
     _append_logs(conn, deployment_id, [(utcnow(), line)], wait_for_recorder=False)
 
 
-def publish_logs(conn: redis.Redis, deployment_id: str, lines: list[tuple[str, str]], *, wait_for_recorder: bool = False) -> bool:
-    """Append (at, line) pairs to the deployment's log, in order, in one call. With
-    `wait_for_recorder`, a batch that would trim lines of the stream that no web process has
-    recorded yet is refused (False): the caller waits for the recorder and tries again."""
-    return int(_append_logs(conn, deployment_id, lines, wait_for_recorder=wait_for_recorder)) >= 0
+def publish_logs(conn: redis.Redis, deployment_id: str, lines: list[tuple[str, str]], *, wait_for_recorder: bool = False) -> int:
+    """Append (at, line) pairs to the deployment's log, in order, in one call; returns how many
+    it appended, from the first. With `wait_for_recorder`, only as many as the stream holds
+    without trimming lines no web process has recorded yet: the caller waits for the recorder
+    and sends the rest."""
+    return int(_append_logs(conn, deployment_id, lines, wait_for_recorder=wait_for_recorder))
 
 
 def _append_logs(conn, deployment_id: str, lines: list[tuple[str, str]], *, wait_for_recorder: bool):

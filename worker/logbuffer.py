@@ -29,7 +29,7 @@ MAX_BUFFERED_LINES = 50_000
 # A stream full of lines not yet recorded waits for a web process's recorder, this long without
 # progress at most, looking this often.
 RECORDER_PATIENCE_SECONDS = 5.0
-RECORDER_POLL_SECONDS = 0.01
+RECORDER_POLL_SECONDS = 0.002
 
 
 class LogBuffer:
@@ -82,14 +82,18 @@ class LogBuffer:
                     log.warning("dropped %d log lines of %s: %s", len(batch), deployment_id, type(exc).__name__)
 
     def _publish(self, deployment_id: str, batch: list[tuple[str, str]]) -> None:
-        """Write a batch once the stream has room for it without trimming lines no web process
-        recorded yet; when no recorder makes progress for `patience` seconds (no web
-        process runs), the oldest lines are trimmed as before."""
+        """Write a batch as the stream has room for it without trimming lines no web process
+        recorded yet; when no recorder makes progress for `patience` seconds (no web process
+        runs), the oldest lines are trimmed as before."""
         waiting_since = progress = None
-        while not state.publish_logs(self.conn, deployment_id, batch, wait_for_recorder=self._patient.get(deployment_id, True)):
+        while batch:
+            written = state.publish_logs(self.conn, deployment_id, batch, wait_for_recorder=self._patient.get(deployment_id, True))
+            batch = batch[written:]
+            if not batch:
+                return
             recorded = self.conn.get(state.LOG_RECORDED.format(deployment_id))
             now = time.monotonic()
-            if recorded != progress or waiting_since is None:
+            if written or recorded != progress or waiting_since is None:
                 waiting_since, progress = now, recorded
             elif now - waiting_since > self.patience:
                 log.warning("no web process records the log of %s; its oldest lines are trimmed unrecorded", deployment_id)
