@@ -24,6 +24,7 @@ import os
 import queue
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from typing import Callable
 from datetime import datetime, timezone
 
 import redis
-from wsproto.frame_protocol import FrameProtocol
 
 from . import costs
 from . import queue as job_queue
@@ -127,10 +127,18 @@ class Subscriber:
 
 
 def text_frame(message: str) -> bytes:
-    """A WebSocket text frame as a server sends it (wsproto's own encoding): unmasked and, with
-    permessage-deflate declined, the same bytes for every client, so an update is framed once
-    and each client's sender only writes it."""
-    return bytes(FrameProtocol(client=False, extensions=[]).send_data(message, fin=True))
+    """A WebSocket text frame as a server sends it (RFC 6455 §5.2, the bytes wsproto writes):
+    unmasked and, with permessage-deflate declined, the same bytes for every client, so an update
+    is framed once and each client's sender only writes it."""
+    payload = message.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 class Hub:

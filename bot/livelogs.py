@@ -17,6 +17,7 @@ line, so a 10 MB build log neither fills the clients' queues nor slows the event
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -89,19 +90,16 @@ def find_deployment(conn: redis.Redis, store: Store, deployment_id: str) -> Depl
 
 
 def log_message(deployment: Deployment, entry: LogEntry) -> str:
-    """A `deployment:log` WebSocket message, encoded."""
-    return json.dumps(
-        {
-            "type": "deployment:log",
-            "deploymentId": deployment.id,
-            "repository": deployment.repository,
-            "prNumber": str(deployment.pr_number),
-            "environment": deployment.environment,
-            "seq": entry.seq,
-            "at": entry.at,
-            "line": entry.line,
-        }
-    )
+    """A `deployment:log` WebSocket message, encoded: what every line of the deployment shares is
+    encoded once (`_message_head`), each line adds its own fields."""
+    head = _message_head(deployment.id, deployment.repository, deployment.pr_number, deployment.environment)
+    return f'{head}, "seq": {int(entry.seq)}, "at": {json.dumps(entry.at)}, "line": {json.dumps(entry.line)}}}'
+
+
+@functools.lru_cache(maxsize=256)
+def _message_head(deployment_id: str, repository: str, pr_number: int, environment: str) -> str:
+    head = {"type": "deployment:log", "deploymentId": deployment_id, "repository": repository, "prNumber": str(pr_number), "environment": environment}
+    return json.dumps(head)[:-1]
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ import queue
 
 from wsproto.frame_protocol import FrameProtocol
 
-from bot.feed import REVOKED, Hub, Subscriber
+from bot.feed import REVOKED, Hub, Subscriber, text_frame
 
 
 def received(frame: bytes) -> dict:
@@ -16,6 +16,12 @@ def received(frame: bytes) -> dict:
     (only,) = list(client.received_frames())
     assert only.frame_finished and only.message_finished
     return json.loads(only.payload)
+
+
+def test_frames_are_the_bytes_wsproto_writes_at_every_length_boundary():
+    for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+        message = ("é" * size)[: size // 2] + "x" * (size - size // 2)
+        assert text_frame(message) == bytes(FrameProtocol(client=False, extensions=[]).send_data(message, fin=True))
 
 
 def update(n: int) -> dict:

@@ -25,7 +25,7 @@ log = logging.getLogger("previewbot.worker")
 
 # Lines one call writes at most, and lines buffered before a provisioner's output waits.
 BATCH_LINES = 2000
-MAX_BUFFERED_LINES = 50_000
+MAX_BUFFERED_LINES = 5_000
 # A stream full of lines not yet recorded waits for a web process's recorder, this long without
 # progress at most, looking this often.
 RECORDER_PATIENCE_SECONDS = 5.0
