@@ -59,7 +59,7 @@ RECLAIM_SECONDS = 5.0
 # Held (SET NX PX) by the web process writing a batch of a deployment's log; a dead one's runs out.
 LOG_LOCK = PREFIX + ":log-lock:{}"
 LOG_LOCK_MS = 10_000
-LOG_BATCH = 2000
+LOG_BATCH = 1000
 # A log stream fully recorded and quiet this long leaves LOG_STREAMS; its next line brings it back.
 LOG_IDLE_MS = 60_000
 

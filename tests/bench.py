@@ -1308,7 +1308,8 @@ def bench_logs(ctx: Context) -> dict:
         feed.arrival(chatty, "deployed", timeout=LOG_TIMEOUT)
         followed = json.loads(follower.stdout.readline() or "{}")
         flood_seconds = round(time.perf_counter() - started, 1)
-        recorded = bot.store.log_counts(chatty)
+        # SQLite keeps every line (the one with the URL too) once the recorder caught up.
+        recorded = wait_for(lambda: (counts := bot.store.log_counts(chatty))["last_seq"] > LOG_LINES and counts, timeout=60, message="the log recorded")
         stream_length = redis.Redis.from_url(ctx.redis_url).xlen(f"previewbot:logs:{chatty}")
         control_ms, during_ms = summary_ms(control), summary_ms(during)
         return {

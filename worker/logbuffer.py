@@ -24,8 +24,8 @@ from bot.model import utcnow
 log = logging.getLogger("previewbot.worker")
 
 # Lines one call writes at most, and lines buffered before a provisioner's output waits.
-BATCH_LINES = 2000
-MAX_BUFFERED_LINES = 5_000
+BATCH_LINES = 1000
+MAX_BUFFERED_LINES = 1_000
 # A stream full of lines not yet recorded waits for a web process's recorder, this long without
 # progress at most, looking this often.
 RECORDER_PATIENCE_SECONDS = 5.0
