@@ -97,6 +97,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.embedded_redis import EmbeddedRedis, free_port, redis_executable
+from bot.store import MAX_LOG_LINES
 
 from . import webhooks
 from .awsfakes import CREDENTIALS, FakePricing, MotoServer
@@ -1579,7 +1580,8 @@ def goal_rows(results: dict) -> list[dict]:
         add("", "other deploys' POST -> deployed, p99 during the flood minus before",
             f"{logs['update_delay_p99_ms']:.0f} ms (p50 {logs['update_delay_p50_ms']:.0f} ms)",
             f"< {GOALS['log_update_delay_ms']} ms", verdict(logs["update_delay_p99_ms"], GOALS["log_update_delay_ms"]))
-        add("", "lines kept in SQLite", str(logs["lines_in_sqlite"]), f"{LOG_LINES + 1}", "met" if logs["lines_in_sqlite"] == LOG_LINES + 1 else "MISSED")
+        kept = min(LOG_LINES + 1, MAX_LOG_LINES)  # every line printed (the URL's too), up to SQLite's cap
+        add("", "lines kept in SQLite", str(logs["lines_in_sqlite"]), f"{kept}", "met" if logs["lines_in_sqlite"] == kept else "MISSED")
         add("", "log's Redis stream length", str(logs["redis_stream_length"]), "", "")
     ec2 = results.get("ec2", {})
     if "overhead" in ec2:

@@ -70,7 +70,8 @@ def main(host: str, port: int, token: str, deployment_id: str, lines: int, timeo
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         raise SystemExit(f"no WebSocket: {head[:100]!r}")
     sock.sendall(_frame(json.dumps({"type": "auth", "token": token}).encode()))
-    sock.sendall(_frame(json.dumps({"type": "subscribe", "logs": deployment_id}).encode()))
+    # From the first line: the deploy may have printed more than the 1,000 a subscription replays.
+    sock.sendall(_frame(json.dumps({"type": "subscribe", "logs": deployment_id, "after": 0}).encode()))
     sock.settimeout(timeout)
     lags: list[float] = []
     seqs: list[int] = []

@@ -39,6 +39,7 @@ class LogBuffer:
         self._pending: dict[str, list[tuple[str, str]]] = {}
         self._count = 0
         self._writing = False
+        self._stamped_ms, self._stamp = 0, ""
         self._patient: dict[str, bool] = {}  # deployment id -> False once no recorder kept up
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="previewbot-logs", daemon=True)
@@ -49,9 +50,16 @@ class LogBuffer:
         with self._changed:
             while self._count >= MAX_BUFFERED_LINES:
                 self._changed.wait()
-            self._pending.setdefault(deployment_id, []).append((utcnow(), line))
+            self._pending.setdefault(deployment_id, []).append((self._now(), line))
             self._count += 1
             self._changed.notify_all()
+
+    def _now(self) -> str:
+        """`utcnow()`, written once per millisecond: a flood stamps thousands of lines in one."""
+        millisecond = int(time.time() * 1000)
+        if millisecond != self._stamped_ms:
+            self._stamped_ms, self._stamp = millisecond, utcnow()
+        return self._stamp
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every line queued so far is written (or dropped): a deployment's outcome is

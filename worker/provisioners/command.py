@@ -58,8 +58,7 @@ class CommandProvisioner:
         self.mask = mask
 
     def deploy(self, request: ProvisionRequest) -> ProvisionResult:
-        stdout = self._run(self.deploy_argv, request, action="deploy")
-        urls = [m.group(1) for line in stdout if (m := URL_LINE.match(line))]
+        urls = [m.group(1) for line in self._run(self.deploy_argv, request, action="deploy") if (m := URL_LINE.match(line))]
         return ProvisionResult(urls[-1] if urls else render_url(self.url_template, request))
 
     def destroy(self, request: ProvisionRequest) -> None:
@@ -86,6 +85,7 @@ class CommandProvisioner:
         return env
 
     def _run(self, argv: list[str], request: ProvisionRequest, *, action: str) -> list[str]:
+        """Run a command to its end; the lines of its stdout that are URLs."""
         try:
             process = reaper.spawn(
                 argv,
@@ -99,10 +99,16 @@ class CommandProvisioner:
             )
         except OSError as exc:
             raise ProvisionError(f"{action} command could not start: {exc.strerror or exc}") from None
-        stdout: list[str] = []
+        # Of stdout only the lines that may be the preview URL are kept: a build log can be long.
+        url_lines: list[str] = []
         stderr_tail: deque[str] = deque(maxlen=20)
+
+        def keep_url(line: str) -> None:
+            if URL_LINE.match(line):
+                url_lines.append(line)
+
         readers = [
-            threading.Thread(target=_pump, args=(process.stdout, self.mask, stdout.append, request.log), daemon=True),
+            threading.Thread(target=_pump, args=(process.stdout, self.mask, keep_url, request.log), daemon=True),
             threading.Thread(target=_pump, args=(process.stderr, self.mask, stderr_tail.append, request.log), daemon=True),
         ]
         for reader in readers:
@@ -126,7 +132,7 @@ class CommandProvisioner:
         if code != 0:
             tail = "\n".join(stderr_tail).strip()[-1000:]
             raise ProvisionError(f"{action} command exited with {code}" + (f": {tail}" if tail else ""))
-        return stdout
+        return url_lines
 
 
 def _pump(stream, mask: Callable[[str], str], keep: Callable[[str], None], log: Callable[[str], None]) -> None:
