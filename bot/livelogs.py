@@ -72,11 +72,19 @@ def read_log(conn: redis.Redis, store: Store, deployment_id: str, *, after: int 
             return newest
         older = store.last_deployment_logs(deployment_id, before=newest[0].seq if newest else None, limit=limit - len(newest))
         return [LogEntry(r["seq"], r["created_at"], r["line"]) for r in older] + newest
-    rows = store.deployment_logs(deployment_id, after=after, limit=limit)
-    entries = [LogEntry(r["seq"], r["created_at"], r["line"]) for r in rows]
-    if len(entries) < limit:
+    entries: list[LogEntry] = []
+    while len(entries) < limit:
         last = entries[-1].seq if entries else after
-        entries += log_entries(conn.xrange(stream, min=f"({last}-0", count=limit - len(entries)))
+        rows = store.deployment_logs(deployment_id, after=last, limit=limit - len(entries))
+        entries += [LogEntry(r["seq"], r["created_at"], r["line"]) for r in rows]
+        if len(entries) == limit:
+            break
+        last = entries[-1].seq if entries else after
+        newer = log_entries(conn.xrange(stream, min=f"({last}-0", count=limit - len(entries)))
+        if newer and newer[0].seq > last + 1 and store.deployment_logs(deployment_id, after=last, limit=1):
+            continue  # recorded, then trimmed from Redis, between the two reads: SQLite has them now
+        entries += newer
+        break
     return entries
 
 

@@ -194,3 +194,31 @@ def test_read_log_joins_what_sqlite_recorded_and_what_only_redis_holds(settings,
     # Once Redis forgot the stream (a week after the last line), SQLite's lines remain.
     redis_conn.delete(stream)
     assert seqs() == list(range(1, 51)) and seqs(after=48) == [49, 50]
+
+
+class RecorderBetweenTheReads(Store):
+    """SQLite as a web process's recorder leaves it: between read_log's read of SQLite and its
+    read of Redis, the recorder records more lines and a flood trims them from Redis."""
+
+    def __init__(self, path, conn, deployment_id):
+        super().__init__(path)
+        self.conn, self.deployment_id, self.meanwhile = conn, deployment_id, True
+
+    def deployment_logs(self, deployment_id, after=None, limit=1000):
+        rows = super().deployment_logs(deployment_id, after=after, limit=limit)
+        if self.meanwhile:
+            self.meanwhile = False
+            stream = state.LOG_STREAM.format(self.deployment_id)
+            self.record_logs(self.deployment_id, log_entries(self.conn.xrange(stream, count=60)))
+            self.conn.xtrim(stream, maxlen=20)
+        return rows
+
+
+def test_read_log_leaves_no_gap_when_lines_are_recorded_and_trimmed_between_its_reads(settings, redis_conn):
+    deployment_id = new_deployment_id()
+    for n in range(1, 81):
+        state.publish_log(redis_conn, deployment_id, f"line {n}")
+    store = RecorderBetweenTheReads(settings.database_path, redis_conn, deployment_id)
+    store.migrate()
+    store.record_logs(deployment_id, log_entries(redis_conn.xrange(state.LOG_STREAM.format(deployment_id), count=30)))
+    assert [entry.seq for entry in read_log(redis_conn, store, deployment_id, after=0, limit=100)] == list(range(1, 81))
