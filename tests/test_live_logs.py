@@ -205,7 +205,7 @@ class RecorderBetweenTheReads(Store):
         self.conn, self.deployment_id, self.meanwhile = conn, deployment_id, True
 
     def deployment_logs(self, deployment_id, after=None, limit=1000):
-        rows = super().deployment_logs(deployment_id, after=after, limit=limit)
+        rows = list(super().deployment_logs(deployment_id, after=after, limit=limit))
         if self.meanwhile:
             self.meanwhile = False
             stream = state.LOG_STREAM.format(self.deployment_id)
