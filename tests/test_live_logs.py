@@ -210,7 +210,7 @@ class RecorderBetweenTheReads(Store):
             self.meanwhile = False
             stream = state.LOG_STREAM.format(self.deployment_id)
             self.record_logs(self.deployment_id, log_entries(self.conn.xrange(stream, count=60)))
-            self.conn.xtrim(stream, maxlen=20)
+            self.conn.xtrim(stream, maxlen=20, approximate=False)
         return rows
 
 
