@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +270,7 @@ class FeedListener:
 
         self.ws = websocket.create_connection(url, timeout=timeout)
         self.arrivals: dict[tuple[str, str], float] = {}
+        self.delivery: dict[tuple[str, str], float] = {}  # seconds from publication to arrival
         self.count: dict[str, int] = {}
         self.messages = 0
         self.error: str | None = None
@@ -294,7 +296,7 @@ class FeedListener:
                 if not self._closing:
                     self.error = repr(exc)
                 break
-            at = time.perf_counter()
+            at, wall = time.perf_counter(), time.time()
             if not raw:
                 continue
             message = json.loads(raw)
@@ -305,6 +307,9 @@ class FeedListener:
                 self.messages += 1
                 if key not in self.arrivals:
                     self.arrivals[key] = at
+                    # From the change's publication (its `updatedAt`, stamped just before) to here.
+                    if message.get("updatedAt"):
+                        self.delivery[key] = wall - datetime.fromisoformat(message["updatedAt"].replace("Z", "+00:00")).timestamp()
                     self.count[message["status"]] = self.count.get(message["status"], 0) + 1
                 self._changed.notify_all()
         with self._changed:
