@@ -159,14 +159,21 @@ class Hub:
             self._subscribers.discard(subscriber)
         self.logs.unfollow(subscriber)
 
-    def publish(self, message: dict) -> None:
+    def publish(self, *messages: dict) -> None:
+        """Send updates to the clients that want them: each is encoded and framed once, and each
+        client gets the frames it wants in one item (one wake-up, one write), so a burst of
+        updates costs a client one turn, not one per update."""
         with self._lock:
             subscribers = list(self._subscribers)
-        frame = None  # encoded once, for the first client that wants it
+        frames: list[bytes | None] = [None] * len(messages)  # framed for the first client that wants each
         for subscriber in subscribers:
-            if subscriber.wants(message):
-                frame = frame or text_frame(json.dumps(message))
-                self._put(subscriber, frame)
+            wanted = []
+            for index, message in enumerate(messages):
+                if subscriber.wants(message):
+                    frames[index] = frames[index] or text_frame(json.dumps(message))
+                    wanted.append(frames[index])
+            if wanted:
+                self._put(subscriber, wanted[0] if len(wanted) == 1 else b"".join(wanted))
 
     def close_refused(self, accepted: Callable[[set[str]], set[str]]) -> None:
         """Close the connections whose token `accepted` (names in, names still valid out) no
@@ -570,13 +577,17 @@ class FeedThreads:
                     last_id = (info["last-generated-id"] if info else "0-0")
                     last_id = last_id.decode() if isinstance(last_id, bytes) else last_id
                 entries = self.conn.xread({EVENTS_STREAM: last_id}, count=500, block=1000)
+                updates = []
                 for _stream, items in entries or []:
                     for entry_id, fields in items:
                         last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                         fields = text_fields(fields)
                         # A record that is not its environment's current one changes no state.
                         if fields.get("kind") == "deployment" and fields.get("current") != "0":
-                            self.hub.publish(Deployment.from_json(fields["data"]).ws_message())
+                            updates.append(Deployment.from_json(fields["data"]).ws_message())
+                # What one read brought goes out together: under load, reads bring more at once.
+                if updates:
+                    self.hub.publish(*updates)
             except (redis.RedisError, OSError, ValueError, KeyError) as exc:
                 log.warning("event broadcaster paused: %s", exc)
                 self.stop.wait(1.0)

@@ -50,6 +50,17 @@ def test_an_update_is_encoded_and_framed_once_for_all_the_clients_that_want_it()
     assert other.messages.empty()
 
 
+def test_updates_published_together_reach_each_client_in_one_item_with_the_frames_it_wants():
+    hub = Hub()
+    everything = hub.subscribe(Subscriber())
+    second_only = hub.subscribe(Subscriber(pr_number="2"))
+    first, second = update(1), {**update(2), "prNumber": "2"}
+    hub.publish(first, second)
+    both = everything.messages.get_nowait()
+    assert everything.messages.empty() and both == text_frame(json.dumps(first)) + text_frame(json.dumps(second))
+    assert received(second_only.messages.get_nowait())["n"] == 2 and second_only.messages.empty()
+
+
 def test_clients_of_a_token_no_longer_accepted_are_closed_and_the_others_stay():
     hub = Hub()
     kept = hub.subscribe(Subscriber(token_name="ci"))
