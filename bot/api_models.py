@@ -115,16 +115,15 @@ class LogQuery(BaseModel):
         return value if value != "" else None
 
 
+# A query's `repository`: `owner/repo`, or empty or absent for every one.
+RepositoryFilter = Annotated[str | None, BeforeValidator(lambda value: validation.full_repository_name(value) if value else None)]
+
+
 class PullRequestQuery(BaseModel):
-    repository: str | None = Field(None, description="Only this repository (`owner/repo`); an empty value means all.")
+    repository: RepositoryFilter = Field(None, description="Only this repository (`owner/repo`); an empty value means all.")
     status: EnvironmentState | None = Field(
         None, description="Only pull requests whose preview is in this state; an empty value means all."
     )
-
-    @field_validator("repository", mode="before")
-    @classmethod
-    def _repository(cls, value: object) -> object:
-        return validation.full_repository_name(value) if value else None
 
     @field_validator("status", mode="before")
     @classmethod
@@ -254,18 +253,10 @@ class DeployRefused(ErrorBody):
 
 
 class CostQuery(BaseModel):
-    repository: str | None = Field(None, description="Only this repository (`owner/repo`); unset, every one the token may see.")
-    month: str | None = Field(None, description="`YYYY-MM`, a UTC month; unset, the current one.")
-
-    @field_validator("repository", mode="before")
-    @classmethod
-    def _repository(cls, value: object) -> object:
-        return validation.full_repository_name(value) if value else None
-
-    @field_validator("month", mode="before")
-    @classmethod
-    def _month(cls, value: object) -> object:
-        return validation.month(value) if value else None
+    repository: RepositoryFilter = Field(None, description="Only this repository (`owner/repo`); unset, every one the token may see.")
+    month: Annotated[str | None, BeforeValidator(lambda value: validation.month(value) if value else None)] = Field(
+        None, description="`YYYY-MM`, a UTC month; unset, the current one."
+    )
 
 
 class PullRequestCost(_Answer):

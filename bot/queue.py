@@ -107,24 +107,22 @@ def job_id_for_lock(lock_id: str) -> list[str]:
 
 def enqueue_report(conn: redis.Redis, *, deployment: Deployment) -> None:
     """Queue a report of `deployment`'s state to GitHub (for changes made outside a job)."""
-    get_queue(conn).enqueue(
-        "worker.jobs.report_deployment",
-        deployment=deployment.to_json(),
-        job_id=f"report-{deployment.id}-{deployment.status}",
-        job_timeout=GITHUB_JOB_TIMEOUT,
-        result_ttl=600,
-        failure_ttl=7 * 24 * 3600,
-    )
+    _enqueue_github_report(conn, "worker.jobs.report_deployment", f"report-{deployment.id}-{deployment.status}", deployment)
 
 
 def enqueue_expiry_report(conn: redis.Redis, *, deployment: Deployment, why: str) -> None:
     """Queue the check run and the PR comment of a deployed preview shown again: its expiry
     warning is due (`why` = "warned") or it was extended ("extended")."""
     stamp = re.sub(r"\D", "", deployment.expires_at or "never")
+    _enqueue_github_report(conn, "worker.jobs.report_expiry", f"expiry-{deployment.id}-{why}-{stamp}", deployment)
+
+
+def _enqueue_github_report(conn: redis.Redis, func: str, job_id: str, deployment: Deployment) -> None:
+    """A job that only tells GitHub, once per `job_id`; a failed one is kept a week to look at."""
     get_queue(conn).enqueue(
-        "worker.jobs.report_expiry",
+        func,
         deployment=deployment.to_json(),
-        job_id=f"expiry-{deployment.id}-{why}-{stamp}",
+        job_id=job_id,
         job_timeout=GITHUB_JOB_TIMEOUT,
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,
