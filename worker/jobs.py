@@ -67,13 +67,7 @@ def deploy_preview(*, deployment: dict, lock_id: str) -> dict:
         if not error and lease.reason is None:
             error = unhealthy = _check_health(ctx, deployment, provisioned.url, lease)
         if lease.reason == "cancelled" or unhealthy:
-            # Whatever the provisioner built is torn down: only the new part of a redeploy that
-            # keeps the last good preview, else the environment.
-            if keeps_previous:
-                if provisioned is not None:
-                    ctx.provisioner_for(deployment.environment).discard(_provision_request(ctx, deployment, threading.Event()), provisioned)
-            else:
-                _destroy_quietly(ctx, deployment.changed(preview_url=provisioned.url if provisioned else deployment.preview_url))
+            _tear_down_built(ctx, deployment, provisioned, keeps_previous=keeps_previous)
         if lease.reason == "cancelled":
             result = finish(ctx, deployment, status="cancelled", message=lease.cancel_reason)
         elif lease.reason == "lost":
@@ -343,6 +337,15 @@ def _keeps_previous(ctx: WorkerContext, deployment: Deployment) -> bool:
         and (replaced.head_repository, replaced.branch_name) == (deployment.head_repository, deployment.branch_name)
         and isinstance(ctx.provisioner_for(deployment.environment), KeepsPrevious)
     )
+
+
+def _tear_down_built(ctx: WorkerContext, deployment: Deployment, provisioned: ProvisionResult | None, *, keeps_previous: bool) -> None:
+    """Tear down what a cancelled or unhealthy deploy built: only the new part of a redeploy that
+    keeps the last good preview, else the environment."""
+    if not keeps_previous:
+        _destroy_quietly(ctx, deployment.changed(preview_url=provisioned.url if provisioned else deployment.preview_url))
+    elif provisioned is not None:
+        ctx.provisioner_for(deployment.environment).discard(_provision_request(ctx, deployment, threading.Event()), provisioned)
 
 
 def _tear_down_replaced(ctx: WorkerContext, deployment: Deployment) -> None:
