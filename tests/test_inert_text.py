@@ -13,7 +13,7 @@ import pytest
 from bot.config import ConfigError, load_settings
 from bot.links import log_page_url
 from bot.model import Deployment
-from bot.render import check_run_fields, deployment_status_fields, render_status_comment, text
+from bot.render import check_run_fields, deployment_status_fields, kept_preview_note, render_status_comment, text
 
 from .github_markdown import problems, rendered, shown
 
@@ -165,3 +165,10 @@ def test_a_bad_allowed_hosts_value_stops_start_up_naming_the_variable(env, varia
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert str(info.value).startswith(variable) and "\n" not in str(info.value)
+
+
+def test_the_note_of_a_redeploy_that_left_the_last_good_preview_running():
+    redeploy = Deployment.new(repository="octo/app", pr_number=1, branch_name="feat", environment="staging", head_sha="b" * 40)
+    failed = kept_preview_note(redeploy.changed(status="failed", error="unhealthy"))
+    assert failed == f"The redeploy of {'b' * 12} to staging failed (see its check run and log); the last good preview is still running."
+    assert "was cancelled;" in kept_preview_note(redeploy.changed(status="cancelled"))
