@@ -255,3 +255,15 @@ def test_a_command_killed_by_a_signal_says_which(tmp_path):
     command = script(tmp_path, "import signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
     with pytest.raises(ProvisionError, match="exited with -15"):
         CommandProvisioner(command, None, timeout=30, url_template=TEMPLATE).deploy(request())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="this kernel groups no CPU time by session")
+def test_a_worker_in_a_session_of_its_own_gives_its_session_and_its_commands_worker_nice(make_bot):
+    # Where the kernel shares the CPU between sessions first, a nice value alone ranks a process
+    # only within its session: each worker (and each command's reaper) leads one in these tests.
+    bot = make_bot({"WORKER_NICE": "7", "PREVIEW_PROVISIONER": "command", "PREVIEW_DEPLOY_COMMAND": "cat /proc/self/autogroup"}).start()
+    wait_for(lambda: open(f"/proc/{bot.workers[0].pid}/autogroup").read().strip().endswith("nice 7"), message="the worker's session at nice 7")
+    deployment = bot.deploy("octo/app", 1, "feat/nice").json()
+    bot.wait_status("octo/app", 1, "deployed")
+    lines = [row["line"] for row in bot.store.deployment_logs(deployment["id"])]
+    assert len(lines) == 1 and lines[0].endswith("nice 7"), lines

@@ -79,10 +79,25 @@ def stop(process: subprocess.Popen, grace: float) -> None:
         process.wait()
 
 
+def share_nice_with_session() -> None:
+    """Where Linux shares the CPU between sessions first (autogroup, on by default in many
+    kernels), a process's nice value ranks it only within its own session. A process that leads a
+    session of its own therefore gives the session its nice value, so that a worker's lowered
+    priority (WORKER_NICE), and its commands', count against the web process too."""
+    if os.getsid(0) != os.getpid():
+        return  # it shares its session (`previewbot run`): its nice value already counts there
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:
+        pass  # no autogroup (or not allowed): nice values are global then
+
+
 def main(argv: list[str]) -> int:
     """The reaper itself: run the command of `argv` (see the module docstring)."""
     if len(argv) < 5 or argv[3] != "--":
         sys.exit(USAGE)
+    share_nice_with_session()  # the worker's priority, which the reaper inherited, for its session
     worker, grace, status_fd, command = int(argv[0]), float(argv[1]), int(argv[2]), argv[4:]
     os.set_inheritable(status_fd, False)  # else the command would hold the worker's wait open
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)

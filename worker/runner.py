@@ -23,6 +23,7 @@ from bot.queue import get_queue
 
 from . import context
 from .expiry import ExpiryScheduler
+from .reaper import share_nice_with_session
 from .reconcile import Heartbeat, ReconcileScheduler
 
 log = logging.getLogger("previewbot.worker")
@@ -34,6 +35,7 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
     # Deploys are throughput, the web process is latency (GitHub's webhooks, WebSocket clients):
     # on a machine that runs both, the web process gets the CPU first.
     os.nice(settings.worker_nice)
+    share_nice_with_session()
     ctx = context.build_context(settings)
     context.set_context(ctx)
     # The heartbeat and the reconciler must learn of a lost Redis within a lease; RQ's loop
