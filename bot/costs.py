@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Iterable
 
 import redis
 
+from .redis_io import PREFIX
 from .times import parse_time
 
 if TYPE_CHECKING:
     from .model import Deployment
 
-PREFIX = "previewbot"
 # Records that still run up a bill; any other status ended it.
 RUNNING_STATUSES = ("deploying", "deployed")
 # Hash per month: repository -> USD of the records that ended, split by month.
@@ -79,21 +79,19 @@ def monthly_cost(deployment: Deployment, *, now: datetime) -> dict[str, float]:
 
 def totals(deployments: Iterable[Deployment], *, month: str, now: datetime) -> dict:
     """`GET /api/costs`: the month's spend per repository and pull request. Pure."""
-    repositories: dict[str, dict] = {}
     per_pr: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     for deployment in deployments:
-        spent = monthly_cost(deployment, now=now).get(month)
-        if not spent:
-            continue
-        per_pr[deployment.repository][deployment.pr_number] += spent
-    for repository in sorted(per_pr):
-        prs = per_pr[repository]
-        repositories[repository] = {
+        per_pr[deployment.repository][deployment.pr_number] += monthly_cost(deployment, now=now).get(month, 0.0)
+    repositories = [
+        {
             "repository": repository,
             "total": round(sum(prs.values()), 4),
-            "pullRequests": [{"prNumber": number, "total": round(total, 4)} for number, total in sorted(prs.items())],
+            "pullRequests": [{"prNumber": number, "total": round(total, 4)} for number, total in sorted(prs.items()) if total],
         }
-    return {"month": month, "total": round(sum(r["total"] for r in repositories.values()), 4), "repositories": list(repositories.values())}
+        for repository, prs in sorted(per_pr.items())
+        if sum(prs.values())
+    ]
+    return {"month": month, "total": round(sum(r["total"] for r in repositories), 4), "repositories": repositories}
 
 
 def over_budget(spent: float, budget: float | None) -> bool:
@@ -120,6 +118,17 @@ def month_to_date(conn: redis.Redis, repository: str, live: Iterable[Deployment]
     ended = float(conn.hget(SPEND.format(month), repository) or 0)
     running = sum(monthly_cost(d, now=now).get(month, 0.0) for d in live if d.repository == repository and d.status in RUNNING_STATUSES)
     return ended + running
+
+
+def ended_spend(deployments: Iterable[Deployment]) -> dict[str, dict[str, float]]:
+    """`{month: {repository: USD}}` of the records that ended: what Redis keeps (`add_ended`). Pure."""
+    spend: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for deployment in deployments:
+        end = ended_at(deployment)
+        if end is not None:
+            for month, spent in monthly_cost(deployment, now=end).items():
+                spend[month][deployment.repository] += spent
+    return spend
 
 
 def restore_spend(conn: redis.Redis, ended_by_month: dict[str, dict[str, float]]) -> bool:

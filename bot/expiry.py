@@ -18,10 +18,9 @@ from datetime import datetime, timedelta
 import redis
 
 from .model import Deployment
+from .redis_io import PREFIX, script, text
 from .times import parse_time, timestamp
-from .redis_io import script, text
 
-PREFIX = "previewbot"
 EXPIRIES = f"{PREFIX}:expiries"  # sorted set: deployment id -> expiry (ms)
 # Hash: deployment id -> the expiry (ms) its warning was given for, so each is given once.
 WARNED = f"{PREFIX}:expiry-warned"
@@ -114,7 +113,7 @@ return {expired, warn}
 
 def due(conn: redis.Redis, *, now: datetime, warning_seconds: float) -> tuple[list[str], list[str]]:
     """The deployments whose preview expired (to destroy) and those to warn, claimed for the caller."""
-    expired, warn = script(conn, _DUE)(keys=[EXPIRIES, EXPIRING, WARNED], args=[_ms(timestamp(now)), int(warning_seconds * 1000), RETRY_MS])
+    expired, warn = script(conn, _DUE)(keys=[EXPIRIES, EXPIRING, WARNED], args=[int(now.timestamp() * 1000), int(warning_seconds * 1000), RETRY_MS])
     return [text(i) for i in expired], [text(i) for i in warn]
 
 

@@ -37,12 +37,13 @@ from . import costs
 from . import queue as job_queue
 from .livelogs import LogFollowers, log_entries, read_followed_logs
 from .model import Deployment
+from .redis_io import script, text, text_fields
 from .state import (
     ABSENT, ACTIVE, DELIVERIES_STREAM, EVENTS_STREAM, LOG_RECORDED, LOG_SEQ, LOG_STREAM, LOG_STREAMS, LOG_TTL_SECONDS, PREFIX,
     publish, restore,
 )
-from .redis_io import script, text, text_fields
 from .store import Store
+from .times import timestamp
 
 log = logging.getLogger("previewbot.feed")
 
@@ -272,7 +273,7 @@ def _remember(store, event: str, payload: dict) -> None:
 def stream_time(event_id: str) -> str:
     """When Redis added a stream entry (its id starts with Redis's clock in ms), as utcnow()."""
     ms = int(event_id.partition("-")[0])
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timestamp(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
 LOST_IN_REDIS = "Lost: Redis restarted without this deployment's state. Retry to deploy again."
@@ -336,15 +337,7 @@ def restore_spend(conn: redis.Redis, store: Store) -> bool:
     from SQLite, once: the budget's month-to-date (bot.costs) must not start again at zero."""
     if conn.exists(costs.SPEND_RESTORED):
         return False
-    ended: dict[str, dict[str, float]] = {}
-    for deployment in store.costing_deployments(before="9999"):
-        end = costs.ended_at(deployment)
-        if end is None:
-            continue
-        for month, spent in costs.monthly_cost(deployment, now=end).items():
-            by_repository = ended.setdefault(month, {})
-            by_repository[deployment.repository] = by_repository.get(deployment.repository, 0.0) + spent
-    return costs.restore_spend(conn, ended)
+    return costs.restore_spend(conn, costs.ended_spend(store.costing_deployments()))
 
 
 def keep_log_counters(conn: redis.Redis, store: Store) -> None:

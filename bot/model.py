@@ -44,8 +44,6 @@ def utcnow() -> str:
     return timestamp(datetime.now(timezone.utc))
 
 
-
-
 def new_deployment_id() -> str:
     """Deployment ids are made where a deployment starts (web or worker), never by the database."""
     return uuid.uuid4().hex

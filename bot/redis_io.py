@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis
 
+# Every key previewbot keeps in Redis starts with this.
+PREFIX = "previewbot"
 
 _scripts: dict[tuple[int, str], object] = {}
 

@@ -15,9 +15,8 @@ import redis
 
 from . import costs, expiry
 from .model import ACTIVE_STATUSES, LIVE_STATUSES, Deployment, PreviewKey, new_deployment_id, utcnow
-from .redis_io import script, text
+from .redis_io import PREFIX, script, text
 
-PREFIX = "previewbot"
 EVENTS_STREAM = f"{PREFIX}:events"
 # Accepted webhook deliveries, for the web's recorder only (the broadcaster reads EVENTS_STREAM).
 DELIVERIES_STREAM = f"{PREFIX}:deliveries"

@@ -368,10 +368,12 @@ class Store:
         may exist)."""
         return [Deployment.from_row(row) for row in self.db.query(f"{CURRENT} WHERE d.status IN ('deployed', 'failed')")]
 
-    def costing_deployments(self, *, before: str, repository: str | None = None) -> list[Deployment]:
-        """Deployments with an hourly cost created before `before` (a timestamp), of one
+    def costing_deployments(self, *, before: str | None = None, repository: str | None = None) -> list[Deployment]:
+        """Deployments with an hourly cost, created before `before` (a timestamp) if given, of one
         repository or all: what the costs of a month are made of (bot.costs)."""
-        where, params = "hourly_cost IS NOT NULL AND created_at < ?", [before]
+        where, params = "hourly_cost IS NOT NULL", []
+        if before:
+            where, params = where + " AND created_at < ?", params + [before]
         if repository:
             where, params = where + " AND repository = ?", params + [repository]
         return [Deployment.from_row(r) for r in self.db["deployments"].rows_where(where, params)]
