@@ -37,6 +37,8 @@ import httpx
 from gidgethub import apps, sansio
 from gidgethub.httpx import GitHubAPI
 
+from .tls import tls_context
+
 log = logging.getLogger("previewbot.github")
 
 USER_AGENT = "previewbot"
@@ -409,7 +411,7 @@ def _json_value(value: Any) -> Any:
 
 @asynccontextmanager
 async def github_session(settings, installation_id: int):
-    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0), verify=tls_context()) as client:
         gh = RetryingGitHubAPI(client, USER_AGENT, base_url=settings.github_api_url)
         yield GitHubSession(gh, installation_tokens(settings), int(installation_id))
 
@@ -417,7 +419,7 @@ async def github_session(settings, installation_id: int):
 @asynccontextmanager
 async def app_client(settings):
     """A client that authenticates as the App itself (JWT), for installation look-ups."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0), verify=tls_context()) as client:
         yield RetryingGitHubAPI(client, USER_AGENT, base_url=settings.github_api_url)
 
 

@@ -28,6 +28,7 @@ from flask import Blueprint, Flask, Response, redirect, request
 
 from .config import Settings
 from .services import services
+from .tls import tls_context
 
 log = logging.getLogger("previewbot.signin")
 
@@ -95,7 +96,7 @@ def callback() -> Response:
     if "code" not in request.args:
         raise SignInFailed(401, "GitHub did not authorize the sign-in. Start again from the dashboard.")
     try:
-        with httpx.Client(timeout=httpx.Timeout(20.0, connect=5.0)) as client:
+        with httpx.Client(timeout=httpx.Timeout(20.0, connect=5.0), verify=tls_context()) as client:
             user_token = _access_token(client, request.args["code"])
             login, readable, writable = _repositories(client, user_token)
     except httpx.HTTPError as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from .config import Settings
+from .tls import tls_context
 
 # The headers GitHub sends that a webhook receiver reads; a relay's own (host, lengths,
 # timestamps) would be wrong on the forwarded request.
@@ -70,7 +71,7 @@ def run_relay(settings: Settings) -> int:
         return 1
     target = f"http://{settings.host}:{settings.port}{settings.webhook_path}"
     backoff = 1.0
-    with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
+    with httpx.Client(timeout=httpx.Timeout(30, read=None), verify=tls_context()) as client:
         while True:
             try:
                 with client.stream("GET", settings.webhook_proxy_url, headers={"Accept": "text/event-stream"}) as stream:

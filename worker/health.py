@@ -16,6 +16,7 @@ import httpx
 
 from bot.config import Settings
 from bot.model import Deployment
+from bot.tls import tls_context
 
 # Each request gets at most this long: a preview that hangs is tried again, not waited for.
 REQUEST_SECONDS = 5.0
@@ -57,7 +58,7 @@ def check_preview(
     if not settings.allows_url(preview_url):
         return "Health check refused: the preview URL's host is not in PREVIEW_URL_ALLOWED_HOSTS, so previewbot does not request it."
     url = health_url(preview_url, path)
-    with httpx.Client(follow_redirects=False, trust_env=False) as client:
+    with httpx.Client(follow_redirects=False, trust_env=False, verify=tls_context()) as client:
         return wait_until_healthy(client, url, timeout=timeout, log=log, wait=stop.wait)
 
 
