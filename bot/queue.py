@@ -14,19 +14,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from .commands import command_in
 from .model import Deployment
 
 QUEUE_NAME = "previewbot"
 # Jobs that handle webhooks or report to GitHub stay short; provisioning may take long.
 GITHUB_JOB_TIMEOUT = 120
-# A command in a comment by the repository's owner, a member or a collaborator is acknowledged
-# (the `eyes` reaction) by a one-call job at the front of the queue, so people see at once that
-# the bot heard them however long the line is; the command itself waits its turn like every
-# other job. Anyone else's comment is acknowledged by its handler, in line, so a flood of
-# strangers' comments pushes ahead of no one. The association only chooses this: the handler
-# still asks GitHub for the commenter's permission.
-COMMANDERS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 
 
 def get_queue(conn: redis.Redis) -> Queue:
@@ -47,31 +39,6 @@ def enqueue_webhook(queue: Queue, *, event: str, delivery_id: str, payload: dict
         failure_ttl=7 * 24 * 3600,
         description=f"webhook {event}.{payload.get('action')} {delivery_id}",
         pipeline=pipeline,
-    )
-    if acknowledged_first(event, payload):
-        queue.enqueue_call(
-            "worker.on_comment.acknowledge",
-            kwargs={"repository": payload["repository"]["full_name"], "installation_id": payload["installation"]["id"],
-                    "comment_id": payload["comment"]["id"]},
-            job_id=f"acknowledge-{delivery_id}",
-            retry=Retry(max=2),
-            timeout=GITHUB_JOB_TIMEOUT,
-            result_ttl=0,
-            failure_ttl=24 * 3600,
-            at_front=True,
-            description=f"eyes on comment {payload['comment']['id']}",
-            pipeline=pipeline,
-        )
-
-
-def acknowledged_first(event: str, payload: dict) -> bool:
-    """Whether a delivery's command is acknowledged by a job of its own (see COMMANDERS)."""
-    return (
-        event == "issue_comment"
-        and payload.get("action") == "created"
-        and (payload.get("comment") or {}).get("author_association") in COMMANDERS
-        and bool((payload.get("installation") or {}).get("id"))
-        and command_in(payload) is not None
     )
 
 

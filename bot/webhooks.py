@@ -2,7 +2,8 @@
 
 No GitHub call, no provisioning and no SQLite write happen here: one atomic Redis call
 remembers the delivery id, announces the delivery (the recorder writes it to SQLite) and queues
-the RQ job that handles it, with the payload as GitHub sent it. Deliveries that need no work
+the RQ job that handles it, with the payload as GitHub sent it (and, for a member's command,
+its comment to acknowledge at once: see `bot.acks`). Deliveries that need no work
 (comments that do not mention `/preview`, events the bot does not act on) are acknowledged
 without a job, so a busy repository's chatter never delays a command.
 """
@@ -10,6 +11,7 @@ without a job, so a busy repository's chatter never delays a command.
 from __future__ import annotations
 
 import logging
+import time
 from http import HTTPStatus
 
 import orjson
@@ -17,6 +19,7 @@ import redis
 from flask import Flask
 from gidgethub import ValidationFailure, sansio
 
+from . import acks
 from . import queue as jobs
 from .commands import mentions_command
 from .services import Services
@@ -145,6 +148,8 @@ def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, p
     pipe.xadd(DELIVERIES_STREAM, {"kind": "delivery", "data": orjson.dumps(record)}, maxlen=EVENTS_MAXLEN, approximate=True)
     if work:
         jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
+        if acks.acknowledged_apart(event, payload):
+            acks.add(pipe, payload, now_ms=int(time.time() * 1000))
     encode = conn.get_encoder().encode
     writes: list = [DELIVERY_MEMORY_SECONDS]
     for command, _options in pipe.command_stack:

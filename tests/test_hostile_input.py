@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bot import acks
 from bot.app import create_app
 from bot.commands import parse_command
 from bot.config import load_settings
@@ -377,7 +378,7 @@ def test_a_65536_character_comment_with_a_command_is_queued_once(client, app, re
     assert not redis_conn.keys("previewbot:lock:*")
 
 
-def test_strangers_comments_wait_in_line_and_a_members_command_is_acknowledged_first(client, app, redis_conn):
+def test_strangers_comments_wait_in_line_and_a_members_command_is_acknowledged_apart(client, app, redis_conn):
     pushed = webhooks.pull_request("synchronize")
     assert post(client, json.dumps(pushed).encode(), event="pull_request", delivery="push").status_code == 202
     for n in range(3):
@@ -386,10 +387,12 @@ def test_strangers_comments_wait_in_line_and_a_members_command_is_acknowledged_f
     member = webhooks.issue_comment(body="/preview", user="mona", author_association="COLLABORATOR")
     assert post(client, json.dumps(member).encode(), delivery="member").status_code == 202
     order = [raw.decode() for raw in redis_conn.lrange(QUEUE, 0, -1)]
-    assert order == ["acknowledge-member", "webhook-push", "webhook-stranger-0", "webhook-stranger-1", "webhook-stranger-2", "webhook-member"]
-    acknowledge = Job.fetch("acknowledge-member", connection=redis_conn, serializer=JSONSerializer)
-    assert acknowledge.func_name == "worker.on_comment.acknowledge"
-    assert acknowledge.kwargs == {"repository": "octo/app", "installation_id": member["installation"]["id"], "comment_id": member["comment"]["id"]}
+    assert order == ["webhook-push", "webhook-stranger-0", "webhook-stranger-1", "webhook-stranger-2", "webhook-member"]
+    [waiting] = acks.claim(redis_conn, now_ms=0, limit=10)
+    assert (waiting.repository, waiting.installation_id, waiting.comment_id) == ("octo/app", member["installation"]["id"], member["comment"]["id"])
+    # The same delivery again is a duplicate: no second acknowledgement.
+    assert post(client, json.dumps(member).encode(), delivery="member").status_code == 200
+    assert acks.claim(redis_conn, now_ms=0, limit=10) == []
 
 
 @pytest.mark.parametrize("body", ["I will run /preview later", "```\n/preview\n```", "> /preview"])
@@ -397,6 +400,7 @@ def test_a_members_comment_without_a_command_gets_no_acknowledgement(client, app
     member = webhooks.issue_comment(body=body, user="mona", author_association="OWNER")
     assert post(client, json.dumps(member).encode(), delivery="no-command").status_code == 202
     assert [raw.decode() for raw in redis_conn.lrange(QUEUE, 0, -1)] == ["webhook-no-command"]
+    assert acks.claim(redis_conn, now_ms=0, limit=10) == []
 
 
 def test_a_longer_comment_reaches_the_job_as_github_sent_it(client, app, redis_conn):

@@ -19,14 +19,12 @@ from datetime import datetime, timezone
 
 from gidgethub import routing
 
-from bot import previews, state
+from bot import acks, previews, state
 from bot.commands import Command, command_in
 from bot.github import github_session, may_deploy
 from bot.model import Deployment, PreviewKey
-from bot.queue import acknowledged_first
 from bot.render import check_name, text
 
-from .context import get_context, github_deadline
 from .pulls import fetch_pull, head_repository, is_fork
 
 log = logging.getLogger("previewbot.commands")
@@ -37,17 +35,17 @@ router = routing.Router()
 OUTSIDER_REPLY_SECONDS = 60
 
 
-def acknowledge(*, repository: str, installation_id: int, comment_id: int) -> None:
-    """The job that puts `eyes` on a member's command at once, however long the queue (see
-    bot.queue.COMMANDERS); the command's own job follows in line."""
-    ctx = get_context()
+async def acknowledge(ctx, comments: list[acks.Comment]) -> None:
+    """`eyes` on members' commands (see bot.acks), all at once: one session per installation."""
+    by_installation: dict[int, list[acks.Comment]] = {}
+    for comment in comments:
+        by_installation.setdefault(comment.installation_id, []).append(comment)
 
-    async def go():
+    async def react_all(installation_id: int, some: list[acks.Comment]) -> None:
         async with github_session(ctx.settings, installation_id) as session:
-            await ctx.reporter.react(session, repository, comment_id, "eyes")
+            await asyncio.gather(*(ctx.reporter.react(session, c.repository, c.comment_id, "eyes") for c in some))
 
-    with github_deadline():
-        asyncio.run(go())
+    await asyncio.gather(*(react_all(i, some) for i, some in by_installation.items()))
 
 
 @router.register("issue_comment", action="created")
@@ -62,7 +60,7 @@ async def preview_command(event, handling) -> None:
     comment_id = data["comment"]["id"]
     login = data["comment"]["user"]["login"]
 
-    acknowledged = acknowledged_first(event.event, data)
+    acknowledged = acks.acknowledged_apart(event.event, data)
     if not await may_deploy(session, key.repository, login):
         await answer_outsider(handling, key, command, comment_id=comment_id, login=login, acknowledged=acknowledged)
         return

@@ -169,7 +169,7 @@ def is_orphan(resource: TaggedResource, current: Deployment | None, owner: Deplo
 
 
 # The jobs that talk to GitHub only (webhook handling, reports), safe to run again.
-GITHUB_JOB_PREFIXES = ("webhook-", "report-", "acknowledge-")
+GITHUB_JOB_PREFIXES = ("webhook-", "report-")
 # How long one pass may spend asking GitHub which pull requests closed.
 CLOSED_LOOKUP_SECONDS = 30
 # A job whose workers keep dying is left to RQ's own abandoned-job handling after this many.

@@ -2,8 +2,8 @@
 
 RQ's worker loop ends when Redis disappears in the middle of a job (its own bookkeeping
 needs Redis). This process then waits for Redis and starts the loop again, so a Redis restart
-never takes the workers with it. The heartbeat, the reconcile scheduler and the expiry
-scheduler run beside it.
+never takes the workers with it. The heartbeat, the reconcile scheduler, the expiry scheduler
+and the acknowledger of members' commands run beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bot import state
 from bot.queue import get_queue
 
 from . import context
+from .acknowledger import Acknowledger
 from .expiry import ExpiryScheduler
 from .reaper import share_nice_with_session
 from .reconcile import Heartbeat, ReconcileScheduler
@@ -49,6 +50,8 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
     scheduler.start()
     expiries = ExpiryScheduler(conn, settings)
     expiries.start()
+    acknowledger = Acknowledger(ctx)
+    acknowledger.start()
     try:
         while True:
             # Jobs run in this process (no fork per job): installation tokens stay cached
@@ -69,12 +72,16 @@ def run_worker_process(settings, *, burst: bool = False) -> int:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("lost Redis while starting the worker loop: %s", exc)
             if burst or worker.asked_to_stop:
+                if burst:  # the comments received meanwhile are acknowledged before the end
+                    acknowledger.stop()
+                    acknowledger.run_once()
                 return 0
             interrupted = _current_job_id(worker)
             log.warning("the worker loop stopped (Redis went away?); starting it again when Redis answers")
             _wait_for_redis(conn)
             _run_again(conn, interrupted)
     finally:
+        acknowledger.stop()
         expiries.stop()
         scheduler.stop()
         heartbeat.stop()
