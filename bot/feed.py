@@ -106,12 +106,43 @@ class Subscriber:
     # CLOSED / REVOKED / LOGS_READY / a log request.
     messages: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1000))
     overflowed: bool = False
+    # Writes what the client's socket takes at once, never waiting (set by the /ws handler).
+    write_now: Callable[[bytes], int] | None = None
+    # Messages queued or in the sender's hands; an update is written at once only when none is.
+    unsent: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
     # Deployment id -> the last seq of its log sent, for each log the client follows.
     log_cursors: dict[str, int] = field(default_factory=dict)
     logs_pending: bool = False  # LOGS_READY is on the queue
     # Cuts the client's connection: a client that cannot keep up is dropped (its sender may be
     # stuck writing to it) and reconnects to a fresh list, as the dashboard does.
     drop: Callable[[], None] = lambda: None
+
+    def offer(self, message, *, now: bool = False) -> bool:
+        """Give the sender `message`; False when its queue is full. With `now` (an update, framed),
+        when nothing waits before it, the update is written to the socket at once instead, and
+        only what the socket does not take is queued: a client that keeps up costs the publisher
+        one write, not a wake-up of its sender. Under the lock, so the stream keeps its order."""
+        with self.lock:
+            if now and self.unsent == 0 and self.write_now is not None:
+                try:
+                    written = self.write_now(message)
+                except OSError:
+                    return True  # the connection is gone; its reader ends it
+                if written == len(message):
+                    return True
+                message = message[written:]
+            try:
+                self.messages.put_nowait(message)
+            except queue.Full:
+                return False
+            self.unsent += 1
+            return True
+
+    def sent(self) -> None:
+        """The sender is done with a message it took."""
+        with self.lock:
+            self.unsent -= 1
 
     def may_see(self, repository: str) -> bool:
         return self.allowed is None or repository in self.allowed
@@ -162,8 +193,9 @@ class Hub:
 
     def publish(self, *messages: dict) -> None:
         """Send updates to the clients that want them: each is encoded and framed once, and each
-        client gets the frames it wants in one item (one wake-up, one write), so a burst of
-        updates costs a client one turn, not one per update."""
+        client gets the frames it wants in one write, made here when its socket takes them at
+        once (see Subscriber.offer), so a burst of updates costs a client one write, not one per
+        update, and a fan-out to a thousand clients wakes none of their greenlets."""
         with self._lock:
             subscribers = list(self._subscribers)
         frames: list[bytes | None] = [None] * len(messages)  # framed for the first client that wants each
@@ -192,9 +224,7 @@ class Hub:
 
     @staticmethod
     def _put(subscriber: Subscriber, message) -> None:
-        try:
-            subscriber.messages.put_nowait(message)
-        except queue.Full:
+        if not subscriber.offer(message, now=isinstance(message, bytes)):
             # A client that reads nothing must not hold memory forever; it reconnects.
             if not subscriber.overflowed:
                 subscriber.overflowed = True

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import socket
 import sqlite3
 import threading
+from typing import Callable
 
 import redis
 from flask import Flask, request
@@ -88,6 +88,7 @@ def feed(ws):
         token_name=token["name"],
         drop=lambda: _cut(ws),
     )
+    subscriber.write_now = _write_now(ws.sock)
     svc.hub.subscribe(subscriber)
     # Under gevent (`previewbot web`) these are two greenlets: an idle connection costs no
     # thread and wakes for nothing but its own updates and messages.
@@ -117,6 +118,8 @@ def feed(ws):
                 svc.hub.logs.unfollow(subscriber)
                 subscriber.log_cursors.clear()
                 ws.send(_error("Logs are unavailable right now (Redis or SQLite); subscribe again shortly"))
+            finally:
+                subscriber.sent()
     except (ConnectionClosed, OSError):
         pass  # the client left (a frame written to its closed socket fails with OSError)
     finally:
@@ -162,10 +165,22 @@ def _read(ws, subscriber: Subscriber) -> None:
 
 
 def _offer(subscriber: Subscriber, message) -> None:
-    try:
-        subscriber.messages.put_nowait(message)
-    except queue.Full:
-        pass
+    subscriber.offer(message)  # dropped when the queue is full: the client reads nothing
+
+
+def _write_now(sock) -> Callable[[bytes], int]:
+    """A write of what `sock` takes at once, never waiting: 0 bytes when its buffer is full.
+    gevent's socket wraps the OS socket as `_sock`; a send on that never yields to another
+    greenlet, as the publisher writing to every client must not."""
+    raw = getattr(sock, "_sock", sock)
+
+    def write(data: bytes) -> int:
+        try:
+            return raw.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    return write
 
 
 def _log_request(text: str) -> LogRequest | str:
