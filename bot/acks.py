@@ -95,11 +95,16 @@ return taken
 def claim(conn: redis.Redis, *, now_ms: int, limit: int) -> list[Comment]:
     """Up to `limit` comments to acknowledge now, each leased to the caller for LEASE_MS."""
     entries = script(conn, _CLAIM)(keys=[WAITING, SENDING], args=[now_ms, LEASE_MS, limit])
-    comments = []
+    comments, unreadable = [], []
     for raw in entries:
         entry = text(raw)
-        data = json.loads(entry)
-        comments.append(Comment(data["repository"], int(data["installationId"]), int(data["commentId"]), int(data["receivedMs"]), entry))
+        try:
+            data = json.loads(entry)
+            comments.append(Comment(str(data["repository"]), int(data["installationId"]), int(data["commentId"]), int(data["receivedMs"]), entry))
+        except (ValueError, TypeError, KeyError):
+            unreadable.append(entry)  # not written by `add`: dropped, or it would come back each lease
+    if unreadable:
+        conn.zrem(SENDING, *unreadable)
     return comments
 
 

@@ -50,6 +50,14 @@ def test_a_claim_is_leased_and_taken_again_only_once_its_worker_is_gone(redis_co
     assert not redis_conn.exists(acks.WAITING, acks.SENDING)
 
 
+def test_an_entry_not_written_by_the_receiver_is_dropped_not_claimed_again_and_again(redis_conn):
+    redis_conn.rpush(acks.WAITING, "not json", '{"repository": "octo/app"}')
+    add(redis_conn, 1)
+    assert [c.comment_id for c in acks.claim(redis_conn, now_ms=2_000, limit=10)] == [1]
+    assert acks.claim(redis_conn, now_ms=2_000 + acks.LEASE_MS, limit=10)[0].comment_id == 1
+    assert redis_conn.zcard(acks.SENDING) == 1
+
+
 @pytest.mark.parametrize("payload, apart", [
     (member_command(1), True),
     ({**member_command(1), "action": "edited"}, False),
