@@ -176,7 +176,7 @@ def _write_now(sock) -> Callable[[bytes], int]:
 
     def write(data: bytes) -> int:
         try:
-            return raw.send(data, socket.MSG_DONTWAIT)
+            return raw.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         except BlockingIOError:
             return 0
 
