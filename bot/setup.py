@@ -332,7 +332,10 @@ def run_setup(settings: Settings, *, org: str | None, force: bool, dotenv_path: 
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
-        done.wait()
+        # In steps: Ctrl-C's signal may reach one of the server's threads, and then only a main
+        # thread that wakes up now and then runs the handler that stops it.
+        while not done.wait(timeout=0.5):
+            pass
     except KeyboardInterrupt:
         print("previewbot: setup stopped; nothing was written", file=sys.stderr)
         return 130

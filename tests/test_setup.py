@@ -3,6 +3,7 @@ fake GitHub (its form page stands in for the person's click), the command run as
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import html
@@ -175,6 +176,19 @@ def test_setup_registers_the_app_from_app_yml_and_writes_a_private_env(tmp_path,
     token = jwt.encode({"iat": now - 30, "exp": now + 300, "iss": settings.app_id}, settings.private_key, algorithm="RS256")
     app = httpx.get(f"{github.url}/app", headers={"Authorization": f"Bearer {token}", "User-Agent": "test"})
     assert app.status_code == 200 and app.json()["id"] == conversion["id"]
+
+
+def test_ctrl_c_stops_setup_whichever_of_its_threads_the_signal_reaches(github, start_setup):
+    """The kernel gives a process's signal to any of its threads that does not block it: here,
+    to one of the setup page's server threads rather than the main thread."""
+    setup = start_setup(github)
+    setup.wait_until_serving()
+    assert httpx.get(f"{setup.base}/setup", timeout=10).status_code == 200
+    pid = setup.process.pid
+    others = wait_for(lambda: [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid], message="the server's thread")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(pid, others[0], signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
+    assert setup.process.wait(timeout=10) == 130 and "nothing was written" in setup.err.read_text()
 
 
 def test_a_callback_with_another_state_is_refused_and_nothing_is_exchanged(tmp_path, github, start_setup):
