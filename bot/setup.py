@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -331,6 +332,9 @@ def run_setup(settings: Settings, *, org: str | None, force: bool, dotenv_path: 
           f"{f' of organization {org}' if org else ''} (Ctrl-C to give up)", flush=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
+    # Ctrl-C gives up even when this process was started with SIGINT ignored (as a shell without
+    # job control starts a command run in the background), where Python installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # In steps: Ctrl-C's signal may reach one of the server's threads, and then only a main
         # thread that wakes up now and then runs the handler that stops it.

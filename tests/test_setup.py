@@ -59,7 +59,7 @@ def clean_environment() -> dict[str, str]:
 class Setup:
     """One `previewbot setup` process in `directory`, its output in files."""
 
-    def __init__(self, directory: Path, github: FakeGitHub, *args: str, env: dict | None = None):
+    def __init__(self, directory: Path, github: FakeGitHub, *args: str, env: dict | None = None, sigint_ignored: bool = False):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.out, self.err = directory / f"setup-{self.port}.out", directory / f"setup-{self.port}.err"
@@ -67,8 +67,10 @@ class Setup:
         environ.update(GITHUB_URL=github.url, GITHUB_API_URL=github.url, PUBLIC_URL=PUBLIC_URL, PORT=str(self.port),
                        PYTHONUNBUFFERED="1", **(env or {}))
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "setup", *args], cwd=directory, env=environ,
-                                            stdout=out, stderr=err)
+            command = [sys.executable, "-m", "bot.cli", "setup", *args]
+            if sigint_ignored:  # as a shell without job control starts a command run with `&`
+                command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+            self.process = subprocess.Popen(command, cwd=directory, env=environ, stdout=out, stderr=err)
 
     def output(self) -> str:
         return self.out.read_text() + self.err.read_text()
@@ -87,8 +89,8 @@ class Setup:
 def start_setup(tmp_path):
     started: list[Setup] = []
 
-    def start(github: FakeGitHub, *args: str, env: dict | None = None) -> Setup:
-        setup = Setup(tmp_path, github, *args, env=env)
+    def start(github: FakeGitHub, *args: str, env: dict | None = None, sigint_ignored: bool = False) -> Setup:
+        setup = Setup(tmp_path, github, *args, env=env, sigint_ignored=sigint_ignored)
         started.append(setup)
         return setup
 
@@ -188,6 +190,16 @@ def test_ctrl_c_stops_setup_whichever_of_its_threads_the_signal_reaches(github, 
     others = wait_for(lambda: [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid], message="the server's thread")
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.tgkill(pid, others[0], signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
+    assert setup.process.wait(timeout=10) == 130 and "nothing was written" in setup.err.read_text()
+
+
+def test_ctrl_c_stops_setup_started_with_sigint_ignored(github, start_setup):
+    """Python installs no Ctrl-C handler in a process started with SIGINT ignored, as a shell
+    without job control starts a command run in the background; setup says Ctrl-C gives up."""
+    setup = start_setup(github, sigint_ignored=True)
+    setup.wait_until_serving()
+    assert httpx.get(f"{setup.base}/setup", timeout=10).status_code == 200
+    setup.process.send_signal(signal.SIGINT)
     assert setup.process.wait(timeout=10) == 130 and "nothing was written" in setup.err.read_text()
 
 
