@@ -93,7 +93,7 @@ def feed(ws):
     # Under gevent (`previewbot web`) these are two greenlets: an idle connection costs no
     # thread and wakes for nothing but its own updates and messages.
     if "logs" in request.args:
-        _offer(subscriber, LogRequest(type="subscribe", logs=request.args["logs"], after=request.args.get("after")))
+        subscriber.offer(LogRequest(type="subscribe", logs=request.args["logs"], after=request.args.get("after")))
     threading.Thread(target=_read, args=(ws, subscriber), daemon=True).start()
     try:
         while True:
@@ -155,17 +155,13 @@ def _read(ws, subscriber: Subscriber) -> None:
             if text == "ping":
                 # Only sent on request, so clients that never ask see only the seed's messages;
                 # a reply also tells the client that its subscription is in place.
-                _offer(subscriber, json.dumps({"type": "pong"}))
+                subscriber.offer(json.dumps({"type": "pong"}))
             elif isinstance(text, str) and text.startswith("{"):
-                _offer(subscriber, _log_request(text))
+                subscriber.offer(_log_request(text))
     except ConnectionClosed:
         # A full queue means the sender is busy sending, and its next send finds the
         # connection closed.
-        _offer(subscriber, CLOSED)
-
-
-def _offer(subscriber: Subscriber, message) -> None:
-    subscriber.offer(message)  # dropped when the queue is full: the client reads nothing
+        subscriber.offer(CLOSED)
 
 
 def _write_now(sock) -> Callable[[bytes], int]:
