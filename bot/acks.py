@@ -18,6 +18,7 @@ the one it has). A comment claimed after GIVE_UP_MS is dropped: its command has 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import redis
@@ -46,6 +47,11 @@ class Comment:
     comment_id: int
     received_ms: int
     entry: str
+
+
+def now_ms() -> int:
+    """The clock of receipts and leases, in ms."""
+    return int(time.time() * 1000)
 
 
 def acknowledged_apart(event: str, payload: dict) -> bool:

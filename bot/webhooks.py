@@ -11,7 +11,6 @@ without a job, so a busy repository's chatter never delays a command.
 from __future__ import annotations
 
 import logging
-import time
 from http import HTTPStatus
 
 import orjson
@@ -149,7 +148,7 @@ def accept_delivery(conn: redis.Redis, queue, *, delivery_id: str, event: str, p
     if work:
         jobs.enqueue_webhook(queue, event=event, delivery_id=delivery_id, payload=payload, pipeline=pipe)
         if acks.acknowledged_apart(event, payload):
-            acks.add(pipe, payload, now_ms=int(time.time() * 1000))
+            acks.add(pipe, payload, now_ms=acks.now_ms())
     encode = conn.get_encoder().encode
     writes: list = [DELIVERY_MEMORY_SECONDS]
     for command, _options in pipe.command_stack:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from typing import Callable
 
 import redis
@@ -28,12 +27,8 @@ IDLE_SECONDS = 1.0
 BATCH_SECONDS = 30.0
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Acknowledger:
-    def __init__(self, ctx, *, clock: Callable[[], int] = now_ms):
+    def __init__(self, ctx, *, clock: Callable[[], int] = acks.now_ms):
         self.ctx = ctx
         self.clock = clock
         # Its own client: its wait blocks a connection for IDLE_SECONDS.
